@@ -1,0 +1,3 @@
+module github.com/mxqueue/mxq
+
+go 1.26.8
