@@ -1,0 +1,251 @@
+// Package mem is an in-memory queue store, the reference adapter. Stores
+// opened with the same name in one process share their data, so that tests
+// can run several Stores, like several nodes, over one storage.
+//
+// # URLs
+//
+// mem://name opens the shared storage called name; mem:// alone a private
+// one. No query parameters are accepted. See URLOpener.
+//
+// # Keys
+//
+// Keys are kept as they are in a sorted map; nothing is escaped.
+//
+// # Errors
+//
+// Missing keys are queue.CodeNotFound, refused conditional writes
+// queue.CodePrecondition. Nothing else fails, except a closed store, which
+// is queue.ErrClosed.
+package mem
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+var (
+	errNotFound     = errors.New("mem: key not found")
+	errPrecondition = errors.New("mem: precondition failed")
+	errClosed       = errors.New("mem: store is closed")
+)
+
+// storage is one named key space.
+type storage struct {
+	mu      sync.RWMutex
+	objects map[string]object
+	keys    []string // sorted
+	seq     uint64
+}
+
+type object struct {
+	data    []byte
+	version queue.Version
+}
+
+type backend struct {
+	st     *storage
+	mu     sync.RWMutex
+	closed bool
+}
+
+var _ queue.Backend = (*backend)(nil)
+var _ queue.Stater = (*backend)(nil)
+
+// Options are the options of Open.
+type Options struct {
+	// Queue are the options of the Store.
+	Queue queue.Options
+}
+
+// Open returns a Store over the in-memory storage called name, created if
+// needed. An empty name gives a private storage. opts may be nil.
+func Open(ctx context.Context, name string, opts *Options) (*queue.Store, error) {
+	if opts == nil {
+		opts = new(Options)
+	}
+	return queue.New(OpenBackend(name), &opts.Queue)
+}
+
+// OpenBackend returns the Backend over the storage called name, for tests
+// that drive a Backend directly. An empty name gives a private storage.
+func OpenBackend(name string) queue.Backend {
+	if name == "" {
+		return &backend{st: newStorage()}
+	}
+	registry.mu.Lock()
+	defer registry.mu.Unlock()
+	st := registry.m[name]
+	if st == nil {
+		st = newStorage()
+		registry.m[name] = st
+	}
+	return &backend{st: st}
+}
+
+func newStorage() *storage { return &storage{objects: make(map[string]object)} }
+
+// registry holds the named storages of this process: the state that
+// mem:// URLs with the same name share, which is the point of the adapter.
+var registry = struct {
+	mu sync.Mutex
+	m  map[string]*storage
+}{m: make(map[string]*storage)}
+
+func (b *backend) check() error {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return errClosed
+	}
+	return nil
+}
+
+// Get implements queue.Backend.Get.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+	if err := b.check(); err != nil {
+		return nil, queue.Attrs{}, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, queue.Attrs{}, err
+	}
+	b.st.mu.RLock()
+	o, ok := b.st.objects[key]
+	b.st.mu.RUnlock()
+	if !ok {
+		return nil, queue.Attrs{}, errNotFound
+	}
+	return io.NopCloser(bytes.NewReader(o.data)), queue.Attrs{Version: o.version, Size: int64(len(o.data))}, nil
+}
+
+// Stat implements queue.Stater.
+func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+	rc, a, err := b.Get(ctx, key)
+	if err == nil {
+		rc.Close()
+	}
+	return a, err
+}
+
+// Put implements queue.Backend.Put.
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+	if err := b.check(); err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	if opts.Size > 0 {
+		buf.Grow(int(opts.Size))
+	}
+	if _, err := buf.ReadFrom(r); err != nil {
+		return "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	st := b.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	old, exists := st.objects[key]
+	if opts.IfNoneMatch && exists {
+		return "", errPrecondition
+	}
+	if opts.IfMatch != "" {
+		if !exists {
+			return "", errNotFound
+		}
+		if old.version != opts.IfMatch {
+			return "", errPrecondition
+		}
+	}
+	st.seq++
+	v := queue.Version(strconv.FormatUint(st.seq, 10))
+	st.objects[key] = object{data: buf.Bytes(), version: v}
+	if !exists {
+		i, _ := slices.BinarySearch(st.keys, key)
+		st.keys = slices.Insert(st.keys, i, key)
+	}
+	return v, nil
+}
+
+// Delete implements queue.Backend.Delete.
+func (b *backend) Delete(ctx context.Context, key string) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	st := b.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if _, ok := st.objects[key]; !ok {
+		return nil
+	}
+	delete(st.objects, key)
+	if i, ok := slices.BinarySearch(st.keys, key); ok {
+		st.keys = slices.Delete(st.keys, i, i+1)
+	}
+	return nil
+}
+
+// List implements queue.Backend.List.
+func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
+	if err := b.check(); err != nil {
+		return nil, false, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	st := b.st
+	st.mu.RLock()
+	defer st.mu.RUnlock()
+	from := prefix
+	if startAfter > from {
+		from = startAfter
+	}
+	i, _ := slices.BinarySearch(st.keys, from)
+	var out []string
+	for ; i < len(st.keys); i++ {
+		k := st.keys[i]
+		if !strings.HasPrefix(k, prefix) {
+			break
+		}
+		if k <= startAfter {
+			continue
+		}
+		if len(out) == limit {
+			return out, true, nil
+		}
+		out = append(out, k)
+	}
+	return out, false, nil
+}
+
+// ErrorCode implements queue.Backend.ErrorCode.
+func (b *backend) ErrorCode(err error) queue.Code {
+	switch {
+	case errors.Is(err, errNotFound):
+		return queue.CodeNotFound
+	case errors.Is(err, errPrecondition):
+		return queue.CodePrecondition
+	}
+	return queue.CodeUnknown
+}
+
+// Close implements queue.Backend.Close.
+func (b *backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return errClosed
+	}
+	b.closed = true
+	return nil
+}

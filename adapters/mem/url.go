@@ -1,0 +1,31 @@
+package mem
+
+import (
+	"context"
+	"net/url"
+	"strings"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+// Scheme is the URL scheme that mem registers with queue.DefaultURLMux.
+const Scheme = "mem"
+
+func init() { queue.DefaultURLMux().Register(Scheme, new(URLOpener)) }
+
+// URLOpener opens mem URLs: mem://name shares the storage called name with
+// every other mem://name Store of the process. No query parameters are
+// accepted.
+type URLOpener struct {
+	// Options are the queue options of the Stores it opens.
+	Options queue.Options
+}
+
+// OpenStoreURL implements queue.URLOpener.
+func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store, error) {
+	if _, err := queue.URLParams(u); err != nil {
+		return nil, err
+	}
+	name := u.Host + strings.TrimSuffix(u.Path, "/")
+	return Open(ctx, name, &Options{Queue: o.Options})
+}

@@ -1,0 +1,283 @@
+package queue
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Envelope is one recipient of a message: opaque data that the MTA
+// defines, plus the version and lease the queue keeps for it.
+type Envelope struct {
+	// ID of the envelope.
+	ID EvpID
+	// Data is the MTA's opaque envelope, byte for byte as stored.
+	Data []byte
+	// Version is the stored version that Data was read at; Update
+	// compares it.
+	Version Version
+	// Lease is the claim on the envelope, if any. See Claim.
+	Lease Lease
+	// Due is when the envelope is due for work; the zero time means now.
+	Due time.Time
+
+	hdr envHeader
+}
+
+func (s *Store) maxRecord() int64 { return int64(s.opts.MaxEnvelopeSize) + 4096 }
+
+// Load returns the committed envelope id. An envelope whose message is not
+// committed is ErrNotFound, as is a missing one.
+func (s *Store) Load(ctx context.Context, id EvpID) (*Envelope, error) {
+	if err := s.check("load"); err != nil {
+		return nil, err
+	}
+	if err := id.Valid(); err != nil {
+		return nil, &Error{Op: "load", ID: id.String(), Kind: ErrInvalid, Err: err}
+	}
+	e, err := s.load(ctx, id)
+	return e, s.wrap("load", id.String(), err, nil)
+}
+
+func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
+	key := Key(Handle{Kind: KindEnvelope, Evp: id})
+	b, a, err := s.getBytes(ctx, key, s.maxRecord())
+	if err != nil {
+		return nil, err
+	}
+	h, data, err := decodeRecord(key, b)
+	if err != nil {
+		return nil, err
+	}
+	if h.Gone {
+		return nil, notFound("load", id)
+	}
+	ok, err := s.visible(ctx, id.MsgID(), h.Pending)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, notFound("load", id)
+	}
+	e := &Envelope{ID: id, Data: data, Version: a.Version, hdr: *h}
+	e.fill()
+	return e, nil
+}
+
+// fill sets the exported lease fields from the header.
+func (e *Envelope) fill() {
+	e.Lease = Lease{}
+	if e.hdr.Holder != "" {
+		e.Lease = Lease{ID: e.ID, Holder: e.hdr.Holder, Token: e.hdr.Token, Expires: time.Unix(0, e.hdr.Expires)}
+	}
+	e.Due = time.Time{}
+	if e.hdr.Due != 0 {
+		e.Due = time.Unix(e.hdr.Due, 0)
+	}
+}
+
+// Update replaces the data of e with e.Data if the stored envelope is still
+// at e.Version: a compare-and-swap. A stale version is ErrConflict; of
+// concurrent updaters of one envelope exactly one wins. If another node
+// holds an unexpired lease on the envelope, Update fails with ErrConflict
+// without writing; lease holders update through Lease.Update. On success
+// e.Version is the new version.
+func (s *Store) Update(ctx context.Context, e *Envelope) error {
+	if err := s.check("update"); err != nil {
+		return err
+	}
+	if err := e.ID.Valid(); err != nil {
+		return &Error{Op: "update", ID: e.ID.String(), Kind: ErrInvalid, Err: err}
+	}
+	if len(e.Data) > s.opts.MaxEnvelopeSize {
+		return errorf("update", e.ID.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(e.Data), s.opts.MaxEnvelopeSize)
+	}
+	if e.Version == "" {
+		return errorf("update", e.ID.String(), ErrInvalid, "no version: load the envelope first")
+	}
+	if e.hdr.Holder != "" && e.hdr.Holder != s.opts.Node && time.Unix(0, e.hdr.Expires).After(s.now()) {
+		return errorf("update", e.ID.String(), ErrConflict, "node %s holds a lease until %s", e.hdr.Holder, time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
+	}
+	h := e.hdr
+	h.Pending = 0
+	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID}), encodeRecord(&h, e.Data), PutOptions{IfMatch: e.Version})
+	if err != nil {
+		if s.isNotFound(err) {
+			return notFound("update", e.ID)
+		}
+		return s.wrap("update", e.ID.String(), err, ErrConflict)
+	}
+	e.hdr = h
+	e.Version = v
+	return nil
+}
+
+// AddEnvelope adds an envelope to the committed message m and makes it
+// visible at once. OpenSMTPD does this for bounces. If m does not exist,
+// or is deleted while the envelope is added, the result is ErrNotFound and
+// nothing stays behind.
+func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, error) {
+	if err := s.check("add envelope"); err != nil {
+		return 0, err
+	}
+	if err := m.Valid(); err != nil {
+		return 0, &Error{Op: "add envelope", ID: m.String(), Kind: ErrInvalid, Err: err}
+	}
+	if len(data) > s.opts.MaxEnvelopeSize {
+		return 0, errorf("add envelope", m.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(data), s.opts.MaxEnvelopeSize)
+	}
+	if err := s.requireMessage(ctx, m); err != nil {
+		return 0, s.wrap("add envelope", m.String(), err, nil)
+	}
+	for range maxIDAttempts {
+		lo, err := s.rand32()
+		if err != nil {
+			return 0, &Error{Op: "add envelope", ID: m.String(), Err: err}
+		}
+		if lo == 0 {
+			continue
+		}
+		id := m.Evp(lo)
+		key := Key(Handle{Kind: KindEnvelope, Evp: id})
+		_, err = s.putBytes(ctx, key, encodeRecord(&envHeader{}, data), PutOptions{IfNoneMatch: true})
+		if s.isPrecondition(err) {
+			continue
+		}
+		if err != nil {
+			return 0, s.wrap("add envelope", id.String(), err, ErrExists)
+		}
+		// The message may have lost its last envelope meanwhile.
+		if err := s.requireMessage(ctx, m); err != nil {
+			s.del(ctx, key)
+			return 0, s.wrap("add envelope", m.String(), err, nil)
+		}
+		return id, nil
+	}
+	return 0, errorf("add envelope", m.String(), ErrExists, "no free envelope ID after %d attempts", maxIDAttempts)
+}
+
+// requireMessage returns nil if m is a committed message with content.
+func (s *Store) requireMessage(ctx context.Context, m MsgID) error {
+	if _, err := s.stat(ctx, Key(Handle{Kind: KindContent, Msg: m})); err != nil {
+		return err
+	}
+	st, err := s.reservationState(ctx, m)
+	if err != nil {
+		return err
+	}
+	if st == stateOpen || st == stateAborted {
+		return notFound("add envelope", m)
+	}
+	return nil
+}
+
+// DeleteEnvelope removes the envelope id. When it was the last envelope of
+// its message, the message's content is removed too. Deleting a missing
+// envelope is not an error. It is not fenced; lease holders delete through
+// Lease.Delete.
+func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
+	if err := s.check("delete envelope"); err != nil {
+		return err
+	}
+	if err := id.Valid(); err != nil {
+		return &Error{Op: "delete envelope", ID: id.String(), Kind: ErrInvalid, Err: err}
+	}
+	if err := s.del(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); err != nil {
+		return s.wrap("delete envelope", id.String(), err, nil)
+	}
+	return s.wrap("delete envelope", id.String(), s.collect(ctx, id.MsgID()), nil)
+}
+
+// collect removes the content of m if m has no envelope left.
+func (s *Store) collect(ctx context.Context, m MsgID) error {
+	var keys []string
+	err := s.retry(ctx, func() error {
+		var err error
+		keys, _, err = s.b.List(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), "", 1)
+		return err
+	})
+	if err != nil || len(keys) > 0 {
+		return err
+	}
+	s.committed.remove(m)
+	return s.del(ctx, Key(Handle{Kind: KindContent, Msg: m}))
+}
+
+// Envelopes returns the IDs of the committed envelopes of message m, in
+// order. A message that is not committed has none.
+func (s *Store) Envelopes(ctx context.Context, m MsgID) ([]EvpID, error) {
+	if err := s.check("envelopes"); err != nil {
+		return nil, err
+	}
+	if err := m.Valid(); err != nil {
+		return nil, &Error{Op: "envelopes", ID: m.String(), Kind: ErrInvalid, Err: err}
+	}
+	var ids []EvpID
+	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(keys []string) error {
+		for _, k := range keys {
+			id, err := parseEnvelopeKey(k)
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap("envelopes", m.String(), err, nil)
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	st, err := s.reservationState(ctx, m)
+	if err != nil {
+		return nil, s.wrap("envelopes", m.String(), err, nil)
+	}
+	if st == stateOpen || st == stateAborted {
+		return nil, nil
+	}
+	return ids, nil
+}
+
+// OpenContent opens the content of the committed message m for reading.
+// The reader verifies the checksum as it goes: if the stored content does
+// not match, its last Read returns an error wrapping ErrCorrupt instead of
+// io.EOF, and the message can be quarantined. The caller closes it.
+func (s *Store) OpenContent(ctx context.Context, m MsgID) (io.ReadCloser, error) {
+	if err := s.check("open content"); err != nil {
+		return nil, err
+	}
+	if err := m.Valid(); err != nil {
+		return nil, &Error{Op: "open content", ID: m.String(), Kind: ErrInvalid, Err: err}
+	}
+	st, err := s.reservationState(ctx, m)
+	if err != nil {
+		return nil, s.wrap("open content", m.String(), err, nil)
+	}
+	if st == stateOpen || st == stateAborted {
+		return nil, notFound("open content", m)
+	}
+	var rc io.ReadCloser
+	err = s.retry(ctx, func() error {
+		var err error
+		rc, _, err = s.b.Get(ctx, Key(Handle{Kind: KindContent, Msg: m}))
+		return err
+	})
+	if err != nil {
+		return nil, s.wrap("open content", m.String(), err, nil)
+	}
+	return newVerifier(rc, m.String()), nil
+}
+
+// DeleteMessage removes the message m with its content and every envelope.
+// Deleting a missing message is not an error.
+func (s *Store) DeleteMessage(ctx context.Context, m MsgID) error {
+	if err := s.check("delete message"); err != nil {
+		return err
+	}
+	if err := m.Valid(); err != nil {
+		return &Error{Op: "delete message", ID: m.String(), Kind: ErrInvalid, Err: err}
+	}
+	s.committed.remove(m)
+	return s.wrap("delete message", m.String(), s.removeMessageData(ctx, m), nil)
+}

@@ -1,0 +1,93 @@
+package queue
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Reservation states.
+const (
+	stateOpen      = "open"
+	stateCommitted = "committed"
+	stateAborted   = "aborted"
+)
+
+// reservation is the record at KindReservation: the transaction of one
+// message. Its switch from open to committed is the commit point; the
+// switch from open to aborted is the abort point. Both are compare-and-swap
+// writes, so exactly one wins.
+type reservation struct {
+	State   string    `json:"state"`
+	Created time.Time `json:"created"`
+	Changed time.Time `json:"changed"`
+	Node    string    `json:"node"`
+	// Nonce tells this transaction from an earlier one that used the same
+	// message ID; pending envelopes carry it.
+	Nonce uint64 `json:"nonce"`
+}
+
+func (r *reservation) encode() []byte {
+	b, _ := json.Marshal(r)
+	return b
+}
+
+func decodeReservation(key string, b []byte) (*reservation, error) {
+	var r reservation
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: reservation %s does not parse: %v", ErrCorrupt, key, err)
+	}
+	switch r.State {
+	case stateOpen, stateCommitted, stateAborted:
+	default:
+		return nil, fmt.Errorf("%w: reservation %s has unknown state %q", ErrCorrupt, key, r.State)
+	}
+	return &r, nil
+}
+
+// An envelope record is one line of JSON, the header, followed by the
+// envelope's opaque data.
+const recordMagic = "mxq-evp/1 "
+
+type envHeader struct {
+	// Pending is the nonce of the transaction that wrote the envelope
+	// before its message was committed, or 0. Readers check the
+	// reservation of such envelopes.
+	Pending uint64 `json:"p,omitempty"`
+	// Holder, Token and Expires are the lease, if any.
+	Holder  string `json:"h,omitempty"`
+	Token   uint64 `json:"t,omitempty"`
+	Expires int64  `json:"x,omitempty"` // Unix nanoseconds
+	// Due is when the envelope is next due for work, Unix seconds; 0 means
+	// now.
+	Due int64 `json:"d,omitempty"`
+	// Gone marks an envelope that its lease holder deleted; the object is
+	// removed right after.
+	Gone bool `json:"g,omitempty"`
+}
+
+func encodeRecord(h *envHeader, data []byte) []byte {
+	hb, _ := json.Marshal(h)
+	b := make([]byte, 0, len(recordMagic)+len(hb)+1+len(data))
+	b = append(b, recordMagic...)
+	b = append(b, hb...)
+	b = append(b, '\n')
+	return append(b, data...)
+}
+
+func decodeRecord(key string, b []byte) (*envHeader, []byte, error) {
+	if !bytes.HasPrefix(b, []byte(recordMagic)) {
+		return nil, nil, fmt.Errorf("%w: envelope %s is not an envelope record", ErrCorrupt, key)
+	}
+	b = b[len(recordMagic):]
+	i := bytes.IndexByte(b, '\n')
+	if i < 0 {
+		return nil, nil, fmt.Errorf("%w: envelope %s has no header end", ErrCorrupt, key)
+	}
+	var h envHeader
+	if err := json.Unmarshal(b[:i], &h); err != nil {
+		return nil, nil, fmt.Errorf("%w: envelope %s header does not parse: %v", ErrCorrupt, key, err)
+	}
+	return &h, b[i+1:], nil
+}

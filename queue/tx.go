@@ -1,0 +1,355 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// maxIDAttempts bounds the retries of an ID allocation that collides.
+const maxIDAttempts = 20
+
+// Tx is a message being received: the transaction that OpenSMTPD opens at
+// MAIL FROM and commits after DATA. Its envelopes and content are
+// invisible to every node until Commit returns nil. A Tx is safe for use by
+// one goroutine at a time.
+type Tx struct {
+	s    *Store
+	id   MsgID
+	res  reservation
+	rver Version
+
+	mu       sync.Mutex
+	envs     []txEnvelope
+	content  bool // content written
+	done     bool
+	anything bool // something besides the reservation may have been written
+}
+
+type txEnvelope struct {
+	id      EvpID
+	data    []byte
+	written bool
+}
+
+// Begin starts a message. It allocates a MsgID that no other node uses: a
+// create-only write reserves it, and a collision with a reserved or stored
+// message picks another. The transaction must end with Commit or Rollback;
+// one that is abandoned is aborted by Sweep after Options.Grace.
+func (s *Store) Begin(ctx context.Context) (*Tx, error) {
+	if err := s.check("begin"); err != nil {
+		return nil, err
+	}
+	for range maxIDAttempts {
+		r, err := s.rand32()
+		if err != nil {
+			return nil, &Error{Op: "begin", Err: err}
+		}
+		id := MsgID(r)
+		if id == 0 {
+			continue
+		}
+		nonce, err := s.rand64()
+		if err != nil {
+			return nil, &Error{Op: "begin", Err: err}
+		}
+		now := s.now()
+		tx := &Tx{s: s, id: id, res: reservation{State: stateOpen, Created: now, Changed: now, Node: s.opts.Node, Nonce: nonce}}
+		key := Key(Handle{Kind: KindReservation, Msg: id})
+		v, err := s.putBytes(ctx, key, tx.res.encode(), PutOptions{IfNoneMatch: true})
+		if s.isPrecondition(err) {
+			continue // reserved by another transaction
+		}
+		if err != nil {
+			return nil, s.wrap("begin", id.String(), err, ErrExists)
+		}
+		tx.rver = v
+		// A committed message no longer has a reservation; its content
+		// tells that the ID is taken.
+		_, err = s.stat(ctx, Key(Handle{Kind: KindContent, Msg: id}))
+		if err == nil {
+			s.del(ctx, key)
+			continue
+		}
+		if !s.isNotFound(err) {
+			s.del(ctx, key)
+			return nil, s.wrap("begin", id.String(), err, nil)
+		}
+		return tx, nil
+	}
+	return nil, errorf("begin", "", ErrExists, "no free message ID after %d attempts", maxIDAttempts)
+}
+
+// ID returns the message's ID.
+func (tx *Tx) ID() MsgID { return tx.id }
+
+// AddEnvelope adds an envelope with the given opaque data and returns its
+// ID. It does no I/O: envelopes are written with the content, or at
+// Commit. data is copied.
+func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.done {
+		return 0, &Error{Op: "add envelope", ID: tx.id.String(), Kind: ErrClosed}
+	}
+	if len(data) > tx.s.opts.MaxEnvelopeSize {
+		return 0, errorf("add envelope", tx.id.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(data), tx.s.opts.MaxEnvelopeSize)
+	}
+	for range maxIDAttempts {
+		lo, err := tx.s.rand32()
+		if err != nil {
+			return 0, &Error{Op: "add envelope", ID: tx.id.String(), Err: err}
+		}
+		if lo == 0 {
+			continue
+		}
+		e := tx.id.Evp(lo)
+		dup := false
+		for _, x := range tx.envs {
+			dup = dup || x.id == e
+		}
+		if dup {
+			continue
+		}
+		tx.envs = append(tx.envs, txEnvelope{id: e, data: append([]byte(nil), data...)})
+		return e, nil
+	}
+	return 0, errorf("add envelope", tx.id.String(), ErrExists, "no free envelope ID after %d attempts", maxIDAttempts)
+}
+
+// Envelopes returns the IDs of the envelopes added so far.
+func (tx *Tx) Envelopes() []EvpID {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	ids := make([]EvpID, len(tx.envs))
+	for i, e := range tx.envs {
+		ids[i] = e.id
+	}
+	return ids
+}
+
+// WriteContent stores the message content read from r, streaming it in
+// bounded memory, and returns its length. Envelopes added so far are
+// written at the same time. It may be called once.
+func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	if tx.done {
+		return 0, &Error{Op: "write content", ID: tx.id.String(), Kind: ErrClosed}
+	}
+	if tx.content {
+		return 0, errorf("write content", tx.id.String(), ErrInvalid, "content was written already")
+	}
+	tx.anything = true
+	var n int64
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	var envErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		envErr = tx.flush(ctx)
+		if envErr != nil {
+			cancel()
+		}
+	}()
+	sr := newSealer(r)
+	_, err := tx.s.b.Put(ctx, Key(Handle{Kind: KindContent, Msg: tx.id}), sr, &PutOptions{IfNoneMatch: true, Size: -1})
+	n = sr.n
+	if err != nil {
+		cancel()
+	}
+	wg.Wait()
+	if err != nil {
+		if sr.err != nil {
+			// The caller's reader failed; report that, not the store's
+			// reaction to it.
+			return n, &Error{Op: "write content", ID: tx.id.String(), Err: sr.err}
+		}
+		return n, tx.s.wrap("write content", tx.id.String(), err, ErrExists)
+	}
+	if envErr != nil {
+		return n, tx.s.wrap("write content", tx.id.String(), envErr, ErrExists)
+	}
+	tx.content = true
+	return n, nil
+}
+
+// flush writes the envelopes not written yet, in parallel. tx.mu is held.
+func (tx *Tx) flush(ctx context.Context) error {
+	var todo []int
+	for i := range tx.envs {
+		if !tx.envs[i].written {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	return tx.s.parallel(ctx, len(todo), func(ctx context.Context, j int) error {
+		e := &tx.envs[todo[j]]
+		rec := encodeRecord(&envHeader{Pending: tx.res.Nonce}, e.data)
+		_, err := tx.s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.id}), rec, PutOptions{IfNoneMatch: true})
+		if err != nil {
+			return err
+		}
+		e.written = true
+		return nil
+	})
+}
+
+// Commit makes the message durable and visible: after it returns nil, the
+// content and every envelope can be read by every node. If it fails, none
+// of them ever becomes visible, unless the error is ambiguous (a timeout
+// on the final write); then Load tells. A message needs at least one
+// envelope; one without content gets empty content.
+func (tx *Tx) Commit(ctx context.Context) error {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	s := tx.s
+	id := tx.id.String()
+	if tx.done {
+		return &Error{Op: "commit", ID: id, Kind: ErrClosed}
+	}
+	if len(tx.envs) == 0 {
+		return errorf("commit", id, ErrInvalid, "a message needs at least one envelope")
+	}
+	tx.anything = true
+	if !tx.content {
+		tx.mu.Unlock()
+		_, err := tx.WriteContent(ctx, eofReader{})
+		tx.mu.Lock()
+		if err != nil {
+			return err
+		}
+	} else if err := tx.flush(ctx); err != nil {
+		return s.wrap("commit", id, err, ErrExists)
+	}
+	res := tx.res
+	res.State = stateCommitted
+	res.Changed = s.now()
+	key := Key(Handle{Kind: KindReservation, Msg: tx.id})
+	_, err := s.putBytes(ctx, key, res.encode(), PutOptions{IfMatch: tx.rver})
+	if err != nil {
+		if s.isPrecondition(err) || s.isNotFound(err) {
+			// Someone else changed the reservation: Sweep aborted it.
+			tx.done = true
+			if st, rerr := s.reservationState(ctx, tx.id); rerr == nil && st == stateCommitted {
+				return nil
+			}
+			return errorf("commit", id, ErrConflict, "the transaction was aborted by a sweep before it committed")
+		}
+		return s.wrap("commit", id, err, ErrConflict)
+	}
+	tx.done = true
+	s.committed.add(tx.id, tx.res.Nonce)
+	// The committed reservation is no longer needed; a leftover one is
+	// harmless and Sweep removes it.
+	s.background(ctx, func(ctx context.Context) { s.del(ctx, key) })
+	return nil
+}
+
+// Rollback abandons the message and removes what it wrote. Rolling back a
+// committed or rolled-back transaction returns ErrClosed.
+func (tx *Tx) Rollback(ctx context.Context) error {
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	s := tx.s
+	id := tx.id.String()
+	if tx.done {
+		return &Error{Op: "rollback", ID: id, Kind: ErrClosed}
+	}
+	tx.done = true
+	key := Key(Handle{Kind: KindReservation, Msg: tx.id})
+	if !tx.anything {
+		return s.wrap("rollback", id, s.del(ctx, key), nil)
+	}
+	res := tx.res
+	res.State = stateAborted
+	res.Changed = s.now()
+	if _, err := s.putBytes(ctx, key, res.encode(), PutOptions{IfMatch: tx.rver}); err != nil && !s.isPrecondition(err) && !s.isNotFound(err) {
+		return s.wrap("rollback", id, err, nil)
+	}
+	// Aborted now, by us or by a sweep: remove the garbage. The aborted
+	// reservation stays as a tombstone that keeps concurrent walks from
+	// showing the envelopes; Sweep removes it after the grace period.
+	return s.wrap("rollback", id, s.removeMessageData(ctx, tx.id), nil)
+}
+
+// removeMessageData deletes a message's envelopes and content.
+func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
+	var keys []string
+	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(page []string) error {
+		keys = append(keys, page...)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	keys = append(keys, Key(Handle{Kind: KindContent, Msg: m}))
+	return s.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
+		return s.del(ctx, keys[i])
+	})
+}
+
+// reservationState returns the state of m's reservation, or "" if it has
+// none.
+func (s *Store) reservationState(ctx context.Context, m MsgID) (string, error) {
+	r, _, err := s.readReservation(ctx, m)
+	if s.isNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return r.State, nil
+}
+
+// visible reports whether an envelope of message m written by the
+// transaction with the given nonce (0: written after the commit) may be
+// shown: the transaction committed. Committed transactions are cached.
+func (s *Store) visible(ctx context.Context, m MsgID, nonce uint64) (bool, error) {
+	if nonce == 0 || s.committed.has(m, nonce) {
+		return true, nil
+	}
+	r, _, err := s.readReservation(ctx, m)
+	if s.isNotFound(err) {
+		// The reservation of a committed message is deleted after the
+		// commit; an aborted one stays until its data is gone.
+		s.committed.add(m, nonce)
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if r.Nonce != nonce {
+		// A later transaction reuses the ID: ours ended long ago, and it
+		// committed, since aborted data is removed before the tombstone.
+		return true, nil
+	}
+	if r.State == stateCommitted {
+		s.committed.add(m, nonce)
+		return true, nil
+	}
+	return false, nil
+}
+
+func (s *Store) readReservation(ctx context.Context, m MsgID) (*reservation, Version, error) {
+	key := Key(Handle{Kind: KindReservation, Msg: m})
+	b, a, err := s.getBytes(ctx, key, 4096)
+	if err != nil {
+		return nil, "", err
+	}
+	r, err := decodeReservation(key, b)
+	return r, a.Version, err
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+func notFound(op string, id fmt.Stringer) error {
+	return &Error{Op: op, ID: id.String(), Kind: ErrNotFound}
+}

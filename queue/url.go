@@ -1,0 +1,143 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// URLOpener opens a Store from a URL whose scheme it was registered for.
+type URLOpener interface {
+	// OpenStoreURL opens the Store that u names. It must reject query
+	// parameters it does not know with an error wrapping ErrInvalid.
+	OpenStoreURL(ctx context.Context, u *url.URL) (*Store, error)
+}
+
+// URLMux maps URL schemes to URLOpeners. The zero value is ready to use.
+// Applications and tests can build their own; DefaultURLMux is the one that
+// adapters register with in their init functions.
+type URLMux struct {
+	mu      sync.RWMutex
+	openers map[string]URLOpener
+}
+
+// Register makes o the opener for scheme, matched case-insensitively. It
+// panics if o is nil, the scheme is empty or invalid, or it is registered
+// already, as sql.Register does.
+func (m *URLMux) Register(scheme string, o URLOpener) {
+	if o == nil {
+		panic("queue: Register opener is nil")
+	}
+	s := strings.ToLower(scheme)
+	if s == "" || strings.ContainsAny(s, ":/ ") {
+		panic(fmt.Sprintf("queue: Register invalid scheme %q", scheme))
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.openers == nil {
+		m.openers = make(map[string]URLOpener)
+	}
+	if _, dup := m.openers[s]; dup {
+		panic(fmt.Sprintf("queue: Register called twice for scheme %q", s))
+	}
+	m.openers[s] = o
+}
+
+// Schemes returns the registered schemes in sorted order.
+func (m *URLMux) Schemes() []string {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var s []string
+	for k := range m.openers {
+		s = append(s, k)
+	}
+	slices.Sort(s)
+	return s
+}
+
+// ValidScheme reports whether scheme has an opener.
+func (m *URLMux) ValidScheme(scheme string) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	_, ok := m.openers[strings.ToLower(scheme)]
+	return ok
+}
+
+// Open opens the Store that urlstr names. A URL that does not parse or has
+// an unknown scheme is an error wrapping ErrInvalid; the latter lists the
+// registered schemes.
+func (m *URLMux) Open(ctx context.Context, urlstr string) (*Store, error) {
+	u, err := url.Parse(urlstr)
+	if err != nil {
+		return nil, &Error{Op: "open", ID: RedactURL(urlstr), Kind: ErrInvalid, Err: fmt.Errorf("not a URL")}
+	}
+	if u.Scheme == "" {
+		return nil, errorf("open", RedactURL(urlstr), ErrInvalid, "no scheme; want one of %s", strings.Join(m.Schemes(), ", "))
+	}
+	m.mu.RLock()
+	o := m.openers[strings.ToLower(u.Scheme)]
+	m.mu.RUnlock()
+	if o == nil {
+		return nil, errorf("open", RedactURL(urlstr), ErrInvalid, "unknown scheme %q; registered: %s (forgotten import?)", u.Scheme, strings.Join(m.Schemes(), ", "))
+	}
+	return o.OpenStoreURL(ctx, u)
+}
+
+var defaultMux = new(URLMux)
+
+// DefaultURLMux returns the URLMux that adapters register with when they
+// are imported, and that Open uses.
+func DefaultURLMux() *URLMux { return defaultMux }
+
+// Open opens the Store that urlstr names through DefaultURLMux.
+func Open(ctx context.Context, urlstr string) (*Store, error) {
+	return defaultMux.Open(ctx, urlstr)
+}
+
+// RedactURL returns urlstr with any password replaced by "xxxxx", for
+// logs and error messages. Strings that do not parse are returned as they
+// are.
+func RedactURL(urlstr string) string {
+	u, err := url.Parse(urlstr)
+	if err != nil || u.User == nil {
+		return urlstr
+	}
+	return u.Redacted()
+}
+
+// URLParams checks the query of u against the allowed parameter names and
+// returns the values, one per name. Unknown or repeated parameters are
+// errors wrapping ErrInvalid. Adapters use it in their URL openers.
+func URLParams(u *url.URL, allowed ...string) (map[string]string, error) {
+	out := make(map[string]string)
+	for k, v := range u.Query() {
+		if !slices.Contains(allowed, k) {
+			if len(allowed) == 0 {
+				return nil, errorf("open", u.Redacted(), ErrInvalid, "invalid query parameter %q: this scheme takes none", k)
+			}
+			return nil, errorf("open", u.Redacted(), ErrInvalid, "invalid query parameter %q; valid: %s", k, strings.Join(allowed, ", "))
+		}
+		if len(v) != 1 {
+			return nil, errorf("open", u.Redacted(), ErrInvalid, "query parameter %q given %d times", k, len(v))
+		}
+		out[k] = v[0]
+	}
+	return out, nil
+}
+
+// ParseBool parses a boolean URL parameter: true/false, 1/0, yes/no. An
+// empty value gives def.
+func ParseBool(name, v string, def bool) (bool, error) {
+	switch strings.ToLower(v) {
+	case "":
+		return def, nil
+	case "1", "true", "yes", "on":
+		return true, nil
+	case "0", "false", "no", "off":
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: query parameter %s=%q: want true or false", ErrInvalid, name, v)
+}
