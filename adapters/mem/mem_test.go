@@ -14,7 +14,9 @@ type harness struct{ name string }
 
 var harnesses atomic.Int64
 
-func (h *harness) MakeBackend(context.Context) (queue.Backend, error) { return OpenBackend(h.name), nil }
+func (h *harness) MakeBackend(context.Context) (queue.Backend, error) {
+	return OpenBackend(h.name), nil
+}
 func (h *harness) Capabilities() conformance.Capabilities {
 	return conformance.Capabilities{ContentInMemory: true, IfMatchMissing: queue.CodeNotFound}
 }
