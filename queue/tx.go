@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -162,6 +163,10 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 		cancel()
 	}
 	wg.Wait()
+	if envErr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		// The envelopes failed first and cancelled the upload.
+		err = nil
+	}
 	if err != nil {
 		if sr.err != nil {
 			// The caller's reader failed; report that, not the store's
