@@ -10,7 +10,7 @@ import (
 
 type fakeOpener struct{ got *url.URL }
 
-func (o *fakeOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*Store, error) {
+func (o *fakeOpener) OpenStoreURL(ctx context.Context, u *url.URL, opts *Options) (*Store, error) {
 	o.got = u
 	if _, err := URLParams(u, "region"); err != nil {
 		return nil, err

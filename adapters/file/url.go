@@ -15,13 +15,14 @@ func init() { queue.DefaultURLMux().Register(Scheme, new(URLOpener)) }
 
 // URLOpener opens file URLs: file:///abs/path names the queue directory.
 // The host must be empty or "localhost"; no query parameters are accepted.
-type URLOpener struct {
-	// Options are the queue options of the Stores it opens.
-	Options queue.Options
-}
+type URLOpener struct{}
 
 // OpenStoreURL implements queue.URLOpener.
-func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store, error) {
+func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.Options) (*queue.Store, error) {
+	opts := new(Options)
+	if qopts != nil {
+		opts.Queue = *qopts
+	}
 	if _, err := queue.URLParams(u); err != nil {
 		return nil, err
 	}
@@ -31,5 +32,5 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store,
 	if u.Path == "" || u.Opaque != "" {
 		return nil, &queue.Error{Op: "open", ID: u.Redacted(), Kind: queue.ErrInvalid, Err: errors.New("want file:///abs/path")}
 	}
-	return Open(ctx, u.Path, &Options{Queue: o.Options})
+	return Open(ctx, u.Path, opts)
 }
