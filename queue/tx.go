@@ -42,6 +42,16 @@ func (s *Store) Begin(ctx context.Context) (*Tx, error) {
 	if err := s.check("begin"); err != nil {
 		return nil, err
 	}
+	if s.opts.Prealloc > 0 {
+		if tx := s.fromPool(ctx); tx != nil {
+			return tx, nil
+		}
+	}
+	return s.reserve(ctx)
+}
+
+// reserve allocates and reserves a message ID.
+func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 	for range maxIDAttempts {
 		r, err := s.rand32()
 		if err != nil {
