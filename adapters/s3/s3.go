@@ -454,6 +454,10 @@ func (b *backend) ErrorCode(err error) queue.Code {
 		return queue.CodePrecondition
 	case "NotImplemented":
 		return queue.CodeUnsupported
+	case "NoSuchUpload":
+		// A multipart upload vanished: aborted, or completed by an attempt
+		// whose answer was lost. Not a missing key.
+		return queue.CodeUnknown
 	}
 	status := httpStatus(err)
 	switch {

@@ -236,6 +236,7 @@ func TestErrorCode(t *testing.T) {
 		{"412 without a code", apiErr(412, ""), queue.CodePrecondition},
 		{"conditional request conflict", apiErr(409, "ConditionalRequestConflict"), queue.CodePrecondition},
 		{"operation aborted", apiErr(409, "OperationAborted"), queue.CodePrecondition},
+		{"no such upload", apiErr(404, "NoSuchUpload"), queue.CodeUnknown},
 		{"not implemented", apiErr(501, "NotImplemented"), queue.CodeUnsupported},
 		{"internal error", apiErr(500, "InternalError"), queue.CodeUnavailable},
 		{"slow down", apiErr(503, "SlowDown"), queue.CodeUnavailable},
