@@ -56,20 +56,21 @@ const (
 // connect and TLS handshake timeout and a 30 s wait for response headers,
 // and try a request at most 3 times (conditional PUTs once).
 type URLOpener struct {
-	// Options are the queue options of the Stores it opens.
-	Options queue.Options
-
 	once      sync.Once
 	transport http.RoundTripper
 }
 
 // OpenStoreURL implements queue.URLOpener.
-func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store, error) {
+func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.Options) (*queue.Store, error) {
 	client, bucket, prefix, err := o.client(u)
 	if err != nil {
 		return nil, err
 	}
-	return Open(ctx, client, bucket, &Options{Prefix: prefix, Queue: o.Options})
+	opts := &Options{Prefix: prefix}
+	if qopts != nil {
+		opts.Queue = *qopts
+	}
+	return Open(ctx, client, bucket, opts)
 }
 
 // client returns a client for u, and the bucket and prefix u names.

@@ -70,9 +70,6 @@ const (
 // with a 5 s connect and TLS handshake timeout and a 30 s wait for
 // response headers.
 type URLOpener struct {
-	// Options are the queue options of the Stores it opens.
-	Options queue.Options
-
 	mu      sync.Mutex
 	configs map[configKey]*lazyConfig
 }
@@ -87,12 +84,16 @@ type lazyConfig struct {
 }
 
 // OpenStoreURL implements queue.URLOpener.
-func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store, error) {
+func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.Options) (*queue.Store, error) {
 	client, bucket, err := o.client(ctx, u)
 	if err != nil {
 		return nil, err
 	}
-	return Open(ctx, client, bucket, &Options{Prefix: u.Path, Queue: o.Options})
+	opts := &Options{Prefix: u.Path}
+	if qopts != nil {
+		opts.Queue = *qopts
+	}
+	return Open(ctx, client, bucket, opts)
 }
 
 // client returns a client for u and the bucket u names.
