@@ -4,6 +4,8 @@
 package all
 
 import (
-	_ "github.com/mxqueue/mxq/adapters/file" // file://
-	_ "github.com/mxqueue/mxq/adapters/mem"  // mem://
+	_ "github.com/mxqueue/mxq/adapters/file"  // file://
+	_ "github.com/mxqueue/mxq/adapters/mem"   // mem://
+	_ "github.com/mxqueue/mxq/adapters/minio" // minio://
+	_ "github.com/mxqueue/mxq/adapters/s3"    // s3://
 )
