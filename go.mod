@@ -3,6 +3,7 @@ module github.com/mxqueue/mxq
 go 1.26.8
 
 require (
+	cloud.google.com/go/datastore v1.28.1
 	cloud.google.com/go/storage v1.70.0
 	google.golang.org/api v0.307.0
 	google.golang.org/grpc v1.84.0
