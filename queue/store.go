@@ -31,6 +31,12 @@ type Options struct {
 	// Rand is the source of message and envelope IDs. Default:
 	// crypto/rand. Tests inject one to force collisions.
 	Rand io.Reader
+	// Prealloc is how many message IDs the Store reserves ahead, in the
+	// background, so that Begin returns without a store round trip. It is
+	// for MTAs like OpenSMTPD whose queue calls must not wait. Reserved IDs
+	// older than a quarter of Grace are released and replaced. Default: 0,
+	// none.
+	Prealloc int
 	// Retries is how many times a failed idempotent request whose error is
 	// classified CodeUnavailable is retried, with exponential backoff from
 	// 50ms. Default: 3. Negative: none.
@@ -50,6 +56,7 @@ type Store struct {
 	randMu sync.Mutex
 
 	committed cache // messages known to be committed
+	pool      *pool // reserved message IDs, if Options.Prealloc > 0
 }
 
 // New returns a Store over b. opts may be nil. The Store owns b and closes
@@ -109,6 +116,9 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	if s.pool != nil {
+		s.pool.stop()
+	}
 	s.bg.Wait()
 	return s.b.Close()
 }

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -41,6 +42,16 @@ func (s *Store) Begin(ctx context.Context) (*Tx, error) {
 	if err := s.check("begin"); err != nil {
 		return nil, err
 	}
+	if s.opts.Prealloc > 0 {
+		if tx := s.fromPool(ctx); tx != nil {
+			return tx, nil
+		}
+	}
+	return s.reserve(ctx)
+}
+
+// reserve allocates and reserves a message ID.
+func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 	for range maxIDAttempts {
 		r, err := s.rand32()
 		if err != nil {
@@ -162,6 +173,10 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 		cancel()
 	}
 	wg.Wait()
+	if envErr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+		// The envelopes failed first and cancelled the upload.
+		err = nil
+	}
 	if err != nil {
 		if sr.err != nil {
 			// The caller's reader failed; report that, not the store's

@@ -11,9 +11,10 @@ import (
 
 // URLOpener opens a Store from a URL whose scheme it was registered for.
 type URLOpener interface {
-	// OpenStoreURL opens the Store that u names. It must reject query
+	// OpenStoreURL opens the Store that u names, with the queue options
+	// opts (nil: defaults), which it passes to New. It must reject query
 	// parameters it does not know with an error wrapping ErrInvalid.
-	OpenStoreURL(ctx context.Context, u *url.URL) (*Store, error)
+	OpenStoreURL(ctx context.Context, u *url.URL, opts *Options) (*Store, error)
 }
 
 // URLMux maps URL schemes to URLOpeners. The zero value is ready to use.
@@ -66,10 +67,15 @@ func (m *URLMux) ValidScheme(scheme string) bool {
 	return ok
 }
 
-// Open opens the Store that urlstr names. A URL that does not parse or has
-// an unknown scheme is an error wrapping ErrInvalid; the latter lists the
-// registered schemes.
+// Open opens the Store that urlstr names with default options. A URL that
+// does not parse or has an unknown scheme is an error wrapping ErrInvalid;
+// the latter lists the registered schemes.
 func (m *URLMux) Open(ctx context.Context, urlstr string) (*Store, error) {
+	return m.OpenOptions(ctx, urlstr, nil)
+}
+
+// OpenOptions is Open with queue options; opts may be nil.
+func (m *URLMux) OpenOptions(ctx context.Context, urlstr string, opts *Options) (*Store, error) {
 	u, err := url.Parse(urlstr)
 	if err != nil {
 		return nil, &Error{Op: "open", ID: RedactURL(urlstr), Kind: ErrInvalid, Err: fmt.Errorf("not a URL")}
@@ -83,7 +89,7 @@ func (m *URLMux) Open(ctx context.Context, urlstr string) (*Store, error) {
 	if o == nil {
 		return nil, errorf("open", RedactURL(urlstr), ErrInvalid, "unknown scheme %q; registered: %s (forgotten import?)", u.Scheme, strings.Join(m.Schemes(), ", "))
 	}
-	return o.OpenStoreURL(ctx, u)
+	return o.OpenStoreURL(ctx, u, opts)
 }
 
 var defaultMux = new(URLMux)

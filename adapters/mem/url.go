@@ -16,16 +16,17 @@ func init() { queue.DefaultURLMux().Register(Scheme, new(URLOpener)) }
 // URLOpener opens mem URLs: mem://name shares the storage called name with
 // every other mem://name Store of the process. No query parameters are
 // accepted.
-type URLOpener struct {
-	// Options are the queue options of the Stores it opens.
-	Options queue.Options
-}
+type URLOpener struct{}
 
 // OpenStoreURL implements queue.URLOpener.
-func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store, error) {
+func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.Options) (*queue.Store, error) {
+	opts := new(Options)
+	if qopts != nil {
+		opts.Queue = *qopts
+	}
 	if _, err := queue.URLParams(u); err != nil {
 		return nil, err
 	}
 	name := u.Host + strings.TrimSuffix(u.Path, "/")
-	return Open(ctx, name, &Options{Queue: o.Options})
+	return Open(ctx, name, opts)
 }

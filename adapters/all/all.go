@@ -1,0 +1,9 @@
+// Package all registers every adapter with queue.DefaultURLMux. Only
+// binaries should import it; libraries take a *queue.Store or a
+// *queue.URLMux.
+package all
+
+import (
+	_ "github.com/mxqueue/mxq/adapters/file" // file://
+	_ "github.com/mxqueue/mxq/adapters/mem"  // mem://
+)

@@ -1,0 +1,426 @@
+// Package file keeps the queue in a local directory, laid out like
+// OpenSMTPD's queue_fs in hashed buckets. It is the embedded default of
+// the mxq command. Any number of processes on one host may share the
+// directory: every write that must be exclusive is done under a lock on
+// its bucket directory, and every replacement is atomic.
+//
+// # URLs
+//
+// file:///abs/path opens the queue in the directory /abs/path, creating
+// it if it does not exist. The host must be empty or "localhost", and no
+// query parameters are accepted. See URLOpener.
+//
+// # Keys
+//
+// A key's first component is a directory (inc, msg, evp, ...). When the
+// second component is a two-hex-digit bucket, as in msg/ab/... and
+// evp/ab/..., it is a directory too. The rest of the key becomes the file
+// name with every "/" replaced by ",", so evp/ab/ab12cd34/ab12cd3400000001
+// is the file evp/ab/ab12cd34,ab12cd3400000001. The number of directories
+// is therefore bounded and none is ever removed. Keys consist of
+// [a-z0-9._-/] only, so no other escaping is needed. Files being written
+// live in .tmp until they are renamed into place.
+//
+// # Writes
+//
+// A Put writes a temporary file, fsyncs it, then, holding an exclusive
+// flock on the bucket directory, checks the condition, renames (or, for a
+// create-only write, links) the file into place and fsyncs the directory.
+// Deletes take the same lock. Reads take no lock: renames are atomic.
+// The version of a file is its inode number, modification time and size.
+//
+// # Errors
+//
+// A missing file is queue.CodeNotFound, a refused condition
+// queue.CodePrecondition. Other errors are the operating system's, as
+// *fs.PathError, and are not classified.
+package file
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+// Options are the options of Open.
+type Options struct {
+	// Queue are the options of the Store.
+	Queue queue.Options
+}
+
+// Open returns a Store over the queue in the directory root, which must be
+// an absolute path. The directory is created if it does not exist; if the
+// path exists but is not a directory, the error wraps queue.ErrInvalid.
+// opts may be nil.
+func Open(ctx context.Context, root string, opts *Options) (*queue.Store, error) {
+	if opts == nil {
+		opts = new(Options)
+	}
+	b, err := openBackend(root)
+	if err != nil {
+		return nil, err
+	}
+	return queue.New(b, &opts.Queue)
+}
+
+type backend struct {
+	root string
+}
+
+var _ queue.Backend = (*backend)(nil)
+var _ queue.Stater = (*backend)(nil)
+
+var errPrecondition = errors.New("file: precondition failed")
+
+func openBackend(root string) (*backend, error) {
+	if !filepath.IsAbs(root) {
+		return nil, &queue.Error{Op: "open", ID: root, Kind: queue.ErrInvalid, Err: errors.New("the queue directory must be an absolute path")}
+	}
+	root = filepath.Clean(root)
+	if fi, err := os.Stat(root); err == nil && !fi.IsDir() {
+		return nil, &queue.Error{Op: "open", ID: root, Kind: queue.ErrInvalid, Err: errors.New("exists and is not a directory")}
+	}
+	if err := os.MkdirAll(filepath.Join(root, ".tmp"), 0o700); err != nil {
+		return nil, &queue.Error{Op: "open", ID: root, Err: err}
+	}
+	return &backend{root: root}, nil
+}
+
+func isShard(s string) bool {
+	return len(s) == 2 && strings.Trim(s, "0123456789abcdef") == ""
+}
+
+// path maps a key to its directory and file name.
+func (b *backend) path(key string) (dir, name string, err error) {
+	comps := strings.Split(key, "/")
+	if len(comps) < 2 || slices.Contains(comps, "") || slices.Contains(comps, ".") || slices.Contains(comps, "..") || strings.ContainsAny(key, ",\\\x00") || strings.HasPrefix(key, ".") {
+		return "", "", fmt.Errorf("file: invalid key %q", key)
+	}
+	d := comps[0]
+	rest := comps[1:]
+	if len(rest) >= 2 && isShard(rest[0]) {
+		d += "/" + rest[0]
+		rest = rest[1:]
+	}
+	return filepath.Join(b.root, filepath.FromSlash(d)), strings.Join(rest, ","), nil
+}
+
+// Get implements queue.Backend.Get.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, queue.Attrs{}, err
+	}
+	dir, name, err := b.path(key)
+	if err != nil {
+		return nil, queue.Attrs{}, err
+	}
+	f, err := os.Open(filepath.Join(dir, name))
+	if err != nil {
+		return nil, queue.Attrs{}, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, queue.Attrs{}, err
+	}
+	return &ctxReader{ctx: ctx, f: f}, attrs(fi), nil
+}
+
+// ctxReader stops reading once its context is done.
+type ctxReader struct {
+	ctx context.Context
+	f   *os.File
+}
+
+func (r *ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.f.Read(p)
+}
+
+func (r *ctxReader) Close() error { return r.f.Close() }
+
+func attrs(fi fs.FileInfo) queue.Attrs {
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	return queue.Attrs{
+		Version: queue.Version(fmt.Sprintf("%x.%x.%x", ino, fi.ModTime().UnixNano(), fi.Size())),
+		Size:    fi.Size(),
+	}
+}
+
+// Stat implements queue.Stater.
+func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+	if err := ctx.Err(); err != nil {
+		return queue.Attrs{}, err
+	}
+	dir, name, err := b.path(key)
+	if err != nil {
+		return queue.Attrs{}, err
+	}
+	fi, err := os.Stat(filepath.Join(dir, name))
+	if err != nil {
+		return queue.Attrs{}, err
+	}
+	return attrs(fi), nil
+}
+
+// Put implements queue.Backend.Put.
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+	dir, name, err := b.path(key)
+	if err != nil {
+		return "", err
+	}
+	tmp, fi, err := b.writeTemp(ctx, r)
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(tmp)
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	target := filepath.Join(dir, name)
+	err = b.locked(dir, func() error {
+		if opts.IfMatch != "" {
+			cur, err := os.Stat(target)
+			if err != nil {
+				return err
+			}
+			if attrs(cur).Version != opts.IfMatch {
+				return errPrecondition
+			}
+		}
+		if opts.IfNoneMatch {
+			if err := os.Link(tmp, target); err != nil {
+				if errors.Is(err, fs.ErrExist) {
+					return errPrecondition
+				}
+				return err
+			}
+		} else if err := os.Rename(tmp, target); err != nil {
+			return err
+		}
+		return syncDir(dir)
+	})
+	if err != nil {
+		return "", err
+	}
+	return attrs(fi).Version, nil
+}
+
+// writeTemp copies r into a new file under .tmp and fsyncs it.
+func (b *backend) writeTemp(ctx context.Context, r io.Reader) (string, fs.FileInfo, error) {
+	var rnd [12]byte
+	rand.Read(rnd[:])
+	path := filepath.Join(b.root, ".tmp", hex.EncodeToString(rnd[:]))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", nil, err
+	}
+	fail := func(err error) (string, fs.FileInfo, error) {
+		f.Close()
+		os.Remove(path)
+		return "", nil, err
+	}
+	if _, err := io.Copy(f, &ctxReader2{ctx: ctx, r: r}); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return "", nil, err
+	}
+	return path, fi, nil
+}
+
+// ctxReader2 stops copying once its context is done.
+type ctxReader2 struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r *ctxReader2) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
+
+// locked runs fn holding an exclusive flock on dir, creating dir first if
+// needed. Directories are never removed, so the lock always guards the
+// directory that paths resolve to.
+func (b *backend) locked(dir string, fn func() error) error {
+	d, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		syncDir(filepath.Dir(dir))
+		d, err = os.Open(dir)
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	for {
+		err = syscall.Flock(int(d.Fd()), syscall.LOCK_EX)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		return &fs.PathError{Op: "flock", Path: dir, Err: err}
+	}
+	defer syscall.Flock(int(d.Fd()), syscall.LOCK_UN)
+	return fn()
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// Delete implements queue.Backend.Delete.
+func (b *backend) Delete(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dir, name, err := b.path(key)
+	if err != nil {
+		return err
+	}
+	return b.locked(dir, func() error {
+		err := os.Remove(filepath.Join(dir, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return err
+	})
+}
+
+// List implements queue.Backend.List. It reads the directories that may
+// hold keys under prefix, in key order, and stops once it has limit keys.
+func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
+	var out []string
+	tops, err := readNames(b.root)
+	if err != nil {
+		return nil, false, err
+	}
+	for _, top := range tops {
+		if strings.HasPrefix(top, ".") || !mayMatch(top+"/", prefix, startAfter) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
+		}
+		subs, err := readNames(filepath.Join(b.root, top))
+		if err != nil {
+			return nil, false, err
+		}
+		// Entries of a top directory are files or shard directories; a
+		// shard's keys all start with top/<shard>/, so keys of the files
+		// and of the shards can be merged by sorting each group.
+		var keys []string
+		for _, sub := range subs {
+			dirPath := filepath.Join(b.root, top, sub)
+			if isShard(sub) {
+				if fi, err := os.Stat(dirPath); err == nil && fi.IsDir() {
+					if !mayMatch(top+"/"+sub+"/", prefix, startAfter) {
+						continue
+					}
+					names, err := readNames(dirPath)
+					if err != nil {
+						return nil, false, err
+					}
+					for _, n := range names {
+						keys = append(keys, top+"/"+sub+"/"+strings.ReplaceAll(n, ",", "/"))
+					}
+					continue
+				}
+			}
+			keys = append(keys, top+"/"+strings.ReplaceAll(sub, ",", "/"))
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			if !strings.HasPrefix(k, prefix) || k <= startAfter {
+				continue
+			}
+			if len(out) == limit {
+				return out, true, nil
+			}
+			out = append(out, k)
+		}
+	}
+	return out, false, nil
+}
+
+// mayMatch reports whether keys starting with dirKey may start with prefix
+// and sort after startAfter.
+func mayMatch(dirKey, prefix, startAfter string) bool {
+	if !strings.HasPrefix(dirKey, prefix) && !strings.HasPrefix(prefix, dirKey) {
+		return false
+	}
+	// Every key in dirKey sorts below dirKey with its last byte raised.
+	if startAfter != "" {
+		upper := dirKey[:len(dirKey)-1] + string(rune(dirKey[len(dirKey)-1]+1))
+		if upper <= startAfter {
+			return false
+		}
+	}
+	return true
+}
+
+func readNames(dir string) ([]string, error) {
+	d, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return nil, err
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// ErrorCode implements queue.Backend.ErrorCode.
+func (b *backend) ErrorCode(err error) queue.Code {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return queue.CodeNotFound
+	case errors.Is(err, errPrecondition):
+		return queue.CodePrecondition
+	}
+	return queue.CodeUnknown
+}
+
+// Close implements queue.Backend.Close. There is nothing to release.
+func (b *backend) Close() error { return nil }

@@ -1,0 +1,49 @@
+// Package conformance is the suite that proves an adapter meets the
+// contract of queue.Backend and, through it, that a queue.Store on that
+// adapter meets every line of the queue's contract. An adapter's test is a
+// short Harness plus one call to Run:
+//
+//	func TestConformance(t *testing.T) {
+//		conformance.Run(t, func(ctx context.Context, t testing.TB) (conformance.Harness, error) {
+//			return &harness{...}, nil
+//		})
+//	}
+//
+// Every subtest gets a fresh Harness. Subtests that need several nodes
+// call MakeBackend several times; all backends of one Harness must share
+// one storage. The suite depends only on queue and the standard library.
+package conformance
+
+import (
+	"context"
+	"testing"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+// Harness gives the suite access to one adapter's storage.
+type Harness interface {
+	// MakeBackend returns a new Backend over the harness's storage. Every
+	// call returns a Backend over the same storage, as if opened by
+	// another node.
+	MakeBackend(ctx context.Context) (queue.Backend, error)
+	// Capabilities tells the suite what to expect of the adapter.
+	Capabilities() Capabilities
+	// Close releases the harness; the storage may be discarded.
+	Close()
+}
+
+// HarnessMaker makes the Harness of one subtest.
+type HarnessMaker func(ctx context.Context, t testing.TB) (Harness, error)
+
+// Capabilities describe an adapter to the suite.
+type Capabilities struct {
+	// ContentInMemory says the adapter keeps stored content in this
+	// process's memory (mem), so the memory bound of the large-message
+	// test allows for it.
+	ContentInMemory bool
+	// IfMatchMissing is the code a compare-and-swap Put on a missing key
+	// fails with: queue.CodeNotFound or queue.CodePrecondition. The zero
+	// value accepts either.
+	IfMatchMissing queue.Code
+}

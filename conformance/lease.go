@@ -1,0 +1,5 @@
+package conformance
+
+import "testing"
+
+func runLeaseTests(t *testing.T, mk HarnessMaker) {}

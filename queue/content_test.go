@@ -1,0 +1,76 @@
+package queue
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"testing"
+	"testing/iotest"
+)
+
+func seal(t testing.TB, data []byte) []byte {
+	b, err := io.ReadAll(newSealer(bytes.NewReader(data)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestSealVerify(t *testing.T) {
+	for _, n := range []int{0, 1, trailerSize - 1, trailerSize, trailerSize + 1, 100000} {
+		data := bytes.Repeat([]byte{'x'}, n)
+		sealed := seal(t, data)
+		if len(sealed) != n+trailerSize {
+			t.Fatalf("sealed %d bytes into %d", n, len(sealed))
+		}
+		got, err := io.ReadAll(newVerifier(io.NopCloser(iotest.OneByteReader(bytes.NewReader(sealed))), "m"))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("verify %d bytes: %d bytes, %v", n, len(got), err)
+		}
+	}
+}
+
+func FuzzVerifier(f *testing.F) {
+	f.Add([]byte("hello"), 3)
+	f.Add([]byte{}, 0)
+	f.Fuzz(func(t *testing.T, data []byte, flip int) {
+		sealed := seal(t, data)
+		got, err := io.ReadAll(newVerifier(io.NopCloser(bytes.NewReader(sealed)), "m"))
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("intact content: %v", err)
+		}
+		if flip < 0 {
+			flip = -flip
+		}
+		bad := bytes.Clone(sealed)
+		bad[flip%len(bad)] ^= 1
+		_, err = io.ReadAll(newVerifier(io.NopCloser(bytes.NewReader(bad)), "m"))
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("flipped bit %d: %v", flip%len(bad), err)
+		}
+		// Any truncation is caught too.
+		cut := sealed[:flip%len(sealed)]
+		if _, err := io.ReadAll(newVerifier(io.NopCloser(bytes.NewReader(cut)), "m")); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("cut at %d: %v", len(cut), err)
+		}
+	})
+}
+
+func FuzzDecodeRecord(f *testing.F) {
+	f.Add(encodeRecord(&envHeader{Pending: 5, Holder: "n"}, []byte("data")))
+	f.Add([]byte("mxq-evp/1 {}\n"))
+	f.Add([]byte("garbage"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, data, err := decodeRecord("k", b)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v does not wrap ErrCorrupt", err)
+			}
+			return
+		}
+		h2, data2, err := decodeRecord("k", encodeRecord(h, data))
+		if err != nil || *h2 != *h || !bytes.Equal(data, data2) {
+			t.Fatalf("re-encoding changed the record: %v", err)
+		}
+	})
+}

@@ -1,0 +1,76 @@
+package queue
+
+import (
+	"errors"
+	"testing"
+)
+
+func TestKey(t *testing.T) {
+	const m = MsgID(0xab12cd34)
+	const e = EvpID(0xab12cd3400c0ffee)
+	for _, c := range []struct {
+		name string
+		h    Handle
+		want string
+	}{
+		{"reservation", Handle{Kind: KindReservation, Msg: m}, "inc/ab12cd34"},
+		{"reservation prefix", Handle{Kind: KindReservation}, "inc/"},
+		{"content", Handle{Kind: KindContent, Msg: m}, "msg/ab/ab12cd34"},
+		{"content of a low ID", Handle{Kind: KindContent, Msg: 1}, "msg/00/00000001"},
+		{"content prefix", Handle{Kind: KindContent}, "msg/"},
+		{"envelope", Handle{Kind: KindEnvelope, Evp: e}, "evp/ab/ab12cd34/ab12cd3400c0ffee"},
+		{"envelopes of a message", Handle{Kind: KindEnvelope, Msg: m}, "evp/ab/ab12cd34/"},
+		{"envelope prefix", Handle{Kind: KindEnvelope}, "evp/"},
+		{"quarantine", Handle{Kind: KindQuarantine, Msg: m}, "bad/ab12cd34/info"},
+		{"quarantine prefix", Handle{Kind: KindQuarantine}, "bad/"},
+		{"quarantined content", Handle{Kind: KindQuarantineContent, Msg: m}, "bad/ab12cd34/msg"},
+		{"quarantined envelope", Handle{Kind: KindQuarantineEnvelope, Evp: e}, "bad/ab12cd34/evp/ab12cd3400c0ffee"},
+		{"node", Handle{Kind: KindNode, Node: "mx1.example"}, "node/mx1.example"},
+		{"claim", Handle{Kind: KindClaim, Node: "mx1", Evp: e}, "own/mx1/ab12cd3400c0ffee"},
+		{"claims of a node", Handle{Kind: KindClaim, Node: "mx1"}, "own/mx1/"},
+		{"claim prefix", Handle{Kind: KindClaim}, "own/"},
+		{"due", Handle{Kind: KindDue, Due: 29511234, Evp: e}, "due/000029511234/ab12cd3400c0ffee"},
+		{"due bucket", Handle{Kind: KindDue, Due: 29511234}, "due/000029511234/"},
+		{"due prefix", Handle{Kind: KindDue}, "due/"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := Key(c.h); got != c.want {
+				t.Fatalf("Key(%+v) = %q, want %q", c.h, got, c.want)
+			}
+		})
+	}
+}
+
+func TestParseEnvelopeKey(t *testing.T) {
+	const e = EvpID(0xab12cd3400c0ffee)
+	if got, err := parseEnvelopeKey(Key(Handle{Kind: KindEnvelope, Evp: e})); err != nil || got != e {
+		t.Fatalf("round trip: %v, %v", got, err)
+	}
+	for _, k := range []string{
+		"evp/ab/ab12cd34/ab12cd3400c0ffe",
+		"evp/00/ab12cd34/ab12cd3400c0ffee", // wrong shard
+		"evp/ab/ab12cd35/ab12cd3400c0ffee", // wrong message
+		"evp/ab/ab12cd34/AB12CD3400C0FFEE", // not canonical
+		"evp/ab/ab12cd34/ab12cd3400000000", // zero low half
+		"evp/zz/stray",
+	} {
+		if _, err := parseEnvelopeKey(k); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("parseEnvelopeKey(%q) = %v, want ErrCorrupt", k, err)
+		}
+	}
+}
+
+func TestValidNodeName(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ok   bool
+	}{
+		{"mx1", true}, {"mx-1.example_a", true}, {"", false}, {".hidden", false},
+		{"MX1", false}, {"a/b", false}, {"a b", false}, {string(make([]byte, 65)), false},
+	} {
+		err := ValidNodeName(c.name)
+		if (err == nil) != c.ok || err != nil && !errors.Is(err, ErrInvalid) {
+			t.Errorf("ValidNodeName(%q) = %v", c.name, err)
+		}
+	}
+}
