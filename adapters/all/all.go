@@ -4,6 +4,8 @@
 package all
 
 import (
-	_ "github.com/mxqueue/mxq/adapters/file" // file://
-	_ "github.com/mxqueue/mxq/adapters/mem"  // mem://
+	_ "github.com/mxqueue/mxq/adapters/datastore" // datastore://
+	_ "github.com/mxqueue/mxq/adapters/file"      // file://
+	_ "github.com/mxqueue/mxq/adapters/gcs"       // gs://
+	_ "github.com/mxqueue/mxq/adapters/mem"       // mem://
 )

@@ -258,7 +258,7 @@ func (b *backend) getHead(ctx context.Context, key string) (*head, error) {
 func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
 	h, err := b.getHead(ctx, key)
 	if err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, queue.Attrs{}, ctxErr(ctx, err)
 	}
 	r := &reader{ctx: ctx, b: b, key: key, h: h, buf: h.Data, next: 1, read: int64(len(h.Data))}
 	return r, queue.Attrs{Version: queue.Version(h.Gen), Size: h.Size}, nil
@@ -293,8 +293,8 @@ func (r *reader) Read(p []byte) (int, error) {
 			if errors.Is(err, datastore.ErrNoSuchEntity) {
 				err = fmt.Errorf("datastore: %s was replaced or deleted while being read: %w", r.key, err)
 			}
-			r.err = err
-			return 0, err
+			r.err = ctxErr(r.ctx, err)
+			return 0, r.err
 		}
 		r.next++
 		r.read += int64(len(c.Data))
@@ -321,7 +321,7 @@ func (r *reader) Close() error {
 func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
 	h, err := b.getHead(ctx, key)
 	if err != nil {
-		return queue.Attrs{}, err
+		return queue.Attrs{}, ctxErr(ctx, err)
 	}
 	return queue.Attrs{Version: queue.Version(h.Gen), Size: h.Size}, nil
 }
@@ -353,7 +353,8 @@ func newGeneration() (string, error) {
 
 // Put implements queue.Backend.Put. See the package documentation for how
 // it streams and where it commits.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (_ queue.Version, err error) {
+	defer func() { err = ctxErr(ctx, err) }()
 	if err := b.check(); err != nil {
 		return "", err
 	}
@@ -496,7 +497,8 @@ func (b *backend) cleanup(ctx context.Context, keys []*datastore.Key) {
 
 // Delete implements queue.Backend.Delete. It deletes the head in a
 // transaction that learns its chunks, then the chunks.
-func (b *backend) Delete(ctx context.Context, key string) error {
+func (b *backend) Delete(ctx context.Context, key string) (err error) {
+	defer func() { err = ctxErr(ctx, err) }()
 	if err := b.check(); err != nil {
 		return err
 	}
@@ -505,7 +507,7 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	}
 	hk := b.headKey(key)
 	var old *head
-	_, err := b.c.RunInTransaction(ctx, func(tx *datastore.Transaction) error {
+	_, err = b.c.RunInTransaction(ctx, func(tx *datastore.Transaction) error {
 		old = new(head)
 		err := tx.Get(hk, old)
 		if errors.Is(err, datastore.ErrNoSuchEntity) {
@@ -540,7 +542,8 @@ func prefixEnd(prefix string) string {
 }
 
 // List implements queue.Backend.List with one keys-only query.
-func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
+func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) (_ []string, _ bool, err error) {
+	defer func() { err = ctxErr(ctx, err) }()
 	if err := b.check(); err != nil {
 		return nil, false, err
 	}
@@ -571,13 +574,28 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 }
 
 // Ping implements queue.Pinger: it looks up an entity that never exists.
-func (b *backend) Ping(ctx context.Context) error {
+func (b *backend) Ping(ctx context.Context) (err error) {
+	defer func() { err = ctxErr(ctx, err) }()
 	if err := b.check(); err != nil {
 		return err
 	}
-	err := b.c.Get(ctx, b.headKey(".ping"), new(head))
+	err = b.c.Get(ctx, b.headKey(".ping"), new(head))
 	if errors.Is(err, datastore.ErrNoSuchEntity) {
 		return nil
+	}
+	return err
+}
+
+// ctxErr makes an error that gRPC reports for a done ctx (status Canceled
+// or DeadlineExceeded, which do not match the context errors) satisfy
+// errors.Is(err, ctx.Err()), so that the Store passes it through as the
+// Backend contract asks. The gRPC error stays reachable.
+func ctxErr(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() == nil || errors.Is(err, ctx.Err()) {
+		return err
+	}
+	if c := status.Code(unwrapMulti(err)); c == codes.Canceled || c == codes.DeadlineExceeded {
+		return fmt.Errorf("%w: %w", ctx.Err(), err)
 	}
 	return err
 }

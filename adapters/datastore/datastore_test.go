@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
 )
 
@@ -44,15 +45,10 @@ func testEnv(t testing.TB) (*datastore.Client, string) {
 	if err != nil || u.Scheme != Scheme {
 		t.Fatalf("MXQ_TEST_DATASTORE_URL=%q: want datastore://project/namespace", raw)
 	}
-	project := u.Host
-	if project == "" {
-		project = datastore.DetectProjectID
-	}
-	c, err := datastore.NewClientWithDatabase(context.Background(), project, u.Query().Get("database"), clientOptions...)
+	c, err := testClient(u.Host, u.Query().Get("database"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
 	var rnd [6]byte
 	rand.Read(rnd[:])
 	ns := strings.Trim(u.Path, "/")
@@ -61,6 +57,55 @@ func testEnv(t testing.TB) (*datastore.Client, string) {
 	}
 	return c, ns + fmt.Sprintf("test-%x", rnd)
 }
+
+var testClients = struct {
+	sync.Mutex
+	m map[[2]string]*datastore.Client
+}{m: make(map[[2]string]*datastore.Client)}
+
+// testClient returns the client of every test of project and database,
+// made once.
+func testClient(project, database string) (*datastore.Client, error) {
+	testClients.Lock()
+	defer testClients.Unlock()
+	k := [2]string{project, database}
+	if c := testClients.m[k]; c != nil {
+		return c, nil
+	}
+	if project == "" {
+		project = datastore.DetectProjectID
+	}
+	c, err := datastore.NewClientWithDatabase(context.Background(), project, database, clientOptions...)
+	if err != nil {
+		return nil, err
+	}
+	testClients.m[k] = c
+	return c, nil
+}
+
+type harness struct {
+	c  *datastore.Client
+	ns string
+}
+
+func (h *harness) MakeBackend(ctx context.Context) (queue.Backend, error) {
+	return openBackend(ctx, h.c, h.ns)
+}
+
+func (h *harness) Capabilities() conformance.Capabilities {
+	return conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}
+}
+
+func (h *harness) Close() {}
+
+func newHarness(ctx context.Context, t testing.TB) (conformance.Harness, error) {
+	c, ns := testEnv(t)
+	return &harness{c: c, ns: ns}, nil
+}
+
+func TestConformance(t *testing.T) { conformance.Run(t, newHarness) }
+
+func BenchmarkConformance(b *testing.B) { conformance.RunBenchmarks(b, newHarness) }
 
 func testBackend(t testing.TB) *backend {
 	c, ns := testEnv(t)
@@ -139,7 +184,7 @@ func TestURLOpener(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			s, err := o.OpenStoreURL(t.Context(), u)
+			s, err := o.OpenStoreURL(t.Context(), u, nil)
 			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
 				t.Fatalf("OpenStoreURL(%s) = %v, want %v", tc.url, err, tc.wantErr)
 			}

@@ -78,15 +78,13 @@ type URLOpener struct {
 	// Client, if set, is used for every Store, whatever the URL's project
 	// and database.
 	Client *datastore.Client
-	// Options are the queue options of the Stores it opens.
-	Options queue.Options
 
 	mu      sync.Mutex
 	clients map[[2]string]*datastore.Client
 }
 
 // OpenStoreURL implements queue.URLOpener.
-func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store, error) {
+func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.Options) (*queue.Store, error) {
 	p, err := queue.URLParams(u, "database")
 	if err != nil {
 		return nil, err
@@ -101,7 +99,11 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store,
 			return nil, &queue.Error{Op: "open", ID: u.Redacted(), Err: fmt.Errorf("datastore: creating client: %w", err)}
 		}
 	}
-	return Open(ctx, c, &Options{Namespace: ns, Queue: o.Options})
+	opts := &Options{Namespace: ns}
+	if qopts != nil {
+		opts.Queue = *qopts
+	}
+	return Open(ctx, c, opts)
 }
 
 func (o *URLOpener) client(ctx context.Context, project, database string) (*datastore.Client, error) {

@@ -22,7 +22,10 @@
 //
 // An object's generation, in decimal, is its queue.Version. A create-only
 // write sends ifGenerationMatch=0 and a compare-and-swap
-// ifGenerationMatch=<generation>. Deletes are unconditional.
+// ifGenerationMatch=<generation>. GCS refuses a compare-and-swap of a
+// missing object with the same 412 as a stale one; Put then reads the
+// object's attributes and reports a missing one as storage.ErrObjectNotExist
+// (queue.CodeNotFound). Deletes are unconditional.
 //
 // Objects of at most 256 KiB are sent in one request without a buffer
 // (ChunkSize 0), so the SDK does not retry them; a conditional write whose
@@ -229,6 +232,14 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 		return "", err
 	}
 	if err := w.Close(); err != nil {
+		if opts.IfMatch != "" && errorCode(err) == queue.CodePrecondition {
+			// GCS answers a generation match on a missing object with
+			// 412 too; tell the two apart, as the queue reports them
+			// differently.
+			if _, aerr := b.bkt.Object(key).Attrs(ctx); errors.Is(aerr, storage.ErrObjectNotExist) {
+				return "", fmt.Errorf("%w (%w)", aerr, err)
+			}
+		}
 		return "", err
 	}
 	return version(w.Attrs().Generation), nil

@@ -27,8 +27,6 @@ func init() { queue.DefaultURLMux().Register(Scheme, new(URLOpener)) }
 type URLOpener struct {
 	// Client, if set, is used for every Store.
 	Client *storage.Client
-	// Options are the queue options of the Stores it opens.
-	Options queue.Options
 
 	once   sync.Once
 	client *storage.Client
@@ -36,7 +34,11 @@ type URLOpener struct {
 }
 
 // OpenStoreURL implements queue.URLOpener.
-func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store, error) {
+func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.Options) (*queue.Store, error) {
+	opts := &Options{Prefix: strings.TrimPrefix(u.Path, "/")}
+	if qopts != nil {
+		opts.Queue = *qopts
+	}
 	if _, err := queue.URLParams(u); err != nil {
 		return nil, err
 	}
@@ -55,5 +57,5 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL) (*queue.Store,
 		}
 		c = o.client
 	}
-	return Open(ctx, c, u.Host, &Options{Prefix: strings.TrimPrefix(u.Path, "/"), Queue: o.Options})
+	return Open(ctx, c, u.Host, opts)
 }
