@@ -6,4 +6,5 @@ package all
 import (
 	_ "github.com/mxqueue/mxq/adapters/file" // file://
 	_ "github.com/mxqueue/mxq/adapters/mem"  // mem://
+	_ "github.com/mxqueue/mxq/adapters/rest" // http://, https://
 )
