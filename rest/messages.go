@@ -29,17 +29,25 @@ type openTx struct {
 }
 
 func msgID(r *http.Request) (queue.MsgID, error) {
-	m, err := queue.ParseMsgID(r.PathValue("msgid"))
+	s := r.PathValue("msgid")
+	m, err := queue.ParseMsgID(s)
 	if err != nil {
 		return 0, errf(CodeInvalid, "%v", err)
+	}
+	if m.String() != s {
+		return 0, errf(CodeInvalid, "message ID %q: want 8 lower-case hex digits", s)
 	}
 	return m, nil
 }
 
 func evpID(r *http.Request) (queue.EvpID, error) {
-	e, err := queue.ParseEvpID(r.PathValue("evpid"))
+	s := r.PathValue("evpid")
+	e, err := queue.ParseEvpID(s)
 	if err != nil {
 		return 0, errf(CodeInvalid, "%v", err)
+	}
+	if e.String() != s {
+		return 0, errf(CodeInvalid, "envelope ID %q: want 16 lower-case hex digits", s)
 	}
 	return e, nil
 }

@@ -98,6 +98,9 @@ func ParseETag(tag string) (queue.Version, error) {
 
 func objectKey(r *http.Request) (string, error) {
 	key := r.PathValue("key")
+	if strings.Contains(r.URL.EscapedPath(), "%") {
+		return key, errf(CodeInvalid, "object key %q: percent-escapes are not allowed; keys need none", key)
+	}
 	return key, validKey(key, false)
 }
 
