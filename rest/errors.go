@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 
 	"github.com/mxqueue/mxq/queue"
@@ -166,12 +167,16 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, op string, err er
 	if code == CodeUnavailable && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
 		b.Error.Message = "the request was cancelled or timed out: " + err.Error()
 	}
+	// Missing objects and lost races are routine in the queue protocol;
+	// refused requests are worth a line; failures are errors.
+	level := slog.LevelInfo
 	switch {
 	case st >= 500:
-		h.log.Error("request failed", "op", op, "method", r.Method, "path", r.URL.Path, "status", st, "code", code, "err", err)
-	default:
-		h.log.Info("request refused", "op", op, "method", r.Method, "path", r.URL.Path, "status", st, "code", code, "err", err)
+		level = slog.LevelError
+	case st == http.StatusNotFound || st == http.StatusConflict || st == http.StatusPreconditionFailed:
+		level = slog.LevelDebug
 	}
+	h.log.Log(r.Context(), level, "request failed", "op", op, "method", r.Method, "path", r.URL.Path, "status", st, "code", code, "err", err)
 	if r.Method == http.MethodHead {
 		w.WriteHeader(st)
 		return string(code)
