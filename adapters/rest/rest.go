@@ -40,6 +40,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
@@ -160,7 +161,32 @@ func (e *httpError) Error() string {
 // do sends a request. A response with a status other than want becomes an
 // *httpError, its body read and closed.
 func (b *backend) do(ctx context.Context, method, path string, body io.Reader, size int64, hdr http.Header, want ...int) (*http.Response, error) {
-	req, err := http.NewRequestWithContext(ctx, method, b.base+path, body)
+	rctx := ctx
+	if method == http.MethodPut || method == http.MethodDelete {
+		// A write whose request reached the server may land after the
+		// caller gave up, and the caller would then believe it failed
+		// while the object changes under it. So once ctx is done, a
+		// write whose body is not complete is aborted (the server
+		// stores nothing from a broken body), and one that was sent
+		// whole waits for its answer, at most writeSettle.
+		var cancel context.CancelFunc
+		rctx, cancel = context.WithCancel(context.WithoutCancel(ctx))
+		defer cancel()
+		var tb *trackedBody
+		if body != nil {
+			tb = &trackedBody{r: body, size: size}
+			body = tb
+		}
+		stop := context.AfterFunc(ctx, func() {
+			if tb != nil && !tb.sent() {
+				cancel()
+				return
+			}
+			time.AfterFunc(writeSettle, cancel)
+		})
+		defer stop()
+	}
+	req, err := http.NewRequestWithContext(rctx, method, b.base+path, body)
 	if err != nil {
 		return nil, err
 	}
@@ -180,6 +206,9 @@ func (b *backend) do(ctx context.Context, method, path string, body io.Reader, s
 	}
 	resp, err := b.client.Do(req)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, &url.Error{Op: method, URL: req.URL.String(), Err: ctx.Err()}
+		}
 		return nil, err
 	}
 	for _, w := range want {
@@ -204,6 +233,36 @@ func (b *backend) do(ctx context.Context, method, path string, body io.Reader, s
 		}
 	}
 	return nil, he
+}
+
+// writeSettle bounds the wait for the answer to a write that was sent
+// whole before its ctx was done.
+const writeSettle = 10 * time.Second
+
+// trackedBody tells whether a request body was read to its end.
+type trackedBody struct {
+	r    io.Reader
+	size int64 // -1 if unknown
+	mu   sync.Mutex
+	n    int64
+	eof  bool
+}
+
+func (t *trackedBody) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	t.mu.Lock()
+	t.n += int64(n)
+	if err == io.EOF {
+		t.eof = true
+	}
+	t.mu.Unlock()
+	return n, err
+}
+
+func (t *trackedBody) sent() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.eof || t.size >= 0 && t.n >= t.size
 }
 
 func objectPath(key string) string { return "/v1/objects/" + key }
