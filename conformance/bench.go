@@ -59,7 +59,9 @@ func RunBenchmarks(b *testing.B, mk HarnessMaker) {
 		}
 		raw := e.backend()
 		b.Run("queue", func(b *testing.B) { loop(b, e.ctx, bench.Walk(s)) })
-		b.Run("raw", func(b *testing.B) { loop(b, e.ctx, bench.RawList(raw, queue.Key(queue.Handle{Kind: queue.KindEnvelope}))) })
+		b.Run("raw", func(b *testing.B) {
+			loop(b, e.ctx, bench.RawList(raw, queue.Key(queue.Handle{Kind: queue.KindEnvelope})))
+		})
 	})
 	b.Run("Claim", func(b *testing.B) {
 		e := newEnv(b, mk)
