@@ -232,35 +232,9 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 }
 
 // readPart reads the next part of r into buf, reusing its memory: up to
-// partSize bytes. last reports that r is exhausted; a full part may be
-// followed by an empty one. A known sizeHint below partSize lets a small
-// object be read into a buffer of its size, plus one byte to see the end.
-func (b *backend) readPart(r io.Reader, buf []byte, sizeHint int64) (part []byte, last bool, err error) {
-	want := b.partSize
-	if sizeHint >= 0 && sizeHint < want {
-		want = sizeHint + 1
-	}
-	n := 0
-	for {
-		if int64(cap(buf)) < want {
-			nb := make([]byte, want)
-			copy(nb, buf[:n])
-			buf = nb
-		}
-		buf = buf[:want]
-		m, err := io.ReadFull(r, buf[n:])
-		n += m
-		switch {
-		case err == io.EOF || err == io.ErrUnexpectedEOF:
-			return buf[:n], true, nil
-		case err != nil:
-			return nil, false, err
-		case want == b.partSize:
-			return buf, false, nil
-		}
-		// The size hint was short: read on up to a whole part.
-		want = b.partSize
-	}
+// partSize bytes. last reports that r is exhausted.
+func (b *backend) readPart(r io.Reader, buf []byte, sizeHint int64) ([]byte, bool, error) {
+	return queue.ReadChunk(r, buf, b.partSize, sizeHint)
 }
 
 // putMultipart uploads first and the rest of r as parts, each while the
