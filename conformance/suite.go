@@ -29,6 +29,7 @@ func Run(t *testing.T, mk HarnessMaker) {
 	t.Run("SweepRacesCommit", func(t *testing.T) { testSweepRacesCommit(t, mk) })
 	t.Run("SweepKeepsCommitted", func(t *testing.T) { testSweepKeepsCommitted(t, mk) })
 	t.Run("MsgIDCollision", func(t *testing.T) { testMsgIDCollision(t, mk) })
+	t.Run("Prealloc", func(t *testing.T) { testPrealloc(t, mk) })
 	t.Run("UpdateCAS", func(t *testing.T) { testUpdateCAS(t, mk) })
 	t.Run("UpdateRace", func(t *testing.T) { testUpdateRace(t, mk) })
 	t.Run("DeleteLastEnvelope", func(t *testing.T) { testDeleteLastEnvelope(t, mk) })
@@ -1032,5 +1033,53 @@ func testLargeMessage(t *testing.T, mk HarnessMaker) {
 	}
 	if put > limit || get > limit {
 		t.Fatalf("heap grew by %s writing and %s reading 100 MiB; the bound is %s", mib(put), mib(get), mib(limit))
+	}
+}
+
+// testPrealloc uses a Store that reserves IDs ahead and checks that the
+// pool changes nothing visible and leaves nothing behind.
+func testPrealloc(t *testing.T, mk HarnessMaker) {
+	e := newEnv(t, mk)
+	a := e.store(&queue.Options{Prealloc: 3})
+	b := e.store(nil)
+	seen := make(map[queue.MsgID]bool)
+	var all []queue.EvpID
+	for i := range 8 {
+		tx, err := a.Begin(e.ctx)
+		wantErr(t, "Begin", err, nil)
+		if seen[tx.ID()] {
+			t.Fatalf("Begin handed out %v twice", tx.ID())
+		}
+		seen[tx.ID()] = true
+		id, _ := tx.AddEnvelope(fmt.Appendf(nil, "%d", i))
+		if i%3 == 2 {
+			wantErr(t, "Rollback", tx.Rollback(e.ctx), nil)
+			continue
+		}
+		_, err = tx.WriteContent(e.ctx, strings.NewReader("x"))
+		wantErr(t, "WriteContent", err, nil)
+		wantErr(t, "Commit", tx.Commit(e.ctx), nil)
+		all = append(all, id)
+	}
+	// Unused reservations never show, and Close releases them.
+	slices.Sort(all)
+	if w := e.walk(b); !slices.Equal(w, all) {
+		t.Fatalf("Walk = %v, want %v", w, all)
+	}
+	wantErr(t, "Close", a.Close(), nil)
+	raw := e.backend()
+	for _, k := range e.rawKeys(raw, "inc/") {
+		rc, _, err := raw.Get(e.ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := io.ReadAll(rc)
+		rc.Close()
+		if !strings.Contains(string(d), `"aborted"`) {
+			t.Fatalf("reservation %s left open after Close: %s", k, d)
+		}
+	}
+	if w := e.walk(b); !slices.Equal(w, all) {
+		t.Fatalf("Walk after Close = %v, want %v", w, all)
 	}
 }

@@ -55,6 +55,7 @@ func shard(m MsgID) string { return fmt.Sprintf("%02x", uint32(m)>>24) }
 //	  envelope   bad/<msgid>/evp/<evpid>           prefix bad/<msgid>/evp/
 //	node         node/<name>                       prefix node/
 //	claim        own/<name>/<evpid>                prefix own/<name>/, or own/
+//	  of a whole message   own/<name>/<msgid>
 //	due          due/<bucket>/<evpid>              prefix due/<bucket>/, or due/
 //
 // <hh> is the top byte of the message ID in two hex digits, <msgid> and
@@ -102,10 +103,13 @@ func Key(h Handle) string {
 		if h.Node == "" {
 			return "own/"
 		}
-		if h.Evp == 0 {
-			return "own/" + h.Node + "/"
+		if h.Evp != 0 {
+			return "own/" + h.Node + "/" + h.Evp.String()
 		}
-		return "own/" + h.Node + "/" + h.Evp.String()
+		if h.Msg != 0 {
+			return "own/" + h.Node + "/" + h.Msg.String()
+		}
+		return "own/" + h.Node + "/"
 	case KindDue:
 		if h.Due == 0 {
 			return "due/"

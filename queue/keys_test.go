@@ -27,6 +27,7 @@ func TestKey(t *testing.T) {
 		{"quarantined envelope", Handle{Kind: KindQuarantineEnvelope, Evp: e}, "bad/ab12cd34/evp/ab12cd3400c0ffee"},
 		{"node", Handle{Kind: KindNode, Node: "mx1.example"}, "node/mx1.example"},
 		{"claim", Handle{Kind: KindClaim, Node: "mx1", Evp: e}, "own/mx1/ab12cd3400c0ffee"},
+		{"claim of a message", Handle{Kind: KindClaim, Node: "mx1", Msg: m}, "own/mx1/ab12cd34"},
 		{"claims of a node", Handle{Kind: KindClaim, Node: "mx1"}, "own/mx1/"},
 		{"claim prefix", Handle{Kind: KindClaim}, "own/"},
 		{"due", Handle{Kind: KindDue, Due: 29511234, Evp: e}, "due/000029511234/ab12cd3400c0ffee"},

@@ -1,14 +1,696 @@
 package queue
 
-import "time"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+)
 
-// Lease is a node's claim on an envelope: until Expires, no other node can
-// claim or update the envelope. Token grows with every claim of the
-// envelope, so a lease that was lost and taken over is told from the new
-// one.
+// Lease describes a node's claim on an envelope. A lease is held while it
+// has not expired and its holder's heartbeat is alive; a node that dies
+// loses its leases when its heartbeat expires, however long they were
+// taken for. Token grows with every claim of the envelope, so a lost lease
+// is told from the one that replaced it.
 type Lease struct {
 	ID      EvpID
 	Holder  string
 	Token   uint64
 	Expires time.Time
+}
+
+// nodeRecord is the heartbeat at KindNode.
+type nodeRecord struct {
+	Name    string    `json:"name"`
+	Session uint64    `json:"session"`
+	Expires time.Time `json:"expires"`
+	Beat    time.Time `json:"beat"`
+}
+
+// nodeCache remembers other nodes' heartbeats for a short while.
+type nodeCache struct {
+	mu sync.Mutex
+	m  map[string]cachedNode
+}
+
+type cachedNode struct {
+	rec     *nodeRecord // nil: no heartbeat
+	fetched time.Time
+}
+
+// Heartbeat announces that this node is alive for Options.NodeTTL. One
+// write, whatever the size of the queue. RunNode calls it every
+// Options.HeartbeatInterval; Claim and Tx.Claim write the first one.
+func (s *Store) Heartbeat(ctx context.Context) error {
+	if err := s.check("heartbeat"); err != nil {
+		return err
+	}
+	return s.wrap("heartbeat", s.opts.Node, s.heartbeat(ctx), nil)
+}
+
+func (s *Store) heartbeat(ctx context.Context) error {
+	now := s.now()
+	rec := nodeRecord{Name: s.opts.Node, Session: s.session, Expires: now.Add(s.opts.NodeTTL).UTC(), Beat: now.UTC()}
+	b, _ := json.Marshal(&rec)
+	if _, err := s.putBytes(ctx, Key(Handle{Kind: KindNode, Node: s.opts.Node}), b, PutOptions{}); err != nil {
+		return err
+	}
+	s.beatMu.Lock()
+	s.beatAt = now
+	s.beatMu.Unlock()
+	return nil
+}
+
+// ensureAlive writes a heartbeat unless a recent one is still good.
+func (s *Store) ensureAlive(ctx context.Context) error {
+	s.beatMu.Lock()
+	at := s.beatAt
+	s.beatMu.Unlock()
+	if !at.IsZero() && s.now().Sub(at) < s.opts.NodeTTL/2 {
+		return nil
+	}
+	return s.heartbeat(ctx)
+}
+
+// node returns the heartbeat of the named node, cached for a second.
+func (s *Store) node(ctx context.Context, name string) (*nodeRecord, error) {
+	now := s.now()
+	s.nodes.mu.Lock()
+	c, ok := s.nodes.m[name]
+	s.nodes.mu.Unlock()
+	if ok && now.Sub(c.fetched) < time.Second && now.Sub(c.fetched) >= 0 {
+		return c.rec, nil
+	}
+	key := Key(Handle{Kind: KindNode, Node: name})
+	b, _, err := s.getBytes(ctx, key, 4096)
+	var rec *nodeRecord
+	switch {
+	case s.isNotFound(err):
+	case err != nil:
+		return nil, err
+	default:
+		rec = new(nodeRecord)
+		if err := json.Unmarshal(b, rec); err != nil {
+			return nil, fmt.Errorf("%w: heartbeat %s does not parse: %v", ErrCorrupt, key, err)
+		}
+	}
+	s.nodes.mu.Lock()
+	if s.nodes.m == nil {
+		s.nodes.m = make(map[string]cachedNode)
+	}
+	s.nodes.m[name] = cachedNode{rec: rec, fetched: now}
+	s.nodes.mu.Unlock()
+	return rec, nil
+}
+
+// held reports whether the lease in h is held: not expired, and its holder
+// alive in the same session.
+func (s *Store) held(ctx context.Context, h *envHeader) (bool, error) {
+	if h.Holder == "" || !s.now().Before(time.Unix(0, h.Expires)) {
+		return false, nil
+	}
+	if h.Holder == s.opts.Node && h.Session == s.session {
+		return true, nil
+	}
+	rec, err := s.node(ctx, h.Holder)
+	if err != nil {
+		return false, err
+	}
+	return rec != nil && rec.Session == h.Session && s.now().Before(rec.Expires), nil
+}
+
+func (s *Store) mine(h *envHeader) bool {
+	return h.Holder == s.opts.Node && h.Session == s.session
+}
+
+// Claim is this node's hold on an envelope: the handle through which the
+// holder updates, reschedules, releases and deletes it. Every write through
+// a Claim is fenced: once another node has taken the envelope over, it
+// fails with ErrLeaseLost and changes nothing. A Claim is safe for use by
+// one goroutine at a time.
+type Claim struct {
+	s *Store
+	e *Envelope
+}
+
+// Envelope returns the envelope as this node last wrote or read it.
+func (c *Claim) Envelope() *Envelope { return c.e }
+
+// Lease returns the lease.
+func (c *Claim) Lease() Lease { return c.e.Lease }
+
+// Claim takes a lease on the envelope id for d (Options.LeaseDuration if d
+// is 0). If another node holds it, the result is ErrConflict. It loads the
+// envelope, then makes one conditional write; of concurrent claimers
+// exactly one wins. A claim lasts while this node heartbeats: run RunNode,
+// or call Heartbeat every Options.HeartbeatInterval.
+func (s *Store) Claim(ctx context.Context, id EvpID, d time.Duration) (*Claim, error) {
+	if err := s.check("claim"); err != nil {
+		return nil, err
+	}
+	if err := id.Valid(); err != nil {
+		return nil, &Error{Op: "claim", ID: id.String(), Kind: ErrInvalid, Err: err}
+	}
+	e, err := s.load(ctx, id)
+	if err != nil {
+		return nil, s.wrap("claim", id.String(), err, nil)
+	}
+	return s.ClaimLoaded(ctx, e, d)
+}
+
+// ClaimLoaded is Claim for an envelope already loaded (by Load or Due): one
+// conditional write, which fails with ErrConflict if the envelope changed
+// since e was read.
+func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (*Claim, error) {
+	if err := s.check("claim"); err != nil {
+		return nil, err
+	}
+	id := e.ID.String()
+	if d <= 0 {
+		d = s.opts.LeaseDuration
+	}
+	if ok, err := s.held(ctx, &e.hdr); err != nil {
+		return nil, s.wrap("claim", id, err, nil)
+	} else if ok && !s.mine(&e.hdr) {
+		return nil, errorf("claim", id, ErrConflict, "held by node %s until %s", e.hdr.Holder, time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
+	}
+	if err := s.ensureAlive(ctx); err != nil {
+		return nil, s.wrap("claim", id, err, nil)
+	}
+	h := e.hdr
+	h.Pending = 0
+	h.Holder, h.Session, h.Expires = s.opts.Node, s.session, s.now().Add(d).UnixNano()
+	h.Token++
+	c := &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, hdr: e.hdr}}
+	if err := c.write(ctx, "claim", &h, c.e.Data, ErrConflict); err != nil {
+		return nil, err
+	}
+	// A pointer from this node to the envelope lets survivors find it
+	// without reading the queue. It is not needed for the claim itself.
+	s.background(ctx, func(ctx context.Context) {
+		s.putBytes(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: e.ID}), nil, PutOptions{})
+	})
+	return c, nil
+}
+
+// ClaimOf returns the Claim of an envelope that this node already holds,
+// for instance one committed with Tx.Claim. If it does not, the result is
+// ErrLeaseLost.
+func (s *Store) ClaimOf(ctx context.Context, id EvpID) (*Claim, error) {
+	if err := s.check("claim"); err != nil {
+		return nil, err
+	}
+	if err := id.Valid(); err != nil {
+		return nil, &Error{Op: "claim", ID: id.String(), Kind: ErrInvalid, Err: err}
+	}
+	e, err := s.load(ctx, id)
+	if err != nil {
+		return nil, s.wrap("claim", id.String(), err, nil)
+	}
+	if !s.mine(&e.hdr) {
+		return nil, errorf("claim", id.String(), ErrLeaseLost, "held by %q, not this node", e.hdr.Holder)
+	}
+	return &Claim{s: s, e: e}, nil
+}
+
+// write stores h and data with a compare-and-swap on the claim's version.
+// When the swap fails, it tells a lost lease from another change.
+func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte, otherwise error) error {
+	s := c.s
+	id := c.e.ID
+	if len(data) > s.opts.MaxEnvelopeSize {
+		return errorf(op, id.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(data), s.opts.MaxEnvelopeSize)
+	}
+	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(h, data), PutOptions{IfMatch: c.e.Version})
+	if err != nil {
+		if !s.isPrecondition(err) && !s.isNotFound(err) {
+			return s.wrap(op, id.String(), err, nil)
+		}
+		if otherwise == ErrConflict {
+			if s.isNotFound(err) {
+				return notFound(op, id)
+			}
+			return s.wrap(op, id.String(), err, ErrConflict)
+		}
+		return c.lost(ctx, op, err)
+	}
+	c.e.Data = data
+	c.e.Version = v
+	c.e.hdr = *h
+	c.e.fill()
+	return nil
+}
+
+// lost explains a failed fenced write.
+func (c *Claim) lost(ctx context.Context, op string, cause error) error {
+	s := c.s
+	id := c.e.ID
+	cur, err := s.load(ctx, id)
+	switch {
+	case s.isNotFound(err):
+		return &Error{Op: op, ID: id.String(), Kind: ErrLeaseLost, Err: fmt.Errorf("the envelope is gone")}
+	case err != nil:
+		return s.wrap(op, id.String(), err, nil)
+	case cur.hdr.Holder != c.e.hdr.Holder || cur.hdr.Session != c.e.hdr.Session || cur.hdr.Token != c.e.hdr.Token:
+		return &Error{Op: op, ID: id.String(), Kind: ErrLeaseLost, Err: fmt.Errorf("taken over by node %s (token %d)", cur.hdr.Holder, cur.hdr.Token)}
+	}
+	return s.wrap(op, id.String(), cause, ErrConflict)
+}
+
+// Renew extends the lease to d from now.
+func (c *Claim) Renew(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		d = c.s.opts.LeaseDuration
+	}
+	h := c.e.hdr
+	h.Expires = c.s.now().Add(d).UnixNano()
+	return c.write(ctx, "renew", &h, c.e.Data, ErrLeaseLost)
+}
+
+// Update replaces the envelope's data, keeping the lease.
+func (c *Claim) Update(ctx context.Context, data []byte) error {
+	h := c.e.hdr
+	return c.write(ctx, "update", &h, data, ErrLeaseLost)
+}
+
+// Release gives the lease up; the envelope keeps its due time.
+func (c *Claim) Release(ctx context.Context) error {
+	h := c.e.hdr
+	h.Holder, h.Session, h.Expires = "", 0, 0
+	if err := c.write(ctx, "release", &h, c.e.Data, ErrLeaseLost); err != nil {
+		return err
+	}
+	c.s.del(ctx, Key(Handle{Kind: KindClaim, Node: c.s.opts.Node, Evp: c.e.ID}))
+	return nil
+}
+
+// Defer reschedules the envelope to be due at due, with data as its new
+// data (nil keeps it), and releases the lease: the temporary-failure path.
+// Any node's Due finds it once it is due.
+func (c *Claim) Defer(ctx context.Context, data []byte, due time.Time) error {
+	s := c.s
+	if data == nil {
+		data = c.e.Data
+	}
+	old := c.e.hdr.Due
+	h := c.e.hdr
+	h.Holder, h.Session, h.Expires = "", 0, 0
+	h.Due = due.Unix()
+	// The pointer goes first, so that the envelope is never due without
+	// one; the old pointer is garbage after the swap.
+	if _, err := s.putBytes(ctx, dueKey(s, h.Due, c.e.ID), nil, PutOptions{}); err != nil {
+		return s.wrap("defer", c.e.ID.String(), err, nil)
+	}
+	if err := c.write(ctx, "defer", &h, data, ErrLeaseLost); err != nil {
+		return err
+	}
+	if old != 0 && dueBucket(old) != dueBucket(h.Due) {
+		s.del(ctx, dueKey(s, old, c.e.ID))
+	}
+	s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: c.e.ID}))
+	return nil
+}
+
+// Delete removes the envelope, fenced: a tombstone is swapped in first, so
+// a holder that lost the lease deletes nothing. When it was the last
+// envelope of its message, the content goes too.
+func (c *Claim) Delete(ctx context.Context) error {
+	s := c.s
+	id := c.e.ID
+	h := c.e.hdr
+	h.Gone = true
+	if err := c.write(ctx, "delete", &h, nil, ErrLeaseLost); err != nil {
+		return err
+	}
+	if err := s.del(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); err != nil {
+		return s.wrap("delete", id.String(), err, nil)
+	}
+	if h.Due != 0 {
+		s.del(ctx, dueKey(s, h.Due, id))
+	}
+	s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: id}))
+	return s.wrap("delete", id.String(), s.collect(ctx, id.MsgID()), nil)
+}
+
+// dueWidth is the width of a due bucket.
+const dueWidth = 60
+
+func dueBucket(unix int64) int64 { return unix / dueWidth }
+
+func dueKey(s *Store, unix int64, id EvpID) string {
+	return Key(Handle{Kind: KindDue, Due: max(dueBucket(unix), 1), Evp: id})
+}
+
+// Due returns up to limit envelopes that are due now and not held by a
+// live lease, loaded, in random order so that nodes asking at once spread
+// over them. Claim them with ClaimLoaded. It reads the time-bucketed due
+// pointers up to now, so its cost follows the number of due and in-flight
+// envelopes, not the size of the queue; stale pointers it meets are
+// removed.
+func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
+	if err := s.check("due"); err != nil {
+		return nil, err
+	}
+	limit = max(limit, 1)
+	now := s.now()
+	nowBucket := max(dueBucket(now.Unix()), 1)
+	var out []*Envelope
+	errStop := errors.New("stop")
+	err := s.list(ctx, Key(Handle{Kind: KindDue}), func(keys []string) error {
+		for _, k := range keys {
+			rest := strings.TrimPrefix(k, "due/")
+			i := strings.IndexByte(rest, '/')
+			if i < 0 {
+				continue
+			}
+			var bucket int64
+			if _, err := fmt.Sscanf(rest[:i], "%d", &bucket); err != nil {
+				continue
+			}
+			if bucket > nowBucket {
+				return errStop
+			}
+			id, err := ParseEvpID(rest[i+1:])
+			if err != nil {
+				continue
+			}
+			e, err := s.load(ctx, id)
+			if s.isNotFound(err) {
+				// Gone, or written by a transaction not committed yet,
+				// whose pointer must stay.
+				if _, serr := s.stat(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); s.isNotFound(serr) {
+					s.del(ctx, k)
+				}
+				continue
+			}
+			if errors.Is(err, ErrCorrupt) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if e.hdr.Due != 0 && max(dueBucket(e.hdr.Due), 1) != bucket {
+				s.del(ctx, k) // rescheduled since
+				continue
+			}
+			if e.hdr.Due > now.Unix() {
+				continue
+			}
+			if held, err := s.held(ctx, &e.hdr); err != nil {
+				return err
+			} else if held {
+				continue
+			}
+			out = append(out, e)
+			if len(out) >= 4*limit {
+				return errStop
+			}
+		}
+		return nil
+	})
+	if err != nil && err != errStop {
+		return nil, s.wrap("due", "", err, nil)
+	}
+	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// Owned yields the envelopes this node holds, grouped by message, as
+// OpenSMTPD's start-up walk wants them. Envelopes held by an earlier
+// process of this node (the same Options.Node) are claimed again for this
+// one; envelopes another node took over are skipped and forgotten. It reads
+// this node's claim pointers, not the whole queue.
+func (s *Store) Owned(ctx context.Context) iter.Seq2[EvpID, error] {
+	return func(yield func(EvpID, error) bool) {
+		if err := s.check("owned"); err != nil {
+			yield(0, err)
+			return
+		}
+		if err := s.ensureAlive(ctx); err != nil {
+			yield(0, s.wrap("owned", "", err, nil))
+			return
+		}
+		var group MsgID
+		seen := make(map[EvpID]bool)
+		stop := errors.New("stop")
+		emit := func(id EvpID) error {
+			if id.MsgID() != group {
+				group = id.MsgID()
+				clear(seen)
+			}
+			if seen[id] {
+				return nil
+			}
+			seen[id] = true
+			ok, err := s.reclaim(ctx, id)
+			if err != nil {
+				if !yield(0, s.wrap("owned", id.String(), err, nil)) {
+					return stop
+				}
+				return nil
+			}
+			if ok && !yield(id, nil) {
+				return stop
+			}
+			return nil
+		}
+		prefix := Key(Handle{Kind: KindClaim, Node: s.opts.Node})
+		err := s.list(ctx, prefix, func(keys []string) error {
+			for _, k := range keys {
+				name := strings.TrimPrefix(k, prefix)
+				if m, err := ParseMsgID(name); err == nil {
+					ids, err := s.Envelopes(ctx, m)
+					if err != nil {
+						return err
+					}
+					if len(ids) == 0 {
+						s.del(ctx, k)
+					}
+					for _, id := range ids {
+						if err := emit(id); err != nil {
+							return err
+						}
+					}
+					continue
+				}
+				if id, err := ParseEvpID(name); err == nil {
+					if err := emit(id); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil && err != stop {
+			yield(0, s.wrap("owned", "", err, nil))
+		}
+	}
+}
+
+// reclaim makes this process the holder of an envelope its node holds.
+// It reports false, and removes the pointer, if the envelope is gone or
+// held by another node.
+func (s *Store) reclaim(ctx context.Context, id EvpID) (bool, error) {
+	e, err := s.load(ctx, id)
+	if s.isNotFound(err) {
+		s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: id}))
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if e.hdr.Holder != s.opts.Node {
+		s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: id}))
+		return false, nil
+	}
+	if s.mine(&e.hdr) {
+		return true, nil
+	}
+	h := e.hdr
+	h.Pending = 0
+	h.Session = s.session
+	h.Token++
+	_, err = s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(&h, e.Data), PutOptions{IfMatch: e.Version})
+	if s.isPrecondition(err) || s.isNotFound(err) {
+		return false, nil // another node was quicker
+	}
+	return err == nil, err
+}
+
+// Takeover finds the nodes whose heartbeat expired and claims their
+// envelopes for this node, sharing the work with any other survivor that
+// does the same: each envelope is claimed by one conditional write, which
+// exactly one survivor wins. It returns the envelopes this node took. A
+// dead node is forgotten once all its envelopes are taken. The cost is one
+// listing of the nodes and one read per node, plus, for each dead node, a
+// listing of its claim pointers.
+func (s *Store) Takeover(ctx context.Context) ([]EvpID, error) {
+	if err := s.check("takeover"); err != nil {
+		return nil, err
+	}
+	var names []string
+	err := s.list(ctx, Key(Handle{Kind: KindNode, Node: ""}), func(keys []string) error {
+		for _, k := range keys {
+			if n := strings.TrimPrefix(k, "node/"); n != s.opts.Node && ValidNodeName(n) == nil {
+				names = append(names, n)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.wrap("takeover", "", err, nil)
+	}
+	var taken []EvpID
+	now := s.now()
+	for _, n := range names {
+		rec, err := s.node(ctx, n)
+		if err != nil {
+			return taken, s.wrap("takeover", n, err, nil)
+		}
+		if rec != nil && now.Before(rec.Expires) {
+			continue
+		}
+		t, err := s.takeNode(ctx, n, rec)
+		taken = append(taken, t...)
+		if err != nil {
+			return taken, s.wrap("takeover", n, err, nil)
+		}
+	}
+	return taken, nil
+}
+
+// takeNode claims the envelopes of the dead node n.
+func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpID, error) {
+	var taken []EvpID
+	prefix := Key(Handle{Kind: KindClaim, Node: n})
+	take := func(id EvpID) (bool, error) {
+		e, err := s.load(ctx, id)
+		if s.isNotFound(err) || errors.Is(err, ErrCorrupt) {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		if e.hdr.Holder != n {
+			return true, nil // released, or taken by someone else
+		}
+		if held, err := s.held(ctx, &e.hdr); err != nil || held {
+			return false, err // a newer process of n holds it
+		}
+		c, err := s.ClaimLoaded(ctx, e, s.opts.LeaseDuration)
+		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
+			return true, nil // another survivor won
+		}
+		if err != nil {
+			return false, err
+		}
+		taken = append(taken, c.e.ID)
+		return true, nil
+	}
+	remaining := 0
+	err := s.list(ctx, prefix, func(keys []string) error {
+		for _, k := range keys {
+			name := strings.TrimPrefix(k, prefix)
+			var ids []EvpID
+			if m, err := ParseMsgID(name); err == nil {
+				if ids, err = s.Envelopes(ctx, m); err != nil {
+					return err
+				}
+			} else if id, err := ParseEvpID(name); err == nil {
+				ids = []EvpID{id}
+			}
+			done := true
+			for _, id := range ids {
+				ok, err := take(id)
+				if err != nil {
+					return err
+				}
+				done = done && ok
+			}
+			if done {
+				s.del(ctx, k)
+			} else {
+				remaining++
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return taken, err
+	}
+	if remaining == 0 && rec != nil {
+		// Forget the node, unless it came back meanwhile.
+		if cur, err := s.readNode(ctx, n); err == nil && cur != nil && cur.Session == rec.Session && !s.now().Before(cur.Expires) {
+			s.del(ctx, Key(Handle{Kind: KindNode, Node: n}))
+		}
+	}
+	return taken, nil
+}
+
+func (s *Store) readNode(ctx context.Context, n string) (*nodeRecord, error) {
+	b, _, err := s.getBytes(ctx, Key(Handle{Kind: KindNode, Node: n}), 4096)
+	if err != nil {
+		return nil, err
+	}
+	var rec nodeRecord
+	return &rec, json.Unmarshal(b, &rec)
+}
+
+// NodeOptions configure RunNode.
+type NodeOptions struct {
+	// ScanInterval is how often the node looks for dead nodes to take
+	// over. Default: Options.HeartbeatInterval. Takeover then happens at
+	// most ScanInterval after a dead node's heartbeat expires.
+	ScanInterval time.Duration
+	// OnTakeover, if set, is called with the envelopes this node took
+	// over, for instance to hand them to the MTA's scheduler.
+	OnTakeover func(ids []EvpID)
+	// OnError, if set, is called with errors of the loop, which goes on.
+	OnError func(err error)
+}
+
+// RunNode keeps this node alive and takes over dead nodes' envelopes until
+// ctx is done. Its idle cost is one heartbeat write per
+// Options.HeartbeatInterval and, per ScanInterval, one listing of the nodes
+// and one read of each: bounded and independent of the queue's size.
+func (s *Store) RunNode(ctx context.Context, opts *NodeOptions) error {
+	var o NodeOptions
+	if opts != nil {
+		o = *opts
+	}
+	if o.ScanInterval <= 0 {
+		o.ScanInterval = s.opts.HeartbeatInterval
+	}
+	report := func(err error) {
+		if err != nil && o.OnError != nil && ctx.Err() == nil {
+			o.OnError(err)
+		}
+	}
+	report(s.Heartbeat(ctx))
+	beat := time.NewTicker(s.opts.HeartbeatInterval)
+	defer beat.Stop()
+	scan := time.NewTicker(o.ScanInterval)
+	defer scan.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-beat.C:
+			report(s.Heartbeat(ctx))
+		case <-scan.C:
+			ids, err := s.Takeover(ctx)
+			report(err)
+			if len(ids) > 0 && o.OnTakeover != nil {
+				o.OnTakeover(ids)
+			}
+		}
+	}
 }

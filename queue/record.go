@@ -55,8 +55,10 @@ type envHeader struct {
 	// before its message was committed, or 0. Readers check the
 	// reservation of such envelopes.
 	Pending uint64 `json:"p,omitempty"`
-	// Holder, Token and Expires are the lease, if any.
+	// Holder, Session, Token and Expires are the lease, if any. Session
+	// names the holder's process; Token grows with every claim.
 	Holder  string `json:"h,omitempty"`
+	Session uint64 `json:"s,omitempty"`
 	Token   uint64 `json:"t,omitempty"`
 	Expires int64  `json:"x,omitempty"` // Unix nanoseconds
 	// Due is when the envelope is next due for work, Unix seconds; 0 means

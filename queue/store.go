@@ -31,6 +31,21 @@ type Options struct {
 	// Rand is the source of message and envelope IDs. Default:
 	// crypto/rand. Tests inject one to force collisions.
 	Rand io.Reader
+	// Prealloc is how many message IDs the Store reserves ahead, in the
+	// background, so that Begin returns without a store round trip. It is
+	// for MTAs like OpenSMTPD whose queue calls must not wait. Reserved IDs
+	// older than a quarter of Grace are released and replaced. Default: 0,
+	// none.
+	Prealloc int
+	// LeaseDuration is the default length of a claim. Default: 5 minutes.
+	LeaseDuration time.Duration
+	// HeartbeatInterval is how often RunNode renews this node's
+	// heartbeat. Default: 10 seconds.
+	HeartbeatInterval time.Duration
+	// NodeTTL is how long a heartbeat keeps the node alive. Claims of a
+	// node whose heartbeat is older than NodeTTL can be taken over.
+	// Default: 3 heartbeat intervals.
+	NodeTTL time.Duration
 	// Retries is how many times a failed idempotent request whose error is
 	// classified CodeUnavailable is retried, with exponential backoff from
 	// 50ms. Default: 3. Negative: none.
@@ -50,6 +65,12 @@ type Store struct {
 	randMu sync.Mutex
 
 	committed cache // messages known to be committed
+	pool      *pool // reserved message IDs, if Options.Prealloc > 0
+
+	session uint64 // this process's incarnation of the node
+	nodes   nodeCache
+	beatMu  sync.Mutex
+	beatAt  time.Time // when the last heartbeat was written
 }
 
 // New returns a Store over b. opts may be nil. The Store owns b and closes
@@ -75,6 +96,15 @@ func New(b Backend, opts *Options) (*Store, error) {
 	if o.Rand == nil {
 		o.Rand = rand.Reader
 	}
+	if o.LeaseDuration <= 0 {
+		o.LeaseDuration = 5 * time.Minute
+	}
+	if o.HeartbeatInterval <= 0 {
+		o.HeartbeatInterval = 10 * time.Second
+	}
+	if o.NodeTTL <= 0 {
+		o.NodeTTL = 3 * o.HeartbeatInterval
+	}
 	if o.Retries == 0 {
 		o.Retries = 3
 	}
@@ -89,6 +119,10 @@ func New(b Backend, opts *Options) (*Store, error) {
 		return nil, &Error{Op: "new", Kind: ErrInvalid, Err: err}
 	}
 	s.committed.max = 1 << 14
+	var err error
+	if s.session, err = s.rand64(); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -109,6 +143,9 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	if s.pool != nil {
+		s.pool.stop()
+	}
 	s.bg.Wait()
 	return s.b.Close()
 }

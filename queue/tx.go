@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 )
 
 // maxIDAttempts bounds the retries of an ID allocation that collides.
@@ -24,6 +25,7 @@ type Tx struct {
 	mu       sync.Mutex
 	envs     []txEnvelope
 	content  bool // content written
+	claim    time.Duration
 	done     bool
 	anything bool // something besides the reservation may have been written
 }
@@ -42,6 +44,16 @@ func (s *Store) Begin(ctx context.Context) (*Tx, error) {
 	if err := s.check("begin"); err != nil {
 		return nil, err
 	}
+	if s.opts.Prealloc > 0 {
+		if tx := s.fromPool(ctx); tx != nil {
+			return tx, nil
+		}
+	}
+	return s.reserve(ctx)
+}
+
+// reserve allocates and reserves a message ID.
+func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 	for range maxIDAttempts {
 		r, err := s.rand32()
 		if err != nil {
@@ -119,6 +131,20 @@ func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 	return 0, errorf("add envelope", tx.id.String(), ErrExists, "no free envelope ID after %d attempts", maxIDAttempts)
 }
 
+// Claim makes the transaction commit its envelopes already claimed by this
+// node for d (Options.LeaseDuration if d is 0), so that no other node can
+// take them while this node heartbeats: OpenSMTPD's model, where the
+// instance that accepts a message schedules it. Without Claim, committed
+// envelopes are due at once for any node's Due.
+func (tx *Tx) Claim(d time.Duration) {
+	if d <= 0 {
+		d = tx.s.opts.LeaseDuration
+	}
+	tx.mu.Lock()
+	tx.claim = d
+	tx.mu.Unlock()
+}
+
 // Envelopes returns the IDs of the envelopes added so far.
 func (tx *Tx) Envelopes() []EvpID {
 	tx.mu.Lock()
@@ -193,10 +219,29 @@ func (tx *Tx) flush(ctx context.Context) error {
 	if len(todo) == 0 {
 		return nil
 	}
-	return tx.s.parallel(ctx, len(todo), func(ctx context.Context, j int) error {
+	s := tx.s
+	now := s.now()
+	h := envHeader{Pending: tx.res.Nonce}
+	var pointers []string
+	if tx.claim > 0 {
+		if err := s.ensureAlive(ctx); err != nil {
+			return err
+		}
+		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session, 1, now.Add(tx.claim).UnixNano()
+		pointers = append(pointers, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Msg: tx.id}))
+	} else {
+		h.Due = now.Unix()
+		for _, i := range todo {
+			pointers = append(pointers, dueKey(s, h.Due, tx.envs[i].id))
+		}
+	}
+	return s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
+		if j >= len(todo) {
+			_, err := s.putBytes(ctx, pointers[j-len(todo)], nil, PutOptions{})
+			return err
+		}
 		e := &tx.envs[todo[j]]
-		rec := encodeRecord(&envHeader{Pending: tx.res.Nonce}, e.data)
-		_, err := tx.s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.id}), rec, PutOptions{IfNoneMatch: true})
+		_, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.id}), encodeRecord(&h, e.data), PutOptions{IfNoneMatch: true})
 		if err != nil {
 			return err
 		}
