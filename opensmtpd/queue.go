@@ -311,6 +311,7 @@ func (q *Queue) MessageDelete(ctx context.Context, msgid uint32) error {
 	if err != nil && !errors.Is(err, queue.ErrClosed) {
 		return fmt.Errorf("rollback %08x (the sweep will remove it): %w", msgid, err)
 	}
+	q.log.Debug("mxq: rolled back", "msgid", fmt.Sprintf("%08x", msgid))
 	return nil
 }
 
@@ -351,6 +352,7 @@ func (q *Queue) MessageCommit(ctx context.Context, msgid uint32, f *os.File) err
 	}
 	q.takeTx(msgid)
 	if err == nil {
+		q.log.Debug("mxq: committed", "msgid", fmt.Sprintf("%08x", msgid), "envelopes", len(t.tx.Envelopes()))
 		return nil
 	}
 	// Failed, or ambiguous after a timeout: roll back, so that the message

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -41,6 +42,8 @@ ARG is a queue URL, or the path of a configuration file of key=value lines
                    auto, 6.8 (smtpd up to 7.6) or 7.7 (smtpd 7.7 and later);
                    auto learns it from smtpd's first MESSAGE_COMMIT, which is
                    too late for deliveries right after a restart on 7.7+
+  prealloc=32      message IDs reserved ahead, so that MAIL FROM needs no round
+                   trip to the store; 0 turns it off
   tmpdir=DIR       where message bodies are copied for smtpd (default: $TMPDIR)
   log=info         log level: debug, info, warn or error
 
@@ -61,17 +64,18 @@ a configuration file; see "mxq help opensmtpd-queue".`,
 
 // queueConfig is the queue process's configuration.
 type queueConfig struct {
-	queue   string
-	node    string
-	timeout time.Duration
-	header  opensmtpd.HeaderFormat
-	tmpdir  string
-	level   slog.Level
+	queue    string
+	node     string
+	timeout  time.Duration
+	header   opensmtpd.HeaderFormat
+	tmpdir   string
+	level    slog.Level
+	prealloc int
 }
 
 // loadQueueConfig interprets the argument smtpd passes: a URL, or a file.
 func loadQueueConfig(arg string) (*queueConfig, error) {
-	cfg := &queueConfig{timeout: 10 * time.Second}
+	cfg := &queueConfig{timeout: 10 * time.Second, prealloc: 32}
 	if strings.Contains(arg, "://") {
 		cfg.queue = arg
 		return cfg, nil
@@ -122,6 +126,12 @@ func loadQueueConfig(arg string) (*queueConfig, error) {
 			default:
 				return nil, bad("header: want auto, 6.8 or 7.7")
 			}
+		case "prealloc":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 10000 {
+				return nil, bad("prealloc: want a number from 0 to 10000")
+			}
+			cfg.prealloc = n
 		case "tmpdir":
 			cfg.tmpdir = v
 		case "log":
@@ -202,7 +212,7 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 	}()
 
 	octx, ocancel := context.WithTimeout(sctx, c.timeout)
-	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node})
+	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node, Prealloc: cfg.prealloc})
 	ocancel()
 	if err != nil {
 		return err
