@@ -482,6 +482,9 @@ func queueURLs(t *testing.T) map[string]string {
 	return urls
 }
 
+// ensureBucket, if set, creates the bucket a MinIO test URL names.
+var ensureBucket func(ctx context.Context, u *url.URL) error
+
 // minioURL returns a URL with a unique prefix on the test MinIO, from
 // MXQ_TEST_MINIO_URL or MXQ_TEST_S3_URL (scripts/services env).
 func minioURL(t *testing.T) (string, bool) {
@@ -498,6 +501,11 @@ func minioURL(t *testing.T) (string, bool) {
 		if !queue.DefaultURLMux().ValidScheme(u.Scheme) {
 			t.Logf("%s is set but no adapter for %q is linked in", env, u.Scheme)
 			continue
+		}
+		if ensureBucket != nil {
+			if err := ensureBucket(t.Context(), u); err != nil {
+				t.Fatalf("%s: create the bucket: %v", env, err)
+			}
 		}
 		u.Path = path.Join("/", u.Path, "e2e-"+randHex(6)) + "/"
 		return u.String(), true
