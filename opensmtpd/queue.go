@@ -36,6 +36,25 @@ type QueueOptions struct {
 	// disables it.
 	SweepInterval time.Duration
 
+	// Shared makes this instance one of several smtpd instances on one
+	// queue. Envelopes are committed claimed by this node (Tx.Claim), the
+	// walk yields only this node's envelopes (Store.Owned), updates and
+	// deletes go through the claim, and a background loop (Store.RunNode)
+	// heartbeats and takes over the envelopes of dead nodes, handing them
+	// to smtpd through Discover once the start-up walk is over.
+	Shared bool
+
+	// Lease is the length of the claims taken in shared mode. A claim
+	// lasts while its node heartbeats, so it only needs to outlive the
+	// queue's expiry. Zero means 7 days.
+	Lease time.Duration
+
+	// Discover hands an envelope taken over from a dead node to smtpd,
+	// normally by running "smtpctl discover <evpid>" (never with a
+	// msgid: that crashes smtpd 6.8). It is called from a background
+	// goroutine, never during a request. Required in shared mode.
+	Discover func(ctx context.Context, id queue.EvpID) error
+
 	// TxMaxAge is how long a transaction of this process may stay open
 	// without smtpd committing or rolling it back before it is rolled
 	// back. smtpd rolls back every transaction it does not commit, so this
@@ -70,6 +89,11 @@ type Queue struct {
 	closed   bool
 
 	cache envCache
+
+	discoverMu sync.Mutex
+	toDiscover []queue.EvpID
+	discoverCh chan struct{} // wakes the discover loop
+	walkOver   chan struct{} // closed when the start-up walk has ended
 }
 
 type openTx struct {
@@ -109,7 +133,8 @@ var _ Handler = (*Queue)(nil)
 // safe for the overlapping calls that Serve makes when a call outlives
 // its deadline.
 func NewQueue(s *queue.Store, opts *QueueOptions) *Queue {
-	q := &Queue{s: s, txs: make(map[uint32]*openTx), local: make(map[queue.EvpID]bool), quit: make(chan struct{})}
+	q := &Queue{s: s, txs: make(map[uint32]*openTx), local: make(map[queue.EvpID]bool), quit: make(chan struct{}),
+		discoverCh: make(chan struct{}, 1), walkOver: make(chan struct{})}
 	if opts != nil {
 		q.opts = *opts
 	}
@@ -125,6 +150,9 @@ func NewQueue(s *queue.Store, opts *QueueOptions) *Queue {
 	}
 	if o.SweepInterval == 0 {
 		o.SweepInterval = 5 * time.Minute
+	}
+	if o.Lease <= 0 {
+		o.Lease = 7 * 24 * time.Hour
 	}
 	if o.TxMaxAge <= 0 {
 		o.TxMaxAge = 30 * time.Minute
@@ -148,6 +176,22 @@ func (q *Queue) Init(ctx context.Context, version uint32) error {
 			defer q.bg.Done()
 			q.maintain(bctx)
 		}()
+		if q.opts.Shared {
+			q.bg.Add(2)
+			go func() {
+				defer q.bg.Done()
+				q.s.RunNode(bctx, &queue.NodeOptions{
+					OnTakeover: q.takenOver,
+					OnError: func(err error) {
+						q.log.Warn("mxq: heartbeat or takeover failed", "err", err)
+					},
+				})
+			}()
+			go func() {
+				defer q.bg.Done()
+				q.discoverLoop(bctx)
+			}()
+		}
 	}
 	q.mu.Unlock()
 	if err := q.s.Ping(ctx); err != nil {
@@ -338,6 +382,9 @@ func (q *Queue) MessageCommit(ctx context.Context, msgid uint32, f *os.File) err
 	// The walk must never return these envelopes: smtpd schedules them
 	// from this commit. Marked before they become visible.
 	q.markLocal(t.tx.Envelopes()...)
+	if q.opts.Shared {
+		t.tx.Claim(q.opts.Lease)
+	}
 	wctx, rctx := ctx, ctx
 	if cd, rd, ok := commitBudget(ctx); ok {
 		var cancel, rcancel context.CancelFunc
@@ -439,6 +486,13 @@ func (q *Queue) EnvelopeCreate(ctx context.Context, msgid uint32, data []byte) (
 		return 0, err
 	}
 	q.markLocal(id)
+	if q.opts.Shared {
+		// Unclaimed, no node would ever schedule it.
+		if _, err := q.s.Claim(ctx, id, q.opts.Lease); err != nil {
+			q.s.DeleteEnvelope(context.WithoutCancel(ctx), id)
+			return 0, err
+		}
+	}
 	return uint64(id), nil
 }
 
@@ -446,7 +500,23 @@ func (q *Queue) EnvelopeCreate(ctx context.Context, msgid uint32, data []byte) (
 func (q *Queue) EnvelopeDelete(ctx context.Context, evpid uint64) error {
 	id := queue.EvpID(evpid)
 	q.cache.drop(id)
-	return q.s.DeleteEnvelope(ctx, id)
+	if !q.opts.Shared {
+		return q.s.DeleteEnvelope(ctx, id)
+	}
+	c, err := q.s.ClaimOf(ctx, id)
+	if err == nil {
+		err = c.Delete(ctx)
+	}
+	switch {
+	case errors.Is(err, queue.ErrNotFound):
+		return nil
+	case errors.Is(err, queue.ErrLeaseLost):
+		// Another node took it over, believing this one dead; it
+		// schedules it now, so it may be delivered twice.
+		q.log.Warn("mxq: envelope taken over by another node; leaving it to that node", "evpid", id.String(), "err", err)
+		return nil
+	}
+	return err
 }
 
 // EnvelopeLoad implements Handler.EnvelopeLoad.
@@ -465,6 +535,13 @@ func (q *Queue) EnvelopeLoad(ctx context.Context, evpid uint64) ([]byte, error) 
 // version was stale, not that someone else's change is lost.
 func (q *Queue) EnvelopeUpdate(ctx context.Context, evpid uint64, data []byte) error {
 	id := queue.EvpID(evpid)
+	if q.opts.Shared {
+		c, err := q.s.ClaimOf(ctx, id)
+		if err != nil {
+			return err
+		}
+		return c.Update(ctx, data)
+	}
 	e := q.cache.get(id)
 	var err error
 	for attempt := 0; ; attempt++ {
@@ -510,9 +587,10 @@ type walker struct {
 	cancel context.CancelFunc
 	out    chan *walkItem
 
-	mu   sync.Mutex // serialises EnvelopeWalk calls that overlap after a timeout
-	cur  *walkItem
-	last queue.EvpID // the last evpid returned; the walk only goes up
+	mu       sync.Mutex // serialises EnvelopeWalk calls that overlap after a timeout
+	cur      *walkItem
+	last     queue.EvpID          // the last evpid returned; the walk only goes up
+	returned map[queue.EvpID]bool // in shared mode, whose walk is not in ID order
 }
 
 type walkItem struct {
@@ -537,12 +615,16 @@ func (q *Queue) walker(ctx context.Context) *walker {
 	}
 	if q.walk == nil {
 		wctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-		w := &walker{cancel: cancel, out: make(chan *walkItem, 4*walkAhead)}
+		w := &walker{cancel: cancel, out: make(chan *walkItem, 4*walkAhead), returned: make(map[queue.EvpID]bool)}
 		q.walk = w
 		q.bg.Add(1)
 		go func() {
 			defer q.bg.Done()
-			q.list(wctx, w)
+			if q.opts.Shared {
+				q.listOwned(wctx, w)
+			} else {
+				q.list(wctx, w)
+			}
 		}()
 	}
 	return q.walk
@@ -584,22 +666,7 @@ func (q *Queue) list(ctx context.Context, w *walker) {
 			if q.isLocal(id) {
 				continue
 			}
-			it := &walkItem{id: id, res: make(chan loadResult, 1)}
-			select {
-			case sem <- struct{}{}:
-			case <-ctx.Done():
-				return
-			}
-			go func() {
-				defer func() { <-sem }()
-				lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				defer cancel()
-				e, err := q.s.Load(lctx, id)
-				it.res <- loadResult{e, err}
-			}()
-			select {
-			case w.out <- it:
-			case <-ctx.Done():
+			if !q.push(ctx, w, sem, id) {
 				return
 			}
 		}
@@ -608,6 +675,136 @@ func (q *Queue) list(ctx context.Context, w *walker) {
 			return
 		}
 		cursor = page.Cursor
+	}
+}
+
+// push starts loading id and queues it for EnvelopeWalk. It reports false
+// when ctx ended.
+func (q *Queue) push(ctx context.Context, w *walker, sem chan struct{}, id queue.EvpID) bool {
+	it := &walkItem{id: id, res: make(chan loadResult, 1)}
+	select {
+	case sem <- struct{}{}:
+	case <-ctx.Done():
+		return false
+	}
+	go func() {
+		defer func() { <-sem }()
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		e, err := q.s.Load(lctx, id)
+		it.res <- loadResult{e, err}
+	}()
+	select {
+	case w.out <- it:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// listOwned is list for shared mode: the envelopes this node holds, which
+// Store.Owned claims again for this process. A failed listing starts over;
+// what was listed already is not listed twice.
+func (q *Queue) listOwned(ctx context.Context, w *walker) {
+	sem := make(chan struct{}, walkAhead)
+	listed := make(map[queue.EvpID]bool)
+	delay := 100 * time.Millisecond
+	for {
+		var failed error
+		for id, err := range q.s.Owned(ctx) {
+			if err != nil {
+				failed = err
+				break
+			}
+			if listed[id] || q.isLocal(id) {
+				continue
+			}
+			listed[id] = true
+			if !q.push(ctx, w, sem, id) {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if failed == nil {
+			close(w.out)
+			return
+		}
+		q.log.Warn("mxq: walk: listing this node's envelopes failed; starting over", "err", failed)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// takenOver is RunNode's OnTakeover: the envelopes are this node's now
+// and go to smtpd through Discover once the start-up walk is over (an
+// envelope discovered and then walked would be a duplicate).
+func (q *Queue) takenOver(ids []queue.EvpID) {
+	q.log.Info("mxq: took over envelopes of a dead node", "count", len(ids))
+	q.markLocal(ids...)
+	q.discoverMu.Lock()
+	q.toDiscover = append(q.toDiscover, ids...)
+	q.discoverMu.Unlock()
+	select {
+	case q.discoverCh <- struct{}{}:
+	default:
+	}
+}
+
+func (q *Queue) discoverLoop(ctx context.Context) {
+	select {
+	case <-q.walkOver:
+	case <-ctx.Done():
+		return
+	}
+	for {
+		select {
+		case <-q.discoverCh:
+		case <-ctx.Done():
+			return
+		}
+		q.discoverMu.Lock()
+		ids := q.toDiscover
+		q.toDiscover = nil
+		q.discoverMu.Unlock()
+		for _, id := range ids {
+			q.discover(ctx, id)
+		}
+	}
+}
+
+// discover hands one envelope to smtpd, retrying a few times. One that
+// cannot be handed over stays claimed by this node: smtpd's next start-up
+// walk finds it.
+func (q *Queue) discover(ctx context.Context, id queue.EvpID) {
+	if q.opts.Discover == nil {
+		q.log.Error("mxq: no Discover function: a taken-over envelope waits for the next restart", "evpid", id.String())
+		return
+	}
+	delay := time.Second
+	for attempt := 1; ; attempt++ {
+		dctx, cancel := context.WithTimeout(ctx, time.Minute)
+		err := q.opts.Discover(dctx, id)
+		cancel()
+		if err == nil {
+			q.log.Info("mxq: handed a taken-over envelope to smtpd", "evpid", id.String())
+			return
+		}
+		if attempt == 5 || ctx.Err() != nil {
+			q.log.Error("mxq: discover failed; the envelope waits for the next restart", "evpid", id.String(), "err", err)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay *= 2
 	}
 }
 
@@ -675,10 +872,21 @@ func (q *Queue) EnvelopeWalk(ctx context.Context) (uint64, []byte, error) {
 		if it.err != nil {
 			continue // deleted since it was listed
 		}
-		if it.id <= w.last || q.isLocal(it.id) {
-			continue // never a duplicate: smtpd dies of one
+		// Never a duplicate: smtpd dies of one.
+		if q.isLocal(it.id) {
+			continue
 		}
-		w.last = it.id
+		if q.opts.Shared {
+			if w.returned[it.id] {
+				continue
+			}
+			w.returned[it.id] = true
+		} else {
+			if it.id <= w.last {
+				continue
+			}
+			w.last = it.id
+		}
 		q.cache.put(it.env)
 		return uint64(it.id), it.env.Data, nil
 	}
@@ -688,6 +896,9 @@ func (q *Queue) EnvelopeWalk(ctx context.Context) (uint64, []byte, error) {
 func (q *Queue) finishWalk() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	if !q.walkDone {
+		close(q.walkOver)
+	}
 	q.walkDone = true
 	q.local = nil
 	if q.walk != nil {

@@ -465,3 +465,105 @@ func TestQueueServe(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// sharedStore opens a Store of node on the shared in-memory storage name,
+// with a fast heartbeat.
+func sharedStore(t *testing.T, name, node string) *queue.Store {
+	t.Helper()
+	s, err := queue.New(mem.OpenBackend(name), &queue.Options{
+		Node: node, Retries: -1,
+		HeartbeatInterval: 50 * time.Millisecond, NodeTTL: 200 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func sharedQueue(t *testing.T, s *queue.Store, discover func(context.Context, queue.EvpID) error) *Queue {
+	t.Helper()
+	q := NewQueue(s, &QueueOptions{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), TempDir: t.TempDir(), Shared: true, Discover: discover})
+	if err := q.Init(opCtx(t), APIVersion); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.Shutdown(context.Background()) })
+	return q
+}
+
+func TestQueueSharedRestartWalk(t *testing.T) {
+	name := "shared-walk-" + t.Name()
+	a := sharedQueue(t, sharedStore(t, name, "a"), nil)
+	b := sharedQueue(t, sharedStore(t, name, "b"), nil)
+	_, mineA := accept(t, a, "m", "1@x", "2@x")
+	_, mineB := accept(t, b, "m", "3@x")
+	// A bounce into a committed message is claimed too.
+	bounce, err := a.EnvelopeCreate(opCtx(t), uint32(mineA[0]>>32), blob("bounce"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mineA = append(mineA, bounce)
+	a.Shutdown(opCtx(t))
+
+	// A restarted a (same node, new process) walks its own envelopes only.
+	a2 := sharedQueue(t, sharedStore(t, name, "a"), nil)
+	got := walkAll(t, a2, 50)
+	slices.Sort(got)
+	slices.Sort(mineA)
+	if !slices.Equal(got, mineA) {
+		t.Fatalf("walk of node a:\n got %x\nwant %x (b has %x)", got, mineA, mineB)
+	}
+	// And updates and deletes them through its claims.
+	if err := a2.EnvelopeUpdate(opCtx(t), got[0], blob("retry")); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range got {
+		if err := a2.EnvelopeDelete(opCtx(t), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestQueueSharedTakeover(t *testing.T) {
+	name := "shared-takeover-" + t.Name()
+	found := make(chan queue.EvpID, 10)
+	b := sharedQueue(t, sharedStore(t, name, "b"), func(ctx context.Context, id queue.EvpID) error {
+		found <- id
+		return nil
+	})
+	if got := walkAll(t, b, 50); len(got) != 0 {
+		t.Fatalf("b's walk: %x", got)
+	}
+	sa := sharedStore(t, name, "a")
+	a := sharedQueue(t, sa, nil)
+	_, ids := accept(t, a, "m", "1@x", "2@x")
+	_, ids2 := accept(t, a, "m", "3@x")
+	ids = append(ids, ids2...)
+	a.Shutdown(opCtx(t)) // a stops heartbeating: it is dead
+	sa.Close()
+
+	var got []uint64
+	timeout := time.After(10 * time.Second)
+	for len(got) < len(ids) {
+		select {
+		case id := <-found:
+			got = append(got, uint64(id))
+		case <-timeout:
+			t.Fatalf("discovered %x of %x", got, ids)
+		}
+	}
+	slices.Sort(got)
+	slices.Sort(ids)
+	if !slices.Equal(got, ids) {
+		t.Fatalf("discovered %x, want %x", got, ids)
+	}
+	// b now owns them: smtpd loads, delivers and deletes them through b.
+	for _, id := range ids {
+		if _, err := b.EnvelopeLoad(opCtx(t), id); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.EnvelopeDelete(opCtx(t), id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

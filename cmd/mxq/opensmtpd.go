@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -44,6 +45,13 @@ ARG is a queue URL, or the path of a configuration file of key=value lines
                    too late for deliveries right after a restart on 7.7+
   prealloc=32      message IDs reserved ahead, so that MAIL FROM needs no round
                    trip to the store; 0 turns it off
+  shared=false     true when several smtpd instances share the queue: each walks
+                   only its own envelopes, and a survivor takes over a dead
+                   instance's envelopes and hands them to its smtpd with
+                   "smtpctl discover <evpid>"; give each instance its own node=
+  heartbeat=10s    shared mode: how often this node proves it is alive; it is
+                   taken over after 3 missed heartbeats
+  smtpctl=/usr/sbin/smtpctl   shared mode: the smtpctl that reaches this smtpd
   tmpdir=DIR       where message bodies are copied for smtpd (default: $TMPDIR)
   log=info         log level: debug, info, warn or error
 
@@ -71,11 +79,15 @@ type queueConfig struct {
 	tmpdir   string
 	level    slog.Level
 	prealloc int
+
+	shared    bool
+	heartbeat time.Duration
+	smtpctl   string
 }
 
 // loadQueueConfig interprets the argument smtpd passes: a URL, or a file.
 func loadQueueConfig(arg string) (*queueConfig, error) {
-	cfg := &queueConfig{timeout: 10 * time.Second, prealloc: 32}
+	cfg := &queueConfig{timeout: 10 * time.Second, prealloc: 32, smtpctl: "/usr/sbin/smtpctl"}
 	if strings.Contains(arg, "://") {
 		cfg.queue = arg
 		return cfg, nil
@@ -132,6 +144,20 @@ func loadQueueConfig(arg string) (*queueConfig, error) {
 				return nil, bad("prealloc: want a number from 0 to 10000")
 			}
 			cfg.prealloc = n
+		case "shared":
+			b, err := queue.ParseBool(k, v, false)
+			if err != nil {
+				return nil, bad("shared: want true or false")
+			}
+			cfg.shared = b
+		case "heartbeat":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return nil, bad("heartbeat: want a positive duration such as 10s")
+			}
+			cfg.heartbeat = d
+		case "smtpctl":
+			cfg.smtpctl = v
 		case "tmpdir":
 			cfg.tmpdir = v
 		case "log":
@@ -212,15 +238,19 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 	}()
 
 	octx, ocancel := context.WithTimeout(sctx, c.timeout)
-	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node, Prealloc: cfg.prealloc})
+	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node, Prealloc: cfg.prealloc, HeartbeatInterval: cfg.heartbeat})
 	ocancel()
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	log.Info("serving smtpd's queue", "queue", queue.RedactURL(cfg.queue), "node", node, "timeout", cfg.timeout)
+	log.Info("serving smtpd's queue", "queue", queue.RedactURL(cfg.queue), "node", node, "timeout", cfg.timeout, "shared", cfg.shared)
 
-	q := opensmtpd.NewQueue(s, &opensmtpd.QueueOptions{Logger: log, TempDir: cfg.tmpdir})
+	qopts := &opensmtpd.QueueOptions{Logger: log, TempDir: cfg.tmpdir, Shared: cfg.shared}
+	if cfg.shared {
+		qopts.Discover = smtpctlDiscover(cfg.smtpctl)
+	}
+	q := opensmtpd.NewQueue(s, qopts)
 	err = opensmtpd.Serve(sctx, conn, q, &opensmtpd.ServeOptions{
 		OpTimeout:    cfg.timeout,
 		Logger:       log,
@@ -236,6 +266,20 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 	}
 	log.Info("smtpd closed the queue")
 	return nil
+}
+
+// smtpctlDiscover hands an envelope to the running smtpd. The queue process
+// runs in smtpd's mount namespace, so smtpctl reaches this smtpd's control
+// socket. Only the evpid form is used: "discover <msgid>" crashes smtpd 6.8
+// with an external queue.
+func smtpctlDiscover(smtpctl string) func(ctx context.Context, id queue.EvpID) error {
+	return func(ctx context.Context, id queue.EvpID) error {
+		out, err := exec.CommandContext(ctx, smtpctl, "discover", id.String()).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s discover %s: %v: %s", smtpctl, id, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
 }
 
 var opensmtpdFlags struct {
