@@ -772,10 +772,72 @@ func (q *Queue) discoverLoop(ctx context.Context) {
 		ids := q.toDiscover
 		q.toDiscover = nil
 		q.discoverMu.Unlock()
-		for _, id := range ids {
+		q.handOver(ctx, ids)
+	}
+}
+
+// handOver gives taken-over envelopes to smtpd. smtpd 6.8's scheduler
+// accepts a discovered envelope only if it does not know its message yet
+// (its query is by msgid), so of several envelopes of one message only the
+// first discovered would ever be scheduled; and "discover <msgid>" crashes
+// it. So the first envelope of each message is discovered as it is, and
+// each other one is first moved into a message of its own (rehome).
+func (q *Queue) handOver(ctx context.Context, ids []queue.EvpID) {
+	first := make(map[queue.MsgID]bool)
+	for _, id := range ids {
+		if ctx.Err() != nil {
+			return
+		}
+		if !first[id.MsgID()] {
+			first[id.MsgID()] = true
 			q.discover(ctx, id)
+			continue
+		}
+		nid, err := q.rehome(ctx, id)
+		if err != nil {
+			q.log.Error("mxq: could not move a taken-over envelope into a message of its own; it waits for the next restart", "evpid", id.String(), "err", err)
+			continue
+		}
+		q.log.Info("mxq: moved a taken-over envelope into a message of its own", "evpid", id.String(), "new", nid.String())
+		q.discover(ctx, nid)
+	}
+}
+
+// rehome copies the envelope id, which this node holds, with its
+// message's content into a new message claimed by this node, then deletes
+// the original: a crash in between leaves both, never neither.
+func (q *Queue) rehome(ctx context.Context, id queue.EvpID) (queue.EvpID, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	c, err := q.s.ClaimOf(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	rc, err := q.s.OpenContent(ctx, id.MsgID())
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	tx, err := q.s.Begin(ctx)
+	if err != nil {
+		return 0, err
+	}
+	nid, err := tx.AddEnvelope(c.Envelope().Data)
+	if err == nil {
+		tx.Claim(q.opts.Lease)
+		q.markLocal(nid)
+		if _, err = tx.WriteContent(ctx, rc); err == nil {
+			err = tx.Commit(ctx)
 		}
 	}
+	if err != nil {
+		tx.Rollback(context.WithoutCancel(ctx))
+		return 0, err
+	}
+	if err := c.Delete(ctx); err != nil && !errors.Is(err, queue.ErrNotFound) {
+		q.log.Warn("mxq: the original of a moved envelope could not be deleted; it may be delivered twice", "evpid", id.String(), "err", err)
+	}
+	return nid, nil
 }
 
 // discover hands one envelope to smtpd, retrying a few times. One that

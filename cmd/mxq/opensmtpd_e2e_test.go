@@ -121,9 +121,11 @@ func installQueueProc(t *testing.T) string {
 
 // deliverScript is the mda: it stores the message as out/RCPT.PID.mail,
 // unless out/ctl-RCPT holds "CODE N": then its first N attempts exit CODE.
+// out/delay, if present, holds seconds to sleep first.
 const deliverScript = `#!/bin/sh
 dir=$(dirname "$0")/out
 rcpt="$1"
+if [ -f "$dir/delay" ]; then sleep "$(cat "$dir/delay")"; fi
 if [ -f "$dir/ctl-$rcpt" ]; then
 	read code n < "$dir/ctl-$rcpt"
 	echo x >> "$dir/attempts-$rcpt"
@@ -258,8 +260,26 @@ func (m *mta) stop() {
 		syscall.Kill(-pid, syscall.SIGKILL)
 		<-m.done
 	}
-	// The rest of the group (smtpd's children, our queue process) exits
-	// when the parent does; reap them as their subreaper.
+	m.reap(pid)
+}
+
+// kill9 kills smtpd's whole process group, the queue process included,
+// as a crash would, and reaps it.
+func (m *mta) kill9() {
+	if m.cmd == nil || m.stopped {
+		return
+	}
+	m.stopped = true
+	pid := m.cmd.Process.Pid
+	syscall.Kill(-pid, syscall.SIGKILL)
+	<-m.done
+	m.reap(pid)
+}
+
+// reap waits for the rest of smtpd's process group (its children, our
+// queue process), which exits when the parent does, reaping the orphans
+// as their subreaper.
+func (m *mta) reap(pid int) {
 	deadline := time.Now().Add(15 * time.Second)
 	for {
 		var ws syscall.WaitStatus
@@ -537,6 +557,7 @@ func TestOpenSMTPD(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Run("Delivery", func(t *testing.T) { testDelivery(t, subQueue(u, "delivery")) })
 			t.Run("Restart", func(t *testing.T) { testRestart(t, subQueue(u, "restart")) })
+			t.Run("SharedKill9", func(t *testing.T) { testShared(t, subQueue(u, "shared")) })
 		})
 	}
 }
@@ -650,6 +671,90 @@ func testRestart(t *testing.T, u string) {
 	if !strings.Contains(m.log(), "done loading queue into scheduler") {
 		t.Errorf("no end of the walk in the log")
 	}
+}
+
+// testShared runs two smtpd instances on one queue, kills one with
+// SIGKILL while it delivers, and checks that the survivor takes its mail
+// over: every recipient gets every message, and the duplicates (the
+// at-least-once window) are counted.
+func testShared(t *testing.T, u string) {
+	conf := func(node string) string {
+		p := filepath.Join(t.TempDir(), node+".conf")
+		must(t, os.WriteFile(p, fmt.Appendf(nil, "queue=%s\nnode=%s\nshared=true\nheartbeat=1s\ntimeout=10s\n", u, node), 0o600))
+		return p
+	}
+	a, b := newMTA(t, conf("mx-a")), newMTA(t, conf("mx-b"))
+	obs := observer(t, u)
+	b.start()
+	a.start()
+	// a delivers slowly, so that it dies with mail queued and in flight.
+	must(t, os.WriteFile(filepath.Join(a.dir, "out", "delay"), []byte("3\n"), 0o644))
+	const msgs = 20
+	rcpts := []string{"k1@test.local", "k2@test.local"}
+	for i := range msgs {
+		a.send("s@test.local", rcpts, fmt.Sprintf("shared message %d", i))
+	}
+	a.waitFor("a's first deliveries", 30*time.Second, func() bool {
+		return len(a.mailbox("k1@test.local"))+len(a.mailbox("k2@test.local")) >= 2
+	})
+	a.kill9()
+	killedAt := time.Now()
+	t.Logf("killed a after %d deliveries; %d envelopes left in the store", len(a.mailbox("k1@test.local"))+len(a.mailbox("k2@test.local")), len(envelopes(t, obs)))
+
+	count := func() (map[string]int, int) {
+		seen := make(map[string]int)
+		dups := 0
+		for _, m := range []*mta{a, b} {
+			for _, r := range rcpts {
+				for _, mb := range m.mailbox(r) {
+					i := strings.Index(mb, "shared message ")
+					if i < 0 {
+						continue
+					}
+					key := r + " " + strings.Fields(mb[i+len("shared message "):])[0]
+					if seen[key]++; seen[key] > 1 {
+						dups++
+					}
+				}
+			}
+		}
+		return seen, dups
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		seen, _ := count()
+		if len(seen) == msgs*len(rcpts) {
+			break
+		}
+		if time.Now().After(deadline) || !b.alive() {
+			var missing []string
+			for i := range msgs {
+				for _, r := range rcpts {
+					if k := fmt.Sprintf("%s %d", r, i); seen[k] == 0 {
+						missing = append(missing, k)
+					}
+				}
+			}
+			left := envelopes(t, obs)
+			var holders []string
+			for id := range left {
+				e, err := obs.Load(t.Context(), id)
+				if err == nil {
+					holders = append(holders, fmt.Sprintf("%s:%s", id, e.Lease.Holder))
+				}
+			}
+			t.Fatalf("after 90s (b alive: %v), %d deliveries missing: %v\nstore: %v\nb's log:\n%s", b.alive(), len(missing), missing, holders, b.logTail(30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	took := time.Since(killedAt)
+	_, dups := count()
+	t.Logf("all %d deliveries done %v after the kill; delivered twice: %d (the at-least-once window)", msgs*len(rcpts), took.Round(100*time.Millisecond), dups)
+	if !strings.Contains(b.log(), "took over envelopes of a dead node") {
+		t.Errorf("b's log shows no takeover:\n%s", b.logTail(40))
+	}
+	b.waitFor("an empty store", 30*time.Second, func() bool { return len(envelopes(t, obs)) == 0 })
+	b.checkLog()
 }
 
 // TestOpenSMTPDThroughput measures messages accepted per second over SMTP
