@@ -780,6 +780,7 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 	for _, r := range runs {
 		m := newMTA(t, r.url)
 		m.start("-P", "mda")
+		measure(t, m, 2*workers, workers) // warm up: connections, ID pool, caches
 		rate := measure(t, m, n, workers)
 		m.checkLog()
 		m.stop()
