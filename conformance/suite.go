@@ -26,6 +26,7 @@ func Run(t *testing.T, mk HarnessMaker) {
 	t.Run("InvisibleUntilCommit", func(t *testing.T) { testInvisibleUntilCommit(t, mk) })
 	t.Run("Rollback", func(t *testing.T) { testRollback(t, mk) })
 	t.Run("CommitCrash", func(t *testing.T) { testCommitCrash(t, mk) })
+	t.Run("CommitAnswerLost", func(t *testing.T) { testCommitAnswerLost(t, mk) })
 	t.Run("SweepRacesCommit", func(t *testing.T) { testSweepRacesCommit(t, mk) })
 	t.Run("SweepKeepsCommitted", func(t *testing.T) { testSweepKeepsCommitted(t, mk) })
 	t.Run("MsgIDCollision", func(t *testing.T) { testMsgIDCollision(t, mk) })
@@ -1081,5 +1082,42 @@ func testPrealloc(t *testing.T, mk HarnessMaker) {
 	}
 	if w := e.walk(b); !slices.Equal(w, all) {
 		t.Fatalf("Walk after Close = %v, want %v", w, all)
+	}
+}
+
+// lostAnswer is a Backend whose compare-and-swap writes land but whose
+// answers are lost, as over a network that fails at the wrong moment.
+type lostAnswer struct{ queue.Backend }
+
+var errLostAnswer = errors.New("conformance: the answer was lost")
+
+func (l lostAnswer) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+	v, err := l.Backend.Put(ctx, key, r, opts)
+	if err == nil && opts.IfMatch != "" {
+		return "", errLostAnswer
+	}
+	return v, err
+}
+
+// testCommitAnswerLost: a commit that landed although its caller saw an
+// error must not be undone by the caller's Rollback.
+func testCommitAnswerLost(t *testing.T, mk HarnessMaker) {
+	e := newEnv(t, mk)
+	a := e.storeOn(lostAnswer{e.backend()}, &queue.Options{Retries: -1})
+	b := e.store(nil)
+	tx, err := a.Begin(e.ctx)
+	wantErr(t, "Begin", err, nil)
+	id, _ := tx.AddEnvelope([]byte("x"))
+	_, err = tx.WriteContent(e.ctx, strings.NewReader("landed"))
+	wantErr(t, "WriteContent", err, nil)
+	if err := tx.Commit(e.ctx); err == nil {
+		t.Fatal("Commit succeeded although its answer was lost")
+	}
+	wantErr(t, "Rollback of a commit that landed", tx.Rollback(e.ctx), queue.ErrConflict)
+	if _, err := b.Load(e.ctx, id); err != nil {
+		t.Fatalf("the committed message is gone after Rollback: %v", err)
+	}
+	if got, err := e.readContent(b, tx.ID()); err != nil || string(got) != "landed" {
+		t.Fatalf("content = %q, %v", got, err)
 	}
 }

@@ -205,18 +205,16 @@ func (p *pattern) Read(b []byte) (int, error) {
 	if int64(len(b)) > p.n-p.off {
 		b = b[:p.n-p.off]
 	}
-	i := 0
-	for ; i+8 <= len(b); i += 8 {
-		p.x ^= p.x << 13
-		p.x ^= p.x >> 7
-		p.x ^= p.x << 17
-		binary.LittleEndian.PutUint64(b[i:], p.x)
-	}
-	for ; i < len(b); i++ {
-		p.x ^= p.x << 13
-		p.x ^= p.x >> 7
-		p.x ^= p.x << 17
-		b[i] = byte(p.x)
+	// Byte i of the stream is byte i%8 of the (i/8+1)th xorshift word, so
+	// the stream is the same however the reader slices its reads.
+	for i := range b {
+		k := (p.off + int64(i)) % 8
+		if k == 0 {
+			p.x ^= p.x << 13
+			p.x ^= p.x >> 7
+			p.x ^= p.x << 17
+		}
+		b[i] = byte(p.x >> (8 * k))
 	}
 	p.off += int64(len(b))
 	return len(b), nil

@@ -102,6 +102,13 @@ func (s *Store) Update(ctx context.Context, e *Envelope) error {
 	h.Pending = 0
 	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID}), encodeRecord(&h, e.Data), PutOptions{IfMatch: e.Version})
 	if err != nil {
+		if s.isPrecondition(err) {
+			// Some stores answer a swap on a missing key with a failed
+			// precondition too.
+			if _, serr := s.stat(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID})); s.isNotFound(serr) {
+				err = serr
+			}
+		}
 		if s.isNotFound(err) {
 			return notFound("update", e.ID)
 		}

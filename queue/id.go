@@ -14,8 +14,16 @@ type MsgID uint32
 // lower-case hex digits, like OpenSMTPD's evpid.
 type EvpID uint64
 
+const hexDigits = "0123456789abcdef"
+
 // String returns the 8-digit hex form of m.
-func (m MsgID) String() string { return fmt.Sprintf("%08x", uint32(m)) }
+func (m MsgID) String() string {
+	var b [8]byte
+	for i := range b {
+		b[i] = hexDigits[uint32(m)>>(28-4*i)&0xf]
+	}
+	return string(b[:])
+}
 
 // Valid reports whether m can name a message. The error wraps ErrInvalid.
 func (m MsgID) Valid() error {
@@ -29,7 +37,13 @@ func (m MsgID) Valid() error {
 func (m MsgID) Evp(lo uint32) EvpID { return EvpID(uint64(m)<<32 | uint64(lo)) }
 
 // String returns the 16-digit hex form of e.
-func (e EvpID) String() string { return fmt.Sprintf("%016x", uint64(e)) }
+func (e EvpID) String() string {
+	var b [16]byte
+	for i := range b {
+		b[i] = hexDigits[uint64(e)>>(60-4*i)&0xf]
+	}
+	return string(b[:])
+}
 
 // MsgID returns the message that e belongs to.
 func (e EvpID) MsgID() MsgID { return MsgID(e >> 32) }

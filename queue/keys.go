@@ -40,7 +40,7 @@ type Handle struct {
 
 // hexdigits of a message ID's top byte: the shard of 256 buckets that
 // spreads keys over prefixes, as OpenSMTPD's queue does.
-func shard(m MsgID) string { return fmt.Sprintf("%02x", uint32(m)>>24) }
+func shard(m MsgID) string { return m.String()[:2] }
 
 // Key returns the storage key of h. It is the one function that computes
 // keys; adapters never build them. When the identifying fields of h are
@@ -138,14 +138,16 @@ func ValidNodeName(name string) error {
 }
 
 // parseEnvelopeKey returns the envelope ID of an envelope key, checking
-// that the key is exactly what Key would produce for it.
+// that the key is exactly what Key would produce for it: evp/hh/m/e where
+// m is the first half of e and hh the first two digits of m.
 func parseEnvelopeKey(key string) (EvpID, error) {
 	const n = len("evp/hh/01234567/0123456789abcdef")
-	if len(key) != n {
+	if len(key) != n || key[:4] != "evp/" || key[6] != '/' || key[15] != '/' ||
+		key[4:6] != key[16:18] || key[7:15] != key[16:24] {
 		return 0, fmt.Errorf("%w: unexpected key %q under evp/", ErrCorrupt, key)
 	}
-	e, err := ParseEvpID(key[len(key)-16:])
-	if err != nil || Key(Handle{Kind: KindEnvelope, Evp: e}) != key {
+	e, err := ParseEvpID(key[16:])
+	if err != nil || e.String() != key[16:] {
 		return 0, fmt.Errorf("%w: unexpected key %q under evp/", ErrCorrupt, key)
 	}
 	return e, nil

@@ -77,13 +77,17 @@ func (s *Store) ensureAlive(ctx context.Context) error {
 	return s.heartbeat(ctx)
 }
 
-// node returns the heartbeat of the named node, cached for a second.
+// node returns the heartbeat of the named node. A heartbeat that showed
+// the node alive is trusted for up to a second, or a quarter of the margin
+// between heartbeats and their expiry if that is shorter; a node is only
+// ever found dead on a fresh read.
 func (s *Store) node(ctx context.Context, name string) (*nodeRecord, error) {
 	now := s.now()
 	s.nodes.mu.Lock()
 	c, ok := s.nodes.m[name]
 	s.nodes.mu.Unlock()
-	if ok && now.Sub(c.fetched) < time.Second && now.Sub(c.fetched) >= 0 {
+	fresh := min(time.Second, (s.opts.NodeTTL-s.opts.HeartbeatInterval)/4)
+	if ok && c.rec != nil && now.Before(c.rec.Expires) && now.Sub(c.fetched) < fresh && now.Sub(c.fetched) >= 0 {
 		return c.rec, nil
 	}
 	key := Key(Handle{Kind: KindNode, Node: name})

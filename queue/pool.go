@@ -77,7 +77,9 @@ func (s *Store) fill(ctx context.Context) {
 			}
 			continue
 		}
-		rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		// Not cancelled by stop: a reservation in flight completes, and
+		// is released below, rather than landing after its release.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		tx, err := s.reserve(rctx)
 		cancel()
 		if err != nil {
@@ -93,7 +95,9 @@ func (s *Store) fill(ctx context.Context) {
 		p.mu.Lock()
 		if p.stopped {
 			p.mu.Unlock()
-			tx.Rollback(ctx)
+			cctx, cancel := context.WithTimeout(p.base, 10*time.Second)
+			tx.Rollback(cctx)
+			cancel()
 			return
 		}
 		p.txs = append(p.txs, tx)

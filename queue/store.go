@@ -126,6 +126,9 @@ func New(b Backend, opts *Options) (*Store, error) {
 	return s, nil
 }
 
+// MaxEnvelopeSize returns the largest envelope the Store accepts.
+func (s *Store) MaxEnvelopeSize() int { return s.opts.MaxEnvelopeSize }
+
 // Node returns the name of this Store's node.
 func (s *Store) Node() string { return s.opts.Node }
 
@@ -200,19 +203,24 @@ func (s *Store) rand32() (uint32, error) {
 // transient, ctx is done, or the retries are used up.
 func (s *Store) retry(ctx context.Context, fn func() error) error {
 	delay := 50 * time.Millisecond
+	var last error // the last transient error, kept as the reason
 	for i := 0; ; i++ {
 		err := fn()
+		if err != nil && last != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
+			return fmt.Errorf("%w; last error: %w", err, last)
+		}
 		if err == nil || i >= s.opts.Retries || ctx.Err() != nil {
 			return err
 		}
 		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || s.b.ErrorCode(err) != CodeUnavailable {
 			return err
 		}
+		last = err
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return err
+			return fmt.Errorf("%w; last error: %w", ctx.Err(), err)
 		case <-t.C:
 		}
 		delay *= 2

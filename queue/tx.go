@@ -81,12 +81,16 @@ func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 		// A committed message no longer has a reservation; its content
 		// tells that the ID is taken.
 		_, err = s.stat(ctx, Key(Handle{Kind: KindContent, Msg: id}))
+		if err == nil || !s.isNotFound(err) {
+			// Release the reservation even if ctx is done by now.
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			s.del(cctx, key)
+			cancel()
+		}
 		if err == nil {
-			s.del(ctx, key)
 			continue
 		}
 		if !s.isNotFound(err) {
-			s.del(ctx, key)
 			return nil, s.wrap("begin", id.String(), err, nil)
 		}
 		return tx, nil
@@ -319,8 +323,21 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 	res := tx.res
 	res.State = stateAborted
 	res.Changed = s.now()
-	if _, err := s.putBytes(ctx, key, res.encode(), PutOptions{IfMatch: tx.rver}); err != nil && !s.isPrecondition(err) && !s.isNotFound(err) {
-		return s.wrap("rollback", id, err, nil)
+	if _, err := s.putBytes(ctx, key, res.encode(), PutOptions{IfMatch: tx.rver}); err != nil {
+		if !s.isPrecondition(err) && !s.isNotFound(err) {
+			tx.done = false // nothing changed; the caller may try again
+			return s.wrap("rollback", id, err, nil)
+		}
+		// The reservation changed under us: a sweep aborted it, or a
+		// commit whose answer was lost did land. Never delete the latter.
+		st, err := s.reservationState(ctx, tx.id)
+		if err != nil {
+			tx.done = false
+			return s.wrap("rollback", id, err, nil)
+		}
+		if st != stateAborted {
+			return errorf("rollback", id, ErrConflict, "the message was committed; it cannot be rolled back")
+		}
 	}
 	// Aborted now, by us or by a sweep: remove the garbage. The aborted
 	// reservation stays as a tombstone that keeps concurrent walks from

@@ -330,6 +330,19 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	if err != nil {
 		return nil, false, err
 	}
+	emit := func(keys []string) bool {
+		slices.Sort(keys)
+		for _, k := range keys {
+			if !strings.HasPrefix(k, prefix) || k <= startAfter {
+				continue
+			}
+			if len(out) == limit {
+				return true
+			}
+			out = append(out, k)
+		}
+		return false
+	}
 	for _, top := range tops {
 		if strings.HasPrefix(top, ".") || !mayMatch(top+"/", prefix, startAfter) {
 			continue
@@ -341,38 +354,53 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 		if err != nil {
 			return nil, false, err
 		}
-		// Entries of a top directory are files or shard directories; a
-		// shard's keys all start with top/<shard>/, so keys of the files
-		// and of the shards can be merged by sorting each group.
-		var keys []string
+		// A top directory holds files and shard directories. The keys of
+		// a shard all lie between top/<shard>/ and top/<shard>0, apart
+		// from any file's key, so taking the entries in the order of
+		// their keys, and reading a shard only when its turn comes, lists
+		// in key order and stops early.
+		type entry struct {
+			key   string // the file's key, or top/<shard>/ for a shard
+			shard bool
+		}
+		var entries []entry
 		for _, sub := range subs {
-			dirPath := filepath.Join(b.root, top, sub)
 			if isShard(sub) {
-				if fi, err := os.Stat(dirPath); err == nil && fi.IsDir() {
-					if !mayMatch(top+"/"+sub+"/", prefix, startAfter) {
-						continue
-					}
-					names, err := readNames(dirPath)
-					if err != nil {
-						return nil, false, err
-					}
-					for _, n := range names {
-						keys = append(keys, top+"/"+sub+"/"+strings.ReplaceAll(n, ",", "/"))
-					}
+				if fi, err := os.Stat(filepath.Join(b.root, top, sub)); err == nil && fi.IsDir() {
+					entries = append(entries, entry{top + "/" + sub + "/", true})
 					continue
 				}
 			}
-			keys = append(keys, top+"/"+strings.ReplaceAll(sub, ",", "/"))
+			entries = append(entries, entry{top + "/" + strings.ReplaceAll(sub, ",", "/"), false})
 		}
-		slices.Sort(keys)
-		for _, k := range keys {
-			if !strings.HasPrefix(k, prefix) || k <= startAfter {
+		slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.key, b.key) })
+		var files []string
+		for _, e := range entries {
+			if !e.shard {
+				files = append(files, e.key)
 				continue
 			}
-			if len(out) == limit {
+			if emit(files) {
 				return out, true, nil
 			}
-			out = append(out, k)
+			files = files[:0]
+			if !mayMatch(e.key, prefix, startAfter) {
+				continue
+			}
+			names, err := readNames(filepath.Join(b.root, filepath.FromSlash(e.key)))
+			if err != nil {
+				return nil, false, err
+			}
+			keys := make([]string, len(names))
+			for i, n := range names {
+				keys[i] = e.key + strings.ReplaceAll(n, ",", "/")
+			}
+			if emit(keys) {
+				return out, true, nil
+			}
+		}
+		if emit(files) {
+			return out, true, nil
 		}
 	}
 	return out, false, nil

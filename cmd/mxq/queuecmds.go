@@ -36,6 +36,7 @@ func init() {
 The message is committed atomically: once put prints the message ID, the
 content and every envelope are stored; if it fails, none of them is visible.`,
 		flags: func(fs *flag.FlagSet) {
+			putFlags.rcpt = nil // run may be called more than once in a process
 			fs.StringVar(&putFlags.from, "f", "", "envelope `sender` (may be empty for bounces)")
 			fs.Var(&putFlags.rcpt, "r", "envelope `recipient`; repeat for several")
 		},

@@ -1,0 +1,665 @@
+package datastore
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"cloud.google.com/go/datastore"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/mxqueue/mxq/conformance"
+	"github.com/mxqueue/mxq/queue"
+)
+
+// testEnv returns a client for DATASTORE_EMULATOR_HOST and a fresh
+// namespace under MXQ_TEST_DATASTORE_URL. It skips the test when they are
+// not set, unless MXQ_REQUIRE_SERVICES=1.
+func testEnv(t testing.TB) (*datastore.Client, string) {
+	t.Helper()
+	raw := os.Getenv("MXQ_TEST_DATASTORE_URL")
+	if raw == "" || os.Getenv("DATASTORE_EMULATOR_HOST") == "" {
+		if os.Getenv("MXQ_REQUIRE_SERVICES") == "1" {
+			t.Fatal("MXQ_TEST_DATASTORE_URL and DATASTORE_EMULATOR_HOST must be set (scripts/services env)")
+		}
+		t.Skip("MXQ_TEST_DATASTORE_URL or DATASTORE_EMULATOR_HOST not set")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != Scheme {
+		t.Fatalf("MXQ_TEST_DATASTORE_URL=%q: want datastore://project/namespace", raw)
+	}
+	c, err := testClient(u.Host, u.Query().Get("database"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rnd [6]byte
+	rand.Read(rnd[:])
+	ns := strings.Trim(u.Path, "/")
+	if ns != "" {
+		ns += "-"
+	}
+	return c, ns + fmt.Sprintf("test-%x", rnd)
+}
+
+var testClients = struct {
+	sync.Mutex
+	m map[[2]string]*datastore.Client
+}{m: make(map[[2]string]*datastore.Client)}
+
+// testClient returns the client of every test of project and database,
+// made once.
+func testClient(project, database string) (*datastore.Client, error) {
+	testClients.Lock()
+	defer testClients.Unlock()
+	k := [2]string{project, database}
+	if c := testClients.m[k]; c != nil {
+		return c, nil
+	}
+	if project == "" {
+		project = datastore.DetectProjectID
+	}
+	c, err := datastore.NewClientWithDatabase(context.Background(), project, database, clientOptions...)
+	if err != nil {
+		return nil, err
+	}
+	testClients.m[k] = c
+	return c, nil
+}
+
+type harness struct {
+	c  *datastore.Client
+	ns string
+}
+
+func (h *harness) MakeBackend(ctx context.Context) (queue.Backend, error) {
+	return openBackend(ctx, h.c, h.ns)
+}
+
+func (h *harness) Capabilities() conformance.Capabilities {
+	return conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}
+}
+
+func (h *harness) Close() {}
+
+func newHarness(ctx context.Context, t testing.TB) (conformance.Harness, error) {
+	c, ns := testEnv(t)
+	return &harness{c: c, ns: ns}, nil
+}
+
+func TestConformance(t *testing.T) { conformance.Run(t, newHarness) }
+
+func BenchmarkConformance(b *testing.B) { conformance.RunBenchmarks(b, newHarness) }
+
+func testBackend(t testing.TB) *backend {
+	c, ns := testEnv(t)
+	b, err := openBackend(t.Context(), c, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func put(t testing.TB, b queue.Backend, key, data string, opts queue.PutOptions) (queue.Version, error) {
+	t.Helper()
+	if opts.Size == 0 {
+		opts.Size = int64(len(data))
+	}
+	return b.Put(t.Context(), key, strings.NewReader(data), &opts)
+}
+
+func get(t testing.TB, b queue.Backend, key string) (string, queue.Attrs) {
+	t.Helper()
+	rc, a, err := b.Get(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Get %s: %v", key, err)
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("reading %s: %v", key, err)
+	}
+	return string(data), a
+}
+
+// chunks counts the chunk entities of b's namespace.
+func chunks(t testing.TB, b *backend) int {
+	t.Helper()
+	keys, err := b.c.GetAll(t.Context(), datastore.NewQuery(chunkKind).Namespace(b.ns).KeysOnly(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(keys)
+}
+
+func offlineClient(t testing.TB) *datastore.Client {
+	c, err := datastore.NewClient(t.Context(), "offline",
+		option.WithEndpoint("127.0.0.1:1"), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())),
+		clientOptions[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func TestURLOpener(t *testing.T) {
+	o := &URLOpener{Client: offlineClient(t)}
+	for _, tc := range []struct {
+		name, url string
+		wantErr   error
+	}{
+		{"project", "datastore://proj", nil},
+		{"project and namespace", "datastore://proj/mx1", nil},
+		{"trailing slash", "datastore://proj/mx1/", nil},
+		{"database", "datastore://proj/mx1?database=queue", nil},
+		{"no project", "datastore:///mx1", nil},
+		{"namespace with slash", "datastore://proj/a/b", queue.ErrInvalid},
+		{"namespace with bad character", "datastore://proj/a%20b", queue.ErrInvalid},
+		{"reserved namespace", "datastore://proj/__x__", queue.ErrInvalid},
+		{"namespace too long", "datastore://proj/" + strings.Repeat("n", 101), queue.ErrInvalid},
+		{"unknown parameter", "datastore://proj/mx1?prefix=x", queue.ErrInvalid},
+		{"repeated database", "datastore://proj/mx1?database=a&database=b", queue.ErrInvalid},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u, err := url.Parse(tc.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s, err := o.OpenStoreURL(t.Context(), u, nil)
+			if !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Fatalf("OpenStoreURL(%s) = %v, want %v", tc.url, err, tc.wantErr)
+			}
+			if s != nil {
+				s.Close()
+			}
+		})
+	}
+}
+
+func TestSchemeRegistered(t *testing.T) {
+	if !queue.DefaultURLMux().ValidScheme("datastore") {
+		t.Fatal("datastore is not registered with the default mux")
+	}
+}
+
+func TestErrorCode(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		want queue.Code
+	}{
+		{"no such entity", datastore.ErrNoSuchEntity, queue.CodeNotFound},
+		{"wrapped no such entity", fmt.Errorf("x: %w", datastore.ErrNoSuchEntity), queue.CodeNotFound},
+		{"multi no such entity", datastore.MultiError{datastore.ErrNoSuchEntity}, queue.CodeNotFound},
+		{"precondition", errPrecondition, queue.CodePrecondition},
+		{"already exists", status.Error(codes.AlreadyExists, "x"), queue.CodePrecondition},
+		{"multi already exists", datastore.MultiError{status.Error(codes.AlreadyExists, "x")}, queue.CodePrecondition},
+		{"concurrent transaction", datastore.ErrConcurrentTransaction, queue.CodeUnavailable},
+		{"aborted", status.Error(codes.Aborted, "x"), queue.CodeUnavailable},
+		{"failed precondition is not ours", status.Error(codes.FailedPrecondition, "no index"), queue.CodeUnknown},
+		{"grpc not found", status.Error(codes.NotFound, "x"), queue.CodeNotFound},
+		{"invalid argument", status.Error(codes.InvalidArgument, "x"), queue.CodeInvalid},
+		{"invalid key", datastore.ErrInvalidKey, queue.CodeInvalid},
+		{"our invalid key", fmt.Errorf("%w: x", errInvalidKey), queue.CodeInvalid},
+		{"unavailable", status.Error(codes.Unavailable, "x"), queue.CodeUnavailable},
+		{"deadline", status.Error(codes.DeadlineExceeded, "x"), queue.CodeUnavailable},
+		{"resource exhausted", status.Error(codes.ResourceExhausted, "x"), queue.CodeUnavailable},
+		{"unimplemented", status.Error(codes.Unimplemented, "x"), queue.CodeUnsupported},
+		{"permission denied is not guessed", status.Error(codes.PermissionDenied, "x"), queue.CodeUnknown},
+		{"corrupt", errCorrupt, queue.CodeCorrupt},
+		{"field mismatch", &datastore.ErrFieldMismatch{FieldName: "x", Reason: "y"}, queue.CodeCorrupt},
+		{"closed", errClosed, queue.CodeUnknown},
+		{"other", errors.New("x"), queue.CodeUnknown},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := errorCode(tc.err); got != tc.want {
+				t.Errorf("errorCode(%v) = %v, want %v", tc.err, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestPrefixEnd(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"empty", "", ""},
+		{"slash", "evp/", "evp0"},
+		{"letter", "inc/0000000a", "inc/0000000b"},
+		{"high byte", "a\xff", "b"},
+		{"all high", "\xff\xff", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := prefixEnd(tc.in); got != tc.want {
+				t.Errorf("prefixEnd(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestInvalidKeys(t *testing.T) {
+	b, _ := openBackend(t.Context(), offlineClient(t), "")
+	for _, tc := range []struct{ name, key string }{
+		{"empty", ""},
+		{"too long", strings.Repeat("k", maxKey+1)},
+		{"reserved", "__x__"},
+		{"chunk separator", "a#b"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := b.Put(t.Context(), tc.key, strings.NewReader("x"), &queue.PutOptions{Size: 1})
+			if b.ErrorCode(err) != queue.CodeInvalid {
+				t.Errorf("Put(%q) = %v, want CodeInvalid", tc.key, err)
+			}
+			if _, _, err := b.Get(t.Context(), tc.key); b.ErrorCode(err) != queue.CodeInvalid {
+				t.Errorf("Get(%q) = %v, want CodeInvalid", tc.key, err)
+			}
+		})
+	}
+}
+
+func TestPutGetVersions(t *testing.T) {
+	b := testBackend(t)
+	ctx := t.Context()
+	if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+		t.Fatalf("Get missing: %v (code %v), want NotFound", err, b.ErrorCode(err))
+	}
+	if _, err := b.Stat(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+		t.Fatalf("Stat missing: %v, want NotFound", err)
+	}
+	v1, err := put(t, b, "inc/00000001", "one", queue.PutOptions{IfNoneMatch: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, a := get(t, b, "inc/00000001")
+	if data != "one" || a.Version != v1 || a.Size != 3 {
+		t.Fatalf("Get = %q %+v, want one %s 3", data, a, v1)
+	}
+	if st, err := b.Stat(ctx, "inc/00000001"); err != nil || st != a {
+		t.Fatalf("Stat = %+v %v, want %+v", st, err, a)
+	}
+	t.Run("create-only twice", func(t *testing.T) {
+		_, err := put(t, b, "inc/00000001", "again", queue.PutOptions{IfNoneMatch: true})
+		if b.ErrorCode(err) != queue.CodePrecondition {
+			t.Fatalf("second create = %v (code %v), want Precondition", err, b.ErrorCode(err))
+		}
+		if data, _ := get(t, b, "inc/00000001"); data != "one" {
+			t.Fatalf("refused create wrote %q", data)
+		}
+	})
+	var v2 queue.Version
+	t.Run("compare-and-swap", func(t *testing.T) {
+		var err error
+		v2, err = put(t, b, "inc/00000001", "two", queue.PutOptions{IfMatch: v1})
+		if err != nil || v2 == v1 {
+			t.Fatalf("CAS = %s %v", v2, err)
+		}
+		_, err = put(t, b, "inc/00000001", "stale", queue.PutOptions{IfMatch: v1})
+		if b.ErrorCode(err) != queue.CodePrecondition {
+			t.Fatalf("stale CAS = %v (code %v), want Precondition", err, b.ErrorCode(err))
+		}
+		if data, a := get(t, b, "inc/00000001"); data != "two" || a.Version != v2 {
+			t.Fatalf("after stale CAS: %q %s", data, a.Version)
+		}
+	})
+	t.Run("compare-and-swap on missing", func(t *testing.T) {
+		_, err := put(t, b, "inc/00000002", "x", queue.PutOptions{IfMatch: v1})
+		if c := b.ErrorCode(err); c != queue.CodeNotFound {
+			t.Fatalf("CAS on missing = %v (code %v)", err, c)
+		}
+	})
+	t.Run("unconditional", func(t *testing.T) {
+		v3, err := put(t, b, "inc/00000001", "three", queue.PutOptions{Size: -1})
+		if err != nil || v3 == v2 {
+			t.Fatalf("Put = %s %v", v3, err)
+		}
+		v4, err := put(t, b, "inc/00000009", "new", queue.PutOptions{Size: -1})
+		if err != nil || v4 == "" {
+			t.Fatalf("Put of a new key = %s %v", v4, err)
+		}
+	})
+	t.Run("delete", func(t *testing.T) {
+		if err := b.Delete(ctx, "inc/00000001"); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Delete(ctx, "inc/00000001"); err != nil {
+			t.Fatalf("deleting a missing key: %v", err)
+		}
+		if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+			t.Fatalf("Get deleted: %v", err)
+		}
+	})
+}
+
+func TestConcurrentCAS(t *testing.T) {
+	b := testBackend(t)
+	const key = "evp/00/00000001/0000000100000001"
+	for round := range 3 {
+		v, err := put(t, b, key, "v0", queue.PutOptions{Size: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 16
+		var wins, conflicts atomic.Int32
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Go(func() {
+				_, err := put(t, b, key, fmt.Sprint("w", i), queue.PutOptions{IfMatch: v})
+				switch {
+				case err == nil:
+					wins.Add(1)
+				case b.ErrorCode(err) == queue.CodePrecondition:
+					conflicts.Add(1)
+				default:
+					t.Errorf("writer %d: %v (code %v)", i, err, b.ErrorCode(err))
+				}
+			})
+		}
+		wg.Wait()
+		if wins.Load() != 1 || conflicts.Load() != n-1 {
+			t.Fatalf("round %d: %d wins, %d conflicts; want 1 and %d", round, wins.Load(), conflicts.Load(), n-1)
+		}
+	}
+}
+
+func TestConcurrentCreate(t *testing.T) {
+	b := testBackend(t)
+	const n = 16
+	var wins atomic.Int32
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			_, err := put(t, b, "inc/0000000a", fmt.Sprint("w", i), queue.PutOptions{IfNoneMatch: true})
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case b.ErrorCode(err) != queue.CodePrecondition:
+				t.Errorf("writer %d: %v (code %v)", i, err, b.ErrorCode(err))
+			}
+		})
+	}
+	wg.Wait()
+	if wins.Load() != 1 {
+		t.Fatalf("%d creators won, want 1", wins.Load())
+	}
+}
+
+func TestList(t *testing.T) {
+	b := testBackend(t)
+	ctx := t.Context()
+	var want []string
+	for i := range 25 {
+		k := fmt.Sprintf("evp/%02x/%08x/%016x", i%3, i, i)
+		want = append(want, k)
+	}
+	// Keys that sort differently in byte order and in a naive path order.
+	want = append(want, "evp/00/x", "evp/00-", "evp/00.a", "evp/00_b", "evp/0/")
+	for _, k := range want {
+		if _, err := put(t, b, k, "x", queue.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"inc/00000001", "evp", "evo/z", "evp0"} {
+		if _, err := put(t, b, k, "x", queue.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(want)
+	for _, limit := range []int{1, 2, 7, 30, 1000} {
+		t.Run(fmt.Sprint("limit ", limit), func(t *testing.T) {
+			var got []string
+			after := ""
+			for calls := 0; ; calls++ {
+				if calls > 60 {
+					t.Fatal("List does not end")
+				}
+				keys, more, err := b.List(ctx, "evp/", after, limit)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(keys) > limit {
+					t.Fatalf("%d keys for limit %d", len(keys), limit)
+				}
+				got = append(got, keys...)
+				if !more {
+					break
+				}
+				after = keys[len(keys)-1]
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("listed %q\nwant %q", got, want)
+			}
+		})
+	}
+	keys, _, err := b.List(ctx, "evp/01/", "", 1000)
+	if err != nil || len(keys) != 8 {
+		t.Fatalf("List evp/01/ = %d keys, %v", len(keys), err)
+	}
+	keys, _, err = b.List(ctx, "", "evp0", 1000)
+	if err != nil || !slices.Equal(keys, []string{"inc/00000001"}) {
+		t.Fatalf("List after evp0 = %q, %v", keys, err)
+	}
+	keys, more, err := b.List(ctx, "nothing/", "", 10)
+	if err != nil || len(keys) != 0 || more {
+		t.Fatalf("List of empty prefix = %q %v %v", keys, more, err)
+	}
+}
+
+// pattern is a reader of n bytes of a repeating non-trivial pattern.
+type pattern struct{ n, off int64 }
+
+func (p *pattern) Read(b []byte) (int, error) {
+	if p.off >= p.n {
+		return 0, io.EOF
+	}
+	if int64(len(b)) > p.n-p.off {
+		b = b[:p.n-p.off]
+	}
+	for i := range b {
+		x := p.off + int64(i)
+		b[i] = byte(x ^ x>>8 ^ x>>16)
+	}
+	p.off += int64(len(b))
+	return len(b), nil
+}
+
+func checkRoundTrip(t *testing.T, b queue.Backend, key string, size, sizeOpt int64, opts queue.PutOptions) queue.Version {
+	t.Helper()
+	h := sha256.New()
+	io.Copy(h, &pattern{n: size})
+	want := h.Sum(nil)
+	opts.Size = sizeOpt
+	v, err := b.Put(t.Context(), key, &pattern{n: size}, &opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, a, err := b.Get(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	h.Reset()
+	n, err := io.Copy(h, rc)
+	if err != nil || n != size || a.Size != size || a.Version != v || !bytes.Equal(h.Sum(nil), want) {
+		t.Fatalf("read %d of %d bytes (attrs %+v, put version %s), err %v, checksum match %v", n, size, a, v, err, bytes.Equal(h.Sum(nil), want))
+	}
+	return v
+}
+
+func TestBigObject(t *testing.T) {
+	b := testBackend(t)
+	for _, tc := range []struct {
+		name string
+		size int64
+		opt  int64
+	}{
+		{"empty", 0, 0},
+		{"one chunk exactly", chunkData, -1},
+		{"one chunk and a byte", chunkData + 1, -1},
+		{"a full commit of chunks and the head", (chunksPerCommit + 1) * chunkData, (chunksPerCommit + 1) * chunkData},
+		{"12 MiB, unknown size", 12 << 20, -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkRoundTrip(t, b, "msg/00/00000001", tc.size, tc.opt, queue.PutOptions{})
+		})
+	}
+	if err := b.Delete(t.Context(), "msg/00/00000001"); err != nil {
+		t.Fatal(err)
+	}
+	if n := chunks(t, b); n != 0 {
+		t.Fatalf("%d chunks left after replacing and deleting", n)
+	}
+}
+
+func TestChunkCleanup(t *testing.T) {
+	b := testBackend(t)
+	const key = "msg/00/00000002"
+	v := checkRoundTrip(t, b, key, 3*chunkData+5, -1, queue.PutOptions{IfNoneMatch: true})
+	if n := chunks(t, b); n != 3 {
+		t.Fatalf("%d chunks, want 3", n)
+	}
+	t.Run("refused create", func(t *testing.T) {
+		_, err := b.Put(t.Context(), key, &pattern{n: 2 * chunkData}, &queue.PutOptions{IfNoneMatch: true, Size: -1})
+		if b.ErrorCode(err) != queue.CodePrecondition {
+			t.Fatalf("create of existing = %v", err)
+		}
+		if n := chunks(t, b); n != 3 {
+			t.Fatalf("%d chunks after a refused write, want 3", n)
+		}
+	})
+	t.Run("stale compare-and-swap", func(t *testing.T) {
+		_, err := b.Put(t.Context(), key, &pattern{n: 2 * chunkData}, &queue.PutOptions{IfMatch: "0123456789abcdef", Size: -1})
+		if b.ErrorCode(err) != queue.CodePrecondition {
+			t.Fatalf("stale CAS = %v", err)
+		}
+		if n := chunks(t, b); n != 3 {
+			t.Fatalf("%d chunks after a refused write, want 3", n)
+		}
+	})
+	t.Run("replaced while read", func(t *testing.T) {
+		rc, _, err := b.Get(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		if _, err := io.ReadFull(rc, make([]byte, 10)); err != nil {
+			t.Fatal(err)
+		}
+		v = checkRoundTrip(t, b, key, chunkData+1, -1, queue.PutOptions{IfMatch: v})
+		_, err = io.Copy(io.Discard, rc)
+		if b.ErrorCode(err) != queue.CodeNotFound {
+			t.Fatalf("reading a replaced object: %v (code %v), want NotFound", err, b.ErrorCode(err))
+		}
+		if n := chunks(t, b); n != 1 {
+			t.Fatalf("%d chunks after replacing, want 1", n)
+		}
+	})
+}
+
+func TestCancelledContext(t *testing.T) {
+	b := testBackend(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	check := func(op string, err error) {
+		t.Helper()
+		if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != queue.CodeUnavailable {
+			t.Errorf("%s: %v (code %v)", op, err, b.ErrorCode(err))
+		}
+	}
+	_, err := b.Put(ctx, "inc/00000003", strings.NewReader("x"), &queue.PutOptions{Size: 1})
+	check("Put", err)
+	_, err = b.Put(ctx, "inc/00000003", strings.NewReader("x"), &queue.PutOptions{Size: 1, IfNoneMatch: true})
+	check("Put create-only", err)
+	_, _, err = b.Get(ctx, "inc/00000003")
+	check("Get", err)
+	_, _, err = b.List(ctx, "inc/", "", 10)
+	check("List", err)
+	check("Delete", b.Delete(ctx, "inc/00000003"))
+}
+
+func TestPing(t *testing.T) {
+	b := testBackend(t)
+	if err := b.Ping(t.Context()); err != nil {
+		t.Fatalf("Ping: %v", err)
+	}
+}
+
+// TestDeadEndpoint checks that a store that does not answer gives a clear
+// error within the context deadline: the backend says why at once, and the
+// Store, which retries, gives up at the deadline.
+func TestDeadEndpoint(t *testing.T) {
+	c := offlineClient(t)
+	b, _ := openBackend(t.Context(), c, "")
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := b.Ping(ctx)
+	took := time.Since(start)
+	if b.ErrorCode(err) != queue.CodeUnavailable || !strings.Contains(err.Error(), "connection refused") || took > 3*time.Second {
+		t.Fatalf("backend Ping of a dead endpoint: %v (code %v) after %v", err, b.ErrorCode(err), took)
+	}
+	t.Logf("backend, after %v: %v", took.Round(time.Millisecond), err)
+
+	st, err := Open(t.Context(), c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ctx, cancel = context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	start = time.Now()
+	err = st.Ping(ctx)
+	took = time.Since(start)
+	if err == nil || took > 3*time.Second {
+		t.Fatalf("Store Ping of a dead endpoint: %v after %v", err, took)
+	}
+	t.Logf("Store, after %v: %v", took.Round(time.Millisecond), err)
+}
+
+// TestMemory100MiB writes and reads a message of 100 MiB and reports the
+// heap it needed. Set MXQ_TEST_BIG=1 to run it.
+func TestMemory100MiB(t *testing.T) {
+	if os.Getenv("MXQ_TEST_BIG") == "" {
+		t.Skip("MXQ_TEST_BIG not set")
+	}
+	b := testBackend(t)
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	go func() {
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	start := time.Now()
+	checkRoundTrip(t, b, "msg/00/00000004", 100<<20, -1, queue.PutOptions{IfNoneMatch: true})
+	close(done)
+	t.Logf("100 MiB written and read in %v, peak heap in use %d MiB", time.Since(start).Round(time.Millisecond), peak.Load()>>20)
+	if peak.Load() > 64<<20 {
+		t.Errorf("peak heap %d MiB, want under 64", peak.Load()>>20)
+	}
+}

@@ -1,0 +1,368 @@
+// Package gcs stores a queue in a Google Cloud Storage bucket, through
+// cloud.google.com/go/storage.
+//
+// # URLs
+//
+// gs://bucket/prefix opens the queue under prefix in bucket; gs://bucket
+// alone uses the whole bucket. No query parameters are accepted. The
+// client uses Application Default Credentials, or, when
+// STORAGE_EMULATOR_HOST is set, the emulator at that address without
+// authentication (the SDK's own convention). The bucket must exist. See
+// URLOpener.
+//
+// # Keys
+//
+// A queue key becomes the object name prefix+key. Queue keys consist of
+// [a-z0-9._-] and "/", so nothing is escaped. Keys spread over the 256
+// hashed prefixes that queue.Key produces, and no object is rewritten per
+// message, which keeps every object well under GCS's one write per second
+// per object name.
+//
+// # Versions and writes
+//
+// An object's generation, in decimal, is its queue.Version. A create-only
+// write sends ifGenerationMatch=0 and a compare-and-swap
+// ifGenerationMatch=<generation>. GCS refuses a compare-and-swap of a
+// missing object with the same 412 as a stale one; Put then reads the
+// object's attributes and reports a missing one as storage.ErrObjectNotExist
+// (queue.CodeNotFound). Deletes are unconditional.
+//
+// Objects of at most 256 KiB are sent in one request without a buffer
+// (ChunkSize 0), so the SDK does not retry them; a conditional write whose
+// response is lost is reported as unavailable rather than blindly retried
+// into a spurious precondition failure. Larger objects, and objects of
+// unknown size beyond their first 256 KiB, are streamed with a resumable
+// upload in chunks of 8 MiB, which the SDK retries chunk by chunk: the
+// memory an upload needs is bounded by the chunk size, whatever the size
+// of the object.
+//
+// # Errors
+//
+// storage.ErrObjectNotExist, storage.ErrBucketNotExist and HTTP 404 are
+// queue.CodeNotFound; HTTP 412 (a generation precondition failed) is
+// queue.CodePrecondition; 400 is queue.CodeInvalid; 408, 429, 5xx and
+// network failures are queue.CodeUnavailable. Everything else, notably 401
+// and 403, is queue.CodeUnknown and reported as it is.
+//
+// # As
+//
+// The Store's errors unwrap to the SDK's: errors.As with a
+// **googleapi.Error or a **apierror.APIError gives the service's answer.
+//
+// # Emulator
+//
+// fake-gcs-server (v1.56) honours ifGenerationMatch on writes, both 0 and a
+// generation, but ignores generation preconditions on deletes: a delete
+// with a stale ifGenerationMatch deletes anyway. The queue never relies on
+// conditional deletes, so this does not matter here. Uploads only work when
+// the server is started with -external-url (and -public-host) set to the
+// address that clients use, because resumable uploads follow the Location
+// the server returns.
+package gcs
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"cloud.google.com/go/storage"
+	"google.golang.org/api/googleapi"
+	"google.golang.org/api/iterator"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+const (
+	// smallObject is the size up to which a write is one request without
+	// a buffer.
+	smallObject = 256 << 10
+	// chunkSize is the resumable upload chunk of larger objects.
+	chunkSize = 8 << 20
+)
+
+var (
+	errClosed = errors.New("gcs: backend is closed")
+	// errBadVersion is a compare-and-swap against a version that no
+	// object of this backend can have.
+	errBadVersion = errors.New("gcs: version is not a generation")
+)
+
+// Options are the options of Open.
+type Options struct {
+	// Prefix is put in front of every key, so that several queues can
+	// share a bucket. A missing trailing "/" is added.
+	Prefix string
+	// Queue are the options of the Store.
+	Queue queue.Options
+}
+
+// Open returns a Store over bucket, using client, which stays the
+// caller's: closing the Store does not close it. opts may be nil. Open
+// does no I/O; use Store.Ping to check the bucket and the credentials.
+func Open(ctx context.Context, client *storage.Client, bucket string, opts *Options) (*queue.Store, error) {
+	if opts == nil {
+		opts = new(Options)
+	}
+	b, err := openBackend(ctx, client, bucket, opts.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	return queue.New(b, &opts.Queue)
+}
+
+// openBackend returns the Backend over bucket under prefix.
+func openBackend(_ context.Context, client *storage.Client, bucket, prefix string) (queue.Backend, error) {
+	if client == nil {
+		return nil, fmt.Errorf("%w: gcs: nil client", queue.ErrInvalid)
+	}
+	if bucket == "" {
+		return nil, fmt.Errorf("%w: gcs: empty bucket name", queue.ErrInvalid)
+	}
+	return queue.Prefixed(&backend{bkt: client.Bucket(bucket), name: bucket}, prefix), nil
+}
+
+type backend struct {
+	bkt    *storage.BucketHandle
+	name   string
+	mu     sync.RWMutex
+	closed bool
+}
+
+var (
+	_ queue.Backend = (*backend)(nil)
+	_ queue.Stater  = (*backend)(nil)
+	_ queue.Pinger  = (*backend)(nil)
+)
+
+func (b *backend) check() error {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	if b.closed {
+		return errClosed
+	}
+	return nil
+}
+
+func version(gen int64) queue.Version { return queue.Version(strconv.FormatInt(gen, 10)) }
+
+// Get implements queue.Backend.Get. ctx is used for the lifetime of the
+// reader, which reads the generation it opened even if the object is
+// replaced meanwhile.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+	if err := b.check(); err != nil {
+		return nil, queue.Attrs{}, err
+	}
+	r, err := b.bkt.Object(key).NewReader(ctx)
+	if err != nil {
+		return nil, queue.Attrs{}, err
+	}
+	return r, queue.Attrs{Version: version(r.Attrs.Generation), Size: r.Attrs.Size}, nil
+}
+
+// Stat implements queue.Stater.
+func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+	if err := b.check(); err != nil {
+		return queue.Attrs{}, err
+	}
+	a, err := b.bkt.Object(key).Attrs(ctx)
+	if err != nil {
+		return queue.Attrs{}, err
+	}
+	return queue.Attrs{Version: version(a.Generation), Size: a.Size}, nil
+}
+
+// Put implements queue.Backend.Put.
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+	if err := b.check(); err != nil {
+		return "", err
+	}
+	obj := b.bkt.Object(key)
+	switch {
+	case opts.IfNoneMatch:
+		obj = obj.If(storage.Conditions{DoesNotExist: true})
+	case opts.IfMatch != "":
+		gen, err := strconv.ParseInt(string(opts.IfMatch), 10, 64)
+		if err != nil || gen <= 0 {
+			// No object has this version, so the write must fail.
+			return "", fmt.Errorf("%w: %q", errBadVersion, opts.IfMatch)
+		}
+		obj = obj.If(storage.Conditions{GenerationMatch: gen})
+	}
+	// A small object goes in one request; so does one of unknown size
+	// that turns out small.
+	single := opts.Size >= 0 && opts.Size <= smallObject
+	if opts.Size < 0 {
+		var head bytes.Buffer
+		_, err := io.CopyN(&head, r, smallObject+1)
+		switch {
+		case err == io.EOF:
+			single = true
+		case err != nil:
+			return "", err
+		}
+		if single {
+			r = &head
+		} else {
+			r = io.MultiReader(&head, r)
+		}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // aborts the upload if we return early
+	w := obj.NewWriter(ctx)
+	w.ContentType = "application/octet-stream"
+	if single {
+		w.ChunkSize = 0
+	} else {
+		w.ChunkSize = chunkSize
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		cancel()
+		w.Close()
+		return "", err
+	}
+	if err := w.Close(); err != nil {
+		if opts.IfMatch != "" && errorCode(err) == queue.CodePrecondition {
+			// GCS answers a generation match on a missing object with
+			// 412 too; tell the two apart, as the queue reports them
+			// differently.
+			if _, aerr := b.bkt.Object(key).Attrs(ctx); errors.Is(aerr, storage.ErrObjectNotExist) {
+				return "", fmt.Errorf("%w (%w)", aerr, err)
+			}
+		}
+		return "", err
+	}
+	return version(w.Attrs().Generation), nil
+}
+
+// Delete implements queue.Backend.Delete. It is unconditional.
+func (b *backend) Delete(ctx context.Context, key string) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	err := b.bkt.Object(key).Delete(ctx)
+	if errors.Is(err, storage.ErrObjectNotExist) {
+		return nil
+	}
+	return err
+}
+
+// List implements queue.Backend.List with one objects.list request.
+// StartOffset is inclusive, so the page asks for one key more than limit
+// and skips startAfter itself; as a page holds at most 1000 keys, a List
+// after a key with limit 1000 returns 999 keys and more.
+func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
+	if err := b.check(); err != nil {
+		return nil, false, err
+	}
+	q := &storage.Query{Prefix: prefix}
+	page := limit
+	if startAfter >= prefix {
+		q.StartOffset = startAfter
+		page = min(limit+1, 1000)
+	}
+	if err := q.SetAttrSelection([]string{"Name"}); err != nil {
+		return nil, false, err
+	}
+	var objs []*storage.ObjectAttrs
+	tok, err := iterator.NewPager(b.bkt.Objects(ctx, q), page, "").NextPage(&objs)
+	if err != nil {
+		return nil, false, err
+	}
+	keys := make([]string, 0, len(objs))
+	for _, o := range objs {
+		if o.Name <= startAfter || !strings.HasPrefix(o.Name, prefix) {
+			continue
+		}
+		if len(keys) == limit {
+			return keys, true, nil
+		}
+		keys = append(keys, o.Name)
+	}
+	return keys, tok != "", nil
+}
+
+// Ping implements queue.Pinger: it reads the bucket's attributes.
+func (b *backend) Ping(ctx context.Context) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	_, err := b.bkt.Attrs(ctx)
+	return err
+}
+
+// ErrorCode implements queue.Backend.ErrorCode.
+func (b *backend) ErrorCode(err error) queue.Code {
+	return errorCode(err)
+}
+
+func errorCode(err error) queue.Code {
+	switch {
+	case errors.Is(err, storage.ErrObjectNotExist) || errors.Is(err, storage.ErrBucketNotExist):
+		return queue.CodeNotFound
+	case errors.Is(err, errBadVersion):
+		return queue.CodePrecondition
+	}
+	var ge *googleapi.Error
+	if errors.As(err, &ge) {
+		switch c := ge.Code; {
+		case c == http.StatusNotFound:
+			return queue.CodeNotFound
+		case c == http.StatusPreconditionFailed:
+			return queue.CodePrecondition
+		case c == http.StatusBadRequest:
+			return queue.CodeInvalid
+		case c == http.StatusNotImplemented:
+			return queue.CodeUnsupported
+		case c == http.StatusRequestTimeout || c == http.StatusTooManyRequests || c >= 500:
+			return queue.CodeUnavailable
+		}
+		return queue.CodeUnknown
+	}
+	// The gRPC transport reports status codes.
+	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
+		switch s.Code() {
+		case codes.NotFound:
+			return queue.CodeNotFound
+		case codes.FailedPrecondition:
+			return queue.CodePrecondition
+		case codes.InvalidArgument:
+			return queue.CodeInvalid
+		case codes.Unimplemented:
+			return queue.CodeUnsupported
+		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted, codes.Internal:
+			return queue.CodeUnavailable
+		}
+		return queue.CodeUnknown
+	}
+	var ne net.Error
+	var ue *url.Error
+	switch {
+	case errors.As(err, &ne), errors.As(err, &ue),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, io.ErrUnexpectedEOF):
+		return queue.CodeUnavailable
+	}
+	return queue.CodeUnknown
+}
+
+// Close implements queue.Backend.Close. It does not close the client.
+func (b *backend) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return errClosed
+	}
+	b.closed = true
+	return nil
+}

@@ -1,0 +1,61 @@
+package gcs
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+
+	"cloud.google.com/go/storage"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+// Scheme is the URL scheme that gcs registers with queue.DefaultURLMux.
+const Scheme = "gs"
+
+func init() { queue.DefaultURLMux().Register(Scheme, new(URLOpener)) }
+
+// URLOpener opens gs URLs: gs://bucket/prefix is the queue under prefix
+// in bucket. No query parameters are accepted.
+//
+// If Client is nil, the opener creates one client on its first use, with
+// Application Default Credentials or, when STORAGE_EMULATOR_HOST is set,
+// the emulator without authentication, and shares it between the Stores
+// it opens.
+type URLOpener struct {
+	// Client, if set, is used for every Store.
+	Client *storage.Client
+
+	once   sync.Once
+	client *storage.Client
+	err    error
+}
+
+// OpenStoreURL implements queue.URLOpener.
+func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.Options) (*queue.Store, error) {
+	opts := &Options{Prefix: strings.TrimPrefix(u.Path, "/")}
+	if qopts != nil {
+		opts.Queue = *qopts
+	}
+	if _, err := queue.URLParams(u); err != nil {
+		return nil, err
+	}
+	if u.Host == "" {
+		return nil, &queue.Error{Op: "open", ID: u.Redacted(), Kind: queue.ErrInvalid, Err: fmt.Errorf("gs URL needs a bucket: gs://bucket/prefix")}
+	}
+	c := o.Client
+	if c == nil {
+		o.once.Do(func() {
+			// The client outlives this call, so it does not take ctx's
+			// cancellation.
+			o.client, o.err = storage.NewClient(context.WithoutCancel(ctx))
+		})
+		if o.err != nil {
+			return nil, &queue.Error{Op: "open", ID: u.Redacted(), Err: fmt.Errorf("gcs: creating client: %w", o.err)}
+		}
+		c = o.client
+	}
+	return Open(ctx, c, u.Host, opts)
+}

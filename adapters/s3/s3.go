@@ -1,0 +1,507 @@
+// Package s3 stores a queue in an Amazon S3 bucket, or in any server that
+// speaks the S3 API well enough (MinIO among them), through aws-sdk-go-v2.
+//
+// # URLs
+//
+// s3://bucket/prefix?region=&endpoint=&use_path_style=&disable_https=&profile=
+// opens the queue under prefix in bucket. Credentials come from the
+// standard AWS chain (environment, shared files, SSO, IMDS, ...) and never
+// from the URL. See URLOpener for the parameters.
+//
+// # Keys
+//
+// A queue key becomes the object name prefix+key, unchanged: queue keys
+// consist of [a-z0-9._-] and "/" only, so nothing needs escaping. The
+// prefix is the path of the URL (Options.Prefix), with a "/" added.
+//
+// Objects of up to Options.PartSize bytes (8 MiB by default) go up in one
+// PutObject; larger ones, and streams of unknown length beyond that, as a
+// multipart upload that holds at most two parts in memory. A create-only
+// write is If-None-Match: * and a compare-and-swap is If-Match: <etag>, on
+// PutObject or on CompleteMultipartUpload. The ETag, quotes included, is
+// the queue.Version. A failed multipart upload is aborted; should that
+// fail too, a bucket lifecycle rule AbortIncompleteMultipartUpload removes
+// the parts.
+//
+// Conditional writes are sent exactly once: the SDK's retries are turned
+// off for them. A retried If-None-Match PUT whose first response was lost
+// would otherwise meet its own object and fail with 412, reporting a lost
+// race that it won. A conditional write that fails on the network is thus
+// CodeUnavailable, meaning "outcome unknown", and the Store, which knows
+// what the write was for, decides. Other requests use the client's
+// retryer.
+//
+// Deletes are unconditional: the Store never relies on a conditional
+// delete (AWS honours If-Match on DeleteObject; MinIO ignores it and
+// deletes, see the tests).
+//
+// # Errors
+//
+// ErrorCode maps the S3 error code or HTTP status onto queue codes:
+//
+//	NoSuchKey, NotFound, 404                     CodeNotFound
+//	NoSuchBucket                                 CodeInvalid (see below)
+//	PreconditionFailed, 412                      CodePrecondition
+//	ConditionalRequestConflict, OperationAborted CodePrecondition (409: a concurrent conditional write won)
+//	NotImplemented, 501                          CodeUnsupported
+//	5xx, throttling, RequestTimeout, network     CodeUnavailable
+//	other 400 (InvalidArgument, KeyTooLong...)   CodeInvalid
+//	403, everything else                         CodeUnknown
+//
+// A missing bucket is CodeInvalid, not CodeNotFound: the Store reads
+// NotFound as "this message is gone", and a misspelt bucket must not look
+// like an empty queue; nor is it CodeUnavailable, which would be retried
+// in vain. HeadObject and HeadBucket answer 404 without a body, so Stat on
+// a missing bucket cannot tell it from a missing key; Ping (HeadBucket)
+// reports the bucket by name. Wrong credentials (403: InvalidAccessKeyId,
+// SignatureDoesNotMatch, AccessDenied) are CodeUnknown and are reported as
+// they are, without retries.
+//
+// # As
+//
+// The raw SDK error stays reachable from the Store's errors with
+// errors.As, as smithy.APIError (ErrorCode, ErrorMessage) and as
+// *awshttp.ResponseError (HTTP status, request ID).
+//
+// # Findings on MinIO
+//
+// Observed on MinIO (2026-02) and asserted by the tests of this package:
+//
+//   - If-Match on a missing key: 404 NoSuchKey (CodeNotFound), as on AWS.
+//   - If-None-Match on CompleteMultipartUpload is honoured: 412.
+//   - DeleteObject with If-Match of a wrong ETag is ignored: the object is
+//     deleted and the answer is 204. Never rely on a conditional delete.
+//   - A list page holds at most 1000 keys even when more are asked for.
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+// DefaultPartSize is the size of the parts of a multipart upload, and the
+// size up to which an object goes up in a single PutObject.
+const DefaultPartSize = 8 << 20
+
+// minPartSize is S3's minimum size of every part but the last.
+const minPartSize = 5 << 20
+
+// abortTimeout bounds the AbortMultipartUpload of a failed upload, which
+// runs even when the caller's ctx is done.
+const abortTimeout = 10 * time.Second
+
+// Options are the options of Open.
+type Options struct {
+	// Prefix is put before every key, so that several queues can share a
+	// bucket. A missing trailing "/" is added. Default: none.
+	Prefix string
+	// PartSize is the size of a multipart upload's parts and the largest
+	// object written with a single PutObject. A Put holds at most two parts
+	// in memory. Default and minimum: DefaultPartSize and 5 MiB.
+	PartSize int64
+	// Queue are the options of the Store.
+	Queue queue.Options
+}
+
+// Open returns a Store over bucket, which must exist, through client. The
+// client's retryer and HTTP client bound how long a dead store takes to
+// fail; see URLOpener for the settings it uses. opts may be nil.
+func Open(ctx context.Context, client *awss3.Client, bucket string, opts *Options) (*queue.Store, error) {
+	if opts == nil {
+		opts = new(Options)
+	}
+	b, err := openBackend(client, bucket, opts)
+	if err != nil {
+		return nil, err
+	}
+	return queue.New(b, &opts.Queue)
+}
+
+// openBackend returns the Backend of Open, under opts.Prefix.
+func openBackend(client *awss3.Client, bucket string, opts *Options) (queue.Backend, error) {
+	if client == nil {
+		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: errors.New("s3: nil client")}
+	}
+	if bucket == "" {
+		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: errors.New("s3: no bucket")}
+	}
+	ps := opts.PartSize
+	if ps == 0 {
+		ps = DefaultPartSize
+	}
+	if ps < minPartSize {
+		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: fmt.Errorf("s3: part size %d is below the minimum of %d", ps, minPartSize)}
+	}
+	b := &backend{
+		client:   client,
+		bucket:   bucket,
+		partSize: ps,
+		checksum: client.Options().RequestChecksumCalculation != aws.RequestChecksumCalculationWhenRequired,
+	}
+	return queue.Prefixed(b, opts.Prefix), nil
+}
+
+type backend struct {
+	client   *awss3.Client
+	bucket   string
+	partSize int64
+	// checksum: the client adds CRC32 checksums to uploads, so multipart
+	// uploads declare the algorithm and pass the parts' checksums on.
+	checksum bool
+}
+
+var (
+	_ queue.Backend = (*backend)(nil)
+	_ queue.Stater  = (*backend)(nil)
+	_ queue.Pinger  = (*backend)(nil)
+)
+
+// errNoSuchBucket marks a Ping that found no bucket.
+var errNoSuchBucket = errors.New("bucket does not exist")
+
+// once makes a request a single attempt: conditional writes must not be
+// retried by the SDK (see the package doc).
+func once(o *awss3.Options) { o.RetryMaxAttempts = 1 }
+
+// quiet stops the SDK from logging that it cannot check the checksum of a
+// multipart object: adapters do not log, and the Store checks content.
+func quiet(o *awss3.Options) { o.DisableLogOutputChecksumValidationSkipped = true }
+
+// Get implements queue.Backend.Get.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+	out, err := b.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: &b.bucket, Key: &key}, quiet)
+	if err != nil {
+		return nil, queue.Attrs{}, err
+	}
+	return out.Body, queue.Attrs{Version: queue.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
+}
+
+func size(n *int64) int64 {
+	if n == nil {
+		return -1
+	}
+	return *n
+}
+
+// Stat implements queue.Stater with HeadObject.
+func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+	out, err := b.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: &b.bucket, Key: &key})
+	if err != nil {
+		return queue.Attrs{}, err
+	}
+	return queue.Attrs{Version: queue.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
+}
+
+// Ping implements queue.Pinger with HeadBucket. A missing bucket is an
+// error naming it, which ErrorCode maps to CodeInvalid; a refused one
+// (403: wrong credentials or no permission) says so.
+func (b *backend) Ping(ctx context.Context) error {
+	_, err := b.client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: &b.bucket})
+	switch httpStatus(err) {
+	case http.StatusNotFound:
+		return fmt.Errorf("s3: bucket %q: %w: %w", b.bucket, errNoSuchBucket, err)
+	case http.StatusForbidden:
+		// HEAD answers carry no error code: say what 403 means here.
+		return fmt.Errorf("s3: access to bucket %q denied (check the credentials): %w", b.bucket, err)
+	}
+	return err
+}
+
+// Put implements queue.Backend.Put. Up to partSize bytes go up in one
+// PutObject; more in a multipart upload.
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+	first, last, err := b.readPart(r, nil, opts.Size)
+	if err != nil {
+		return "", err
+	}
+	if last {
+		return b.putSingle(ctx, key, first, opts)
+	}
+	return b.putMultipart(ctx, key, r, first, opts)
+}
+
+// readPart reads the next part of r into buf, reusing its memory: up to
+// partSize bytes. last reports that r is exhausted; a full part may be
+// followed by an empty one. A known sizeHint below partSize lets a small
+// object be read into a buffer of its size, plus one byte to see the end.
+func (b *backend) readPart(r io.Reader, buf []byte, sizeHint int64) (part []byte, last bool, err error) {
+	want := b.partSize
+	if sizeHint >= 0 && sizeHint < want {
+		want = sizeHint + 1
+	}
+	n := 0
+	for {
+		if int64(cap(buf)) < want {
+			nb := make([]byte, want)
+			copy(nb, buf[:n])
+			buf = nb
+		}
+		buf = buf[:want]
+		m, err := io.ReadFull(r, buf[n:])
+		n += m
+		switch {
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			return buf[:n], true, nil
+		case err != nil:
+			return nil, false, err
+		case want == b.partSize:
+			return buf, false, nil
+		}
+		// The size hint was short: read on up to a whole part.
+		want = b.partSize
+	}
+}
+
+func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *queue.PutOptions) (queue.Version, error) {
+	in := &awss3.PutObjectInput{
+		Bucket:        &b.bucket,
+		Key:           &key,
+		Body:          bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))),
+	}
+	var optFns []func(*awss3.Options)
+	if opts.IfNoneMatch {
+		in.IfNoneMatch = aws.String("*")
+		optFns = append(optFns, once)
+	}
+	if opts.IfMatch != "" {
+		in.IfMatch = aws.String(string(opts.IfMatch))
+		optFns = append(optFns, once)
+	}
+	out, err := b.client.PutObject(ctx, in, optFns...)
+	if err != nil {
+		return "", err
+	}
+	return queue.Version(aws.ToString(out.ETag)), nil
+}
+
+// putMultipart uploads first and the rest of r as parts, each while the
+// next is read, and completes the upload under the conditions of opts. It
+// holds two buffers of partSize bytes: the part in flight and the one
+// being read.
+func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *queue.PutOptions) (queue.Version, error) {
+	create := &awss3.CreateMultipartUploadInput{Bucket: &b.bucket, Key: &key}
+	if b.checksum {
+		create.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
+	}
+	up, err := b.client.CreateMultipartUpload(ctx, create)
+	if err != nil {
+		return "", err
+	}
+	id := up.UploadId
+
+	pctx, cancel := context.WithCancel(ctx)
+	type result struct {
+		part types.CompletedPart
+		err  error
+	}
+	var (
+		parts   []types.CompletedPart
+		pending chan result // the part in flight, if any
+	)
+	wait := func() error {
+		if pending == nil {
+			return nil
+		}
+		res := <-pending
+		pending = nil
+		if res.err != nil {
+			return res.err
+		}
+		parts = append(parts, res.part)
+		return nil
+	}
+	fail := func(err error) (queue.Version, error) {
+		cancel()
+		_ = wait()
+		// Abort even when ctx is done, but not for long.
+		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+		defer acancel()
+		_, _ = b.client.AbortMultipartUpload(actx, &awss3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: id})
+		return "", err
+	}
+	upload := func(n int32, data []byte) chan result {
+		ch := make(chan result, 1)
+		go func() {
+			in := &awss3.UploadPartInput{
+				Bucket: &b.bucket, Key: &key, UploadId: id, PartNumber: aws.Int32(n),
+				Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+			}
+			if b.checksum {
+				in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
+			}
+			out, err := b.client.UploadPart(pctx, in)
+			if err != nil {
+				ch <- result{err: err}
+				return
+			}
+			ch <- result{part: types.CompletedPart{
+				PartNumber:        aws.Int32(n),
+				ETag:              out.ETag,
+				ChecksumCRC32:     out.ChecksumCRC32,
+				ChecksumCRC32C:    out.ChecksumCRC32C,
+				ChecksumCRC64NVME: out.ChecksumCRC64NVME,
+				ChecksumSHA1:      out.ChecksumSHA1,
+				ChecksumSHA256:    out.ChecksumSHA256,
+			}}
+		}()
+		return ch
+	}
+
+	bufs := [2][]byte{first, nil}
+	cur, data, last := 0, first, false
+	for n := int32(1); ; n++ {
+		ch := upload(n, data)
+		if err := wait(); err != nil { // the other buffer is free after this
+			return fail(err)
+		}
+		pending = ch
+		if last {
+			break
+		}
+		data, last, err = b.readPart(r, bufs[1-cur], -1)
+		if err != nil {
+			return fail(err)
+		}
+		if len(data) == 0 {
+			break // the previous part was full and the last
+		}
+		cur = 1 - cur
+		bufs[cur] = data
+	}
+	if err := wait(); err != nil {
+		return fail(err)
+	}
+	cancel()
+
+	in := &awss3.CompleteMultipartUploadInput{
+		Bucket: &b.bucket, Key: &key, UploadId: id,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+	}
+	var optFns []func(*awss3.Options)
+	if opts.IfNoneMatch {
+		in.IfNoneMatch = aws.String("*")
+		optFns = append(optFns, once)
+	}
+	if opts.IfMatch != "" {
+		in.IfMatch = aws.String(string(opts.IfMatch))
+		optFns = append(optFns, once)
+	}
+	out, err := b.client.CompleteMultipartUpload(ctx, in, optFns...)
+	if err != nil {
+		return fail(err)
+	}
+	return queue.Version(aws.ToString(out.ETag)), nil
+}
+
+// Delete implements queue.Backend.Delete. S3 answers 204 for a missing
+// key; a 404 from a server that does not is success too.
+func (b *backend) Delete(ctx context.Context, key string) error {
+	_, err := b.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &b.bucket, Key: &key})
+	if err != nil && apiCode(err) == "NoSuchKey" {
+		return nil
+	}
+	return err
+}
+
+// List implements queue.Backend.List with one ListObjectsV2 request.
+func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
+	in := &awss3.ListObjectsV2Input{
+		Bucket:  &b.bucket,
+		Prefix:  &prefix,
+		MaxKeys: aws.Int32(int32(limit)),
+	}
+	if startAfter != "" {
+		in.StartAfter = &startAfter
+	}
+	out, err := b.client.ListObjectsV2(ctx, in)
+	if err != nil {
+		return nil, false, err
+	}
+	keys := make([]string, 0, len(out.Contents))
+	for _, o := range out.Contents {
+		keys = append(keys, aws.ToString(o.Key))
+	}
+	return keys, aws.ToBool(out.IsTruncated), nil
+}
+
+// ErrorCode implements queue.Backend.ErrorCode. See the package doc for
+// the mapping.
+func (b *backend) ErrorCode(err error) queue.Code {
+	if errors.Is(err, errNoSuchBucket) {
+		return queue.CodeInvalid
+	}
+	switch apiCode(err) {
+	case "NoSuchKey", "NotFound":
+		return queue.CodeNotFound
+	case "NoSuchBucket":
+		return queue.CodeInvalid
+	case "PreconditionFailed", "ConditionalRequestConflict", "OperationAborted":
+		return queue.CodePrecondition
+	case "NotImplemented":
+		return queue.CodeUnsupported
+	case "NoSuchUpload":
+		// A multipart upload vanished: aborted, or completed by an attempt
+		// whose answer was lost. Not a missing key.
+		return queue.CodeUnknown
+	}
+	status := httpStatus(err)
+	switch {
+	case status == http.StatusNotFound:
+		return queue.CodeNotFound
+	case status == http.StatusPreconditionFailed:
+		return queue.CodePrecondition
+	case status == http.StatusNotImplemented:
+		return queue.CodeUnsupported
+	}
+	if retry.IsErrorRetryables(retry.DefaultRetryables).IsErrorRetryable(err) == aws.TrueTernary {
+		return queue.CodeUnavailable
+	}
+	if retry.IsErrorThrottles(retry.DefaultThrottles).IsErrorThrottle(err) == aws.TrueTernary {
+		return queue.CodeUnavailable
+	}
+	switch {
+	case status >= 500:
+		return queue.CodeUnavailable
+	case status == http.StatusBadRequest:
+		return queue.CodeInvalid
+	}
+	return queue.CodeUnknown
+}
+
+// apiCode returns the S3 error code of err, or "".
+func apiCode(err error) string {
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+// httpStatus returns the HTTP status of the response that err came with,
+// or 0.
+func httpStatus(err error) int {
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		return re.HTTPStatusCode()
+	}
+	return 0
+}
+
+// Close implements queue.Backend.Close. The client is the caller's and
+// stays open.
+func (b *backend) Close() error { return nil }

@@ -1,0 +1,214 @@
+// Package bench measures a queue.Store against the raw floor: the same
+// store driven through its Backend with the fewest requests an operation
+// needs. Both conformance.RunBenchmarks and "mxq bench" use it, so the
+// figures they report are comparable. Speed is reported as ratios of the
+// queue to the floor, never as bare seconds.
+package bench
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+// Op is one operation to measure.
+type Op func(ctx context.Context) error
+
+// Result summarises a measurement.
+type Result struct {
+	N          int
+	P50, P99   time.Duration
+	Throughput float64 // operations per second
+}
+
+// Measure runs op n times with the given concurrency and returns the
+// latency percentiles and the throughput.
+func Measure(ctx context.Context, op Op, n, concurrency int) (Result, error) {
+	concurrency = max(concurrency, 1)
+	lat := make([]time.Duration, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	start := time.Now()
+	for range concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				t := time.Now()
+				if err := op(ctx); err != nil {
+					once.Do(func() { first = err })
+					return
+				}
+				lat[i] = time.Since(t)
+			}
+		}()
+	}
+	wg.Wait()
+	if first != nil {
+		return Result{}, first
+	}
+	if err := ctx.Err(); err != nil {
+		return Result{}, err
+	}
+	el := time.Since(start)
+	slices.Sort(lat)
+	return Result{N: n, P50: lat[n/2], P99: lat[min(n-1, n*99/100)], Throughput: float64(n) / el.Seconds()}, nil
+}
+
+// Commit stores a message of content with rcpts envelopes through s: the
+// whole transaction, Begin to Commit.
+func Commit(s *queue.Store, content []byte, rcpts int) Op {
+	return func(ctx context.Context) error {
+		tx, err := s.Begin(ctx)
+		if err != nil {
+			return err
+		}
+		for i := range rcpts {
+			if _, err := tx.AddEnvelope(fmt.Appendf(nil, "rcpt%d@example.org", i)); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.WriteContent(ctx, bytes.NewReader(content)); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	}
+}
+
+// RawCommit is the floor of Commit: the content and one object per
+// recipient written in parallel, unconditionally, under keys of their own.
+func RawCommit(b queue.Backend, content []byte, rcpts int) Op {
+	return func(ctx context.Context) error {
+		base := "raw/" + randHex(8)
+		var wg sync.WaitGroup
+		errs := make([]error, rcpts+1)
+		for i := range rcpts + 1 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				data := content
+				if i > 0 {
+					data = fmt.Appendf(nil, "rcpt%d@example.org", i)
+				}
+				_, errs[i] = b.Put(ctx, fmt.Sprintf("%s-%d", base, i), bytes.NewReader(data), &queue.PutOptions{Size: int64(len(data))})
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// Walk walks the whole queue.
+func Walk(s *queue.Store) Op {
+	return func(ctx context.Context) error {
+		for _, err := range s.Walk(ctx) {
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+}
+
+// RawList is the floor of Walk: one listing of every key under prefix.
+func RawList(b queue.Backend, prefix string) Op {
+	return func(ctx context.Context) error {
+		after := ""
+		for {
+			keys, more, err := b.List(ctx, prefix, after, 1000)
+			if err != nil {
+				return err
+			}
+			if !more || len(keys) == 0 {
+				return nil
+			}
+			after = keys[len(keys)-1]
+		}
+	}
+}
+
+// Fill commits messages of rcpts envelopes until the queue holds n
+// envelopes, with the given concurrency.
+func Fill(ctx context.Context, s *queue.Store, n, rcpts, concurrency int) error {
+	msgs := (n + rcpts - 1) / rcpts
+	_, err := Measure(ctx, Commit(s, []byte("x"), rcpts), msgs, concurrency)
+	return err
+}
+
+// ClaimRelease claims and releases one of ids, in turn: the claim is the
+// measured part, the release makes the next claim possible.
+func ClaimRelease(s *queue.Store, ids []queue.EvpID) Op {
+	var i atomic.Int64
+	return func(ctx context.Context) error {
+		id := ids[int(i.Add(1)-1)%len(ids)]
+		c, err := s.Claim(ctx, id, time.Minute)
+		if err != nil {
+			return err
+		}
+		return c.Release(ctx)
+	}
+}
+
+// RawCAS is the floor of a claim: one read and one compare-and-swap of a
+// small object, twice (claim and release).
+func RawCAS(b queue.Backend) (Op, error) {
+	key := "raw/" + randHex(8)
+	return func(ctx context.Context) error {
+		for range 2 {
+			rc, a, err := b.Get(ctx, key)
+			if err != nil && b.ErrorCode(err) != queue.CodeNotFound {
+				return err
+			}
+			o := &queue.PutOptions{Size: 16, IfMatch: a.Version}
+			if err != nil {
+				o = &queue.PutOptions{Size: 16, IfNoneMatch: true}
+			} else {
+				rc.Close()
+			}
+			if _, err := b.Put(ctx, key, bytes.NewReader(make([]byte, 16)), o); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, nil
+}
+
+// CleanRaw removes the objects the raw floors wrote.
+func CleanRaw(ctx context.Context, b queue.Backend) error {
+	for {
+		keys, _, err := b.List(ctx, "raw/", "", 1000)
+		if err != nil || len(keys) == 0 {
+			return err
+		}
+		for _, k := range keys {
+			if err := b.Delete(ctx, k); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
