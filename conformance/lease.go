@@ -243,9 +243,27 @@ func testDefer(t *testing.T, mk HarnessMaker) {
 	if len(due) != 1 || string(due[0].Data) != "try 1" || due[0].Lease.Holder != "" {
 		t.Fatalf("Due after the delay = %+v", due)
 	}
-	// Only one pointer is left for the envelope.
-	if k := e.rawKeys(e.backend(), "due/"); len(k) != 1 {
-		t.Fatalf("due pointers %v", k)
+	// The envelope has one pointer of its own now; the message's pointer
+	// no longer makes it due.
+	n := 0
+	for _, k := range e.rawKeys(e.backend(), "due/") {
+		if strings.HasSuffix(k, "/"+ids[0].String()) {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d due pointers of the envelope, want 1", n)
+	}
+	c2, err := a.ClaimLoaded(e.ctx, due[0], time.Minute)
+	wantErr(t, "ClaimLoaded", err, nil)
+	wantErr(t, "Delete", c2.Delete(e.ctx), nil)
+	due, err = a.Due(e.ctx, 10)
+	wantErr(t, "Due", err, nil)
+	if len(due) != 0 {
+		t.Fatalf("Due after Delete = %d envelopes", len(due))
+	}
+	if k := e.rawKeys(e.backend(), "due/"); len(k) != 0 {
+		t.Fatalf("due pointers left after the message is gone: %v", k)
 	}
 }
 

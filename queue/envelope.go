@@ -197,6 +197,12 @@ func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 
 // collect removes the content of m if m has no envelope left.
 func (s *Store) collect(ctx context.Context, m MsgID) error {
+	_, err := s.collected(ctx, m)
+	return err
+}
+
+// collected is collect, and reports whether the message is gone.
+func (s *Store) collected(ctx context.Context, m MsgID) (bool, error) {
 	var keys []string
 	err := s.retry(ctx, func() error {
 		var err error
@@ -204,10 +210,10 @@ func (s *Store) collect(ctx context.Context, m MsgID) error {
 		return err
 	})
 	if err != nil || len(keys) > 0 {
-		return err
+		return false, err
 	}
 	s.committed.remove(m)
-	return s.del(ctx, Key(Handle{Kind: KindContent, Msg: m}))
+	return true, s.del(ctx, Key(Handle{Kind: KindContent, Msg: m}))
 }
 
 // Envelopes returns the IDs of the committed envelopes of message m, in

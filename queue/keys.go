@@ -24,7 +24,8 @@ const (
 	// KindClaim is a pointer from a node to an envelope it holds a lease
 	// on, so that survivors find a dead node's envelopes by listing.
 	KindClaim
-	// KindDue is a pointer from a due-time bucket to an envelope.
+	// KindDue is a pointer from a due-time bucket to an envelope, or to
+	// every envelope of a message that was committed in that bucket.
 	KindDue
 )
 
@@ -57,6 +58,7 @@ func shard(m MsgID) string { return m.String()[:2] }
 //	claim        own/<name>/<evpid>                prefix own/<name>/, or own/
 //	  of a whole message   own/<name>/<msgid>
 //	due          due/<bucket>/<evpid>              prefix due/<bucket>/, or due/
+//	  of a whole message   due/<bucket>/<msgid>
 //
 // <hh> is the top byte of the message ID in two hex digits, <msgid> and
 // <evpid> are the 8- and 16-digit hex forms, and <bucket> is a 12-digit
@@ -115,10 +117,13 @@ func Key(h Handle) string {
 			return "due/"
 		}
 		b := fmt.Sprintf("due/%012d/", h.Due)
-		if h.Evp == 0 {
-			return b
+		if h.Evp != 0 {
+			return b + h.Evp.String()
 		}
-		return b + h.Evp.String()
+		if h.Msg != 0 {
+			return b + h.Msg.String()
+		}
+		return b
 	}
 	panic(fmt.Sprintf("queue.Key: unknown kind %d", h.Kind))
 }

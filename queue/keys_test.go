@@ -31,6 +31,7 @@ func TestKey(t *testing.T) {
 		{"claims of a node", Handle{Kind: KindClaim, Node: "mx1"}, "own/mx1/"},
 		{"claim prefix", Handle{Kind: KindClaim}, "own/"},
 		{"due", Handle{Kind: KindDue, Due: 29511234, Evp: e}, "due/000029511234/ab12cd3400c0ffee"},
+		{"due message", Handle{Kind: KindDue, Due: 29511234, Msg: m}, "due/000029511234/ab12cd34"},
 		{"due bucket", Handle{Kind: KindDue, Due: 29511234}, "due/000029511234/"},
 		{"due prefix", Handle{Kind: KindDue}, "due/"},
 	} {

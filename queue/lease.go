@@ -301,10 +301,10 @@ func (c *Claim) Defer(ctx context.Context, data []byte, due time.Time) error {
 	if data == nil {
 		data = c.e.Data
 	}
-	old := c.e.hdr.Due
+	old, byMsg := c.e.hdr.Due, c.e.hdr.ByMsg
 	h := c.e.hdr
 	h.Holder, h.Session, h.Expires = "", 0, 0
-	h.Due = due.Unix()
+	h.Due, h.ByMsg = due.Unix(), false
 	// The pointer goes first, so that the envelope is never due without
 	// one; the old pointer is garbage after the swap.
 	if _, err := s.putBytes(ctx, dueKey(s, h.Due, c.e.ID), nil, PutOptions{}); err != nil {
@@ -313,7 +313,7 @@ func (c *Claim) Defer(ctx context.Context, data []byte, due time.Time) error {
 	if err := c.write(ctx, "defer", &h, data, ErrLeaseLost); err != nil {
 		return err
 	}
-	if old != 0 && dueBucket(old) != dueBucket(h.Due) {
+	if old != 0 && !byMsg && dueBucket(old) != dueBucket(h.Due) {
 		s.del(ctx, dueKey(s, old, c.e.ID))
 	}
 	s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: c.e.ID}))
@@ -334,11 +334,15 @@ func (c *Claim) Delete(ctx context.Context) error {
 	if err := s.del(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); err != nil {
 		return s.wrap("delete", id.String(), err, nil)
 	}
-	if h.Due != 0 {
+	if h.Due != 0 && !h.ByMsg {
 		s.del(ctx, dueKey(s, h.Due, id))
 	}
 	s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: id}))
-	return s.wrap("delete", id.String(), s.collect(ctx, id.MsgID()), nil)
+	gone, err := s.collected(ctx, id.MsgID())
+	if err == nil && gone && h.ByMsg {
+		s.del(ctx, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: id.MsgID()}))
+	}
+	return s.wrap("delete", id.String(), err, nil)
 }
 
 // dueWidth is the width of a due bucket.
@@ -379,7 +383,18 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 			if bucket > nowBucket {
 				return errStop
 			}
-			id, err := ParseEvpID(rest[i+1:])
+			name := rest[i+1:]
+			if m, err := ParseMsgID(name); err == nil {
+				more, err := s.dueMessage(ctx, k, bucket, m, now, &out)
+				if err != nil {
+					return err
+				}
+				if !more || len(out) >= 4*limit {
+					return errStop
+				}
+				continue
+			}
+			id, err := ParseEvpID(name)
 			if err != nil {
 				continue
 			}
@@ -425,6 +440,50 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 		out = out[:limit]
 	}
 	return out, nil
+}
+
+// dueMessage adds to out the envelopes of m that its commit made due and
+// that are due and free now. A pointer to a message that is gone is
+// removed. It reports false when out is full enough.
+func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgID, now time.Time, out *[]*Envelope) (bool, error) {
+	var ids []EvpID
+	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(keys []string) error {
+		for _, k := range keys {
+			if id, err := parseEnvelopeKey(k); err == nil {
+				ids = append(ids, id)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	if len(ids) == 0 {
+		// Gone, unless its transaction has not written the envelopes yet.
+		if st, err := s.reservationState(ctx, m); err == nil && st != stateOpen {
+			s.del(ctx, key)
+		}
+		return true, nil
+	}
+	for _, id := range ids {
+		e, err := s.load(ctx, id)
+		if s.isNotFound(err) || errors.Is(err, ErrCorrupt) {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if !e.hdr.ByMsg || max(dueBucket(e.hdr.Due), 1) != bucket || e.hdr.Due > now.Unix() {
+			continue // rescheduled with a pointer of its own
+		}
+		if held, err := s.held(ctx, &e.hdr); err != nil {
+			return false, err
+		} else if held {
+			continue
+		}
+		*out = append(*out, e)
+	}
+	return true, nil
 }
 
 // Owned yields the envelopes this node holds, grouped by message, as

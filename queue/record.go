@@ -64,6 +64,9 @@ type envHeader struct {
 	// Due is when the envelope is next due for work, Unix seconds; 0 means
 	// now.
 	Due int64 `json:"d,omitempty"`
+	// ByMsg says the due pointer is the message's, written at commit,
+	// rather than the envelope's own.
+	ByMsg bool `json:"m,omitempty"`
 	// Gone marks an envelope that its lease holder deleted; the object is
 	// removed right after.
 	Gone bool `json:"g,omitempty"`

@@ -234,10 +234,9 @@ func (tx *Tx) flush(ctx context.Context) error {
 		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session, 1, now.Add(tx.claim).UnixNano()
 		pointers = append(pointers, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Msg: tx.id}))
 	} else {
-		h.Due = now.Unix()
-		for _, i := range todo {
-			pointers = append(pointers, dueKey(s, h.Due, tx.envs[i].id))
-		}
+		// One pointer makes every envelope of the message due.
+		h.Due, h.ByMsg = now.Unix(), true
+		pointers = append(pointers, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: tx.id}))
 	}
 	return s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
 		if j >= len(todo) {
