@@ -72,7 +72,11 @@ func (c *cli) globalFlags(fs *flag.FlagSet) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	args := os.Args[1:]
+	if qa := queueProcArgs(os.Args); qa != nil {
+		args = qa // run by smtpd -B queue=NAME:ARG
+	}
+	os.Exit(run(args, os.Stdin, os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (status int) {

@@ -1,0 +1,345 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mxqueue/mxq/opensmtpd"
+	"github.com/mxqueue/mxq/queue"
+)
+
+// DefaultQueueConfig is the configuration the queue process reads when
+// smtpd gives it no argument (-B queue=mxq).
+const defaultQueueConfig = "/etc/mxq/queue.conf"
+
+func init() {
+	register(&command{
+		name:  "opensmtpd-queue",
+		args:  "URL|CONFIG",
+		short: "serve OpenSMTPD's queue on fd 0, as smtpd's -B queue= process",
+		long: `smtpd started with "-B queue=NAME:ARG" runs /usr/libexec/opensmtpd/queue-NAME
+with ARG as its argument and speaks the queue protocol on fd 0; install that
+program with "mxq opensmtpd install". A binary started under a name beginning
+with "queue-" (smtpd passes "queue-proc") runs this command directly.
+
+ARG is a queue URL, or the path of a configuration file of key=value lines
+(blank lines and lines starting with # are ignored):
+
+  queue=URL        the queue (required)
+  node=NAME        this node's name in the queue (default: from the host name)
+  timeout=10s      bound on each operation; past it smtpd gets a temporary failure
+  header=auto      imsg header layout of replies carrying a descriptor:
+                   auto, 6.8 (smtpd up to 7.6) or 7.7 (smtpd 7.7 and later);
+                   auto learns it from smtpd's first MESSAGE_COMMIT, which is
+                   too late for deliveries right after a restart on 7.7+
+  prealloc=32      message IDs reserved ahead, so that MAIL FROM needs no round
+                   trip to the store; 0 turns it off
+  shared=false     true when several smtpd instances share the queue: each walks
+                   only its own envelopes, and a survivor takes over a dead
+                   instance's envelopes and hands them to its smtpd with
+                   "smtpctl discover <evpid>"; give each instance its own node=
+  heartbeat=10s    shared mode: how often this node proves it is alive; it is
+                   taken over after 3 missed heartbeats
+  smtpctl=/usr/sbin/smtpctl   shared mode: the smtpctl that reaches this smtpd
+  tmpdir=DIR       where message bodies are copied for smtpd (default: $TMPDIR)
+  log=info         log level: debug, info, warn or error
+
+Without ARG, ` + defaultQueueConfig + ` is read. Logs go to standard error,
+which is smtpd's log.`,
+		run: runOpensmtpdQueue,
+	})
+	register(&command{
+		name:  "opensmtpd",
+		args:  "install [--name mxq] [--dir /usr/libexec/opensmtpd]",
+		short: "install this binary as OpenSMTPD's queue-<name> program",
+		long: `"install" creates the symbolic link DIR/queue-NAME to this binary (replacing an
+older link), so that "smtpd -B queue=NAME:ARG" runs it. ARG is a queue URL or
+a configuration file; see "mxq help opensmtpd-queue".`,
+		run: runOpensmtpd,
+	})
+}
+
+// queueConfig is the queue process's configuration.
+type queueConfig struct {
+	queue    string
+	node     string
+	timeout  time.Duration
+	header   opensmtpd.HeaderFormat
+	tmpdir   string
+	level    slog.Level
+	prealloc int
+
+	shared    bool
+	heartbeat time.Duration
+	smtpctl   string
+}
+
+// loadQueueConfig interprets the argument smtpd passes: a URL, or a file.
+func loadQueueConfig(arg string) (*queueConfig, error) {
+	cfg := &queueConfig{timeout: 10 * time.Second, prealloc: 32, smtpctl: "/usr/sbin/smtpctl"}
+	if strings.Contains(arg, "://") {
+		cfg.queue = arg
+		return cfg, nil
+	}
+	f, err := os.Open(arg)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	line := 0
+	for sc.Scan() {
+		line++
+		l := strings.TrimSpace(sc.Text())
+		if l == "" || strings.HasPrefix(l, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(l, "=")
+		k, v = strings.TrimSpace(k), strings.TrimSpace(v)
+		bad := func(format string, args ...any) error {
+			return usagef("%s:%d: %s", arg, line, fmt.Sprintf(format, args...))
+		}
+		if !ok {
+			return nil, bad("want key=value")
+		}
+		switch k {
+		case "queue":
+			cfg.queue = v
+		case "node":
+			if err := queue.ValidNodeName(v); err != nil {
+				return nil, bad("node: %v", err)
+			}
+			cfg.node = v
+		case "timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return nil, bad("timeout: want a positive duration such as 10s")
+			}
+			cfg.timeout = d
+		case "header":
+			switch v {
+			case "auto":
+				cfg.header = opensmtpd.HeaderAuto
+			case "6.8":
+				cfg.header = opensmtpd.Header68
+			case "7.7":
+				cfg.header = opensmtpd.Header77
+			default:
+				return nil, bad("header: want auto, 6.8 or 7.7")
+			}
+		case "prealloc":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > 10000 {
+				return nil, bad("prealloc: want a number from 0 to 10000")
+			}
+			cfg.prealloc = n
+		case "shared":
+			b, err := queue.ParseBool(k, v, false)
+			if err != nil {
+				return nil, bad("shared: want true or false")
+			}
+			cfg.shared = b
+		case "heartbeat":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return nil, bad("heartbeat: want a positive duration such as 10s")
+			}
+			cfg.heartbeat = d
+		case "smtpctl":
+			cfg.smtpctl = v
+		case "tmpdir":
+			cfg.tmpdir = v
+		case "log":
+			if err := cfg.level.UnmarshalText([]byte(v)); err != nil {
+				return nil, bad("log: want debug, info, warn or error")
+			}
+		default:
+			return nil, bad("unknown key %q", k)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if cfg.queue == "" {
+		return nil, usagef("%s: no queue=URL line", arg)
+	}
+	return cfg, nil
+}
+
+// shutdownGrace is how long the queue process keeps serving after SIGTERM
+// or SIGINT: smtpd, stopping too, still sends CLOSE and then hangs up.
+const shutdownGrace = 30 * time.Second
+
+func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
+	arg := defaultQueueConfig
+	switch len(args) {
+	case 0:
+		if os.Getenv("MXQ_QUEUE") != "" {
+			arg = os.Getenv("MXQ_QUEUE")
+		}
+	case 1:
+		arg = args[0]
+	default:
+		return usagef("want one argument, a queue URL or a configuration file")
+	}
+	cfg, err := loadQueueConfig(arg)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: cfg.level})).With("prog", "mxq")
+	node := cfg.node
+	if node == "" {
+		node = c.node
+	}
+	if node == "" {
+		node = defaultNode()
+	}
+
+	f := os.NewFile(0, "smtpd")
+	fc, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("fd 0 is not smtpd's socket (run by smtpd -B queue=NAME:ARG): %w", err)
+	}
+	conn, ok := fc.(*net.UnixConn)
+	if !ok {
+		fc.Close()
+		return fmt.Errorf("fd 0 is a %T, not smtpd's unix socket", fc)
+	}
+	defer conn.Close()
+
+	// smtpd keeps talking while it shuts down: a signal starts a grace
+	// period instead of cutting the conversation.
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-sctx.Done():
+			return
+		}
+		log.Info("signal received; serving until smtpd hangs up", "grace", shutdownGrace)
+		select {
+		case <-time.After(shutdownGrace):
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+
+	octx, ocancel := context.WithTimeout(sctx, c.timeout)
+	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node, Prealloc: cfg.prealloc, HeartbeatInterval: cfg.heartbeat})
+	ocancel()
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	log.Info("serving smtpd's queue", "queue", queue.RedactURL(cfg.queue), "node", node, "timeout", cfg.timeout, "shared", cfg.shared)
+
+	qopts := &opensmtpd.QueueOptions{Logger: log, TempDir: cfg.tmpdir, Shared: cfg.shared}
+	if cfg.shared {
+		qopts.Discover = smtpctlDiscover(cfg.smtpctl)
+	}
+	q := opensmtpd.NewQueue(s, qopts)
+	err = opensmtpd.Serve(sctx, conn, q, &opensmtpd.ServeOptions{
+		OpTimeout:    cfg.timeout,
+		Logger:       log,
+		HeaderFormat: cfg.header,
+	})
+	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.timeout)
+	defer dcancel()
+	if serr := q.Shutdown(dctx); serr != nil {
+		log.Warn("shutdown: open transactions not rolled back; the sweep will remove them", "err", serr)
+	}
+	if err != nil {
+		return err
+	}
+	log.Info("smtpd closed the queue")
+	return nil
+}
+
+// smtpctlDiscover hands an envelope to the running smtpd. The queue process
+// runs in smtpd's mount namespace, so smtpctl reaches this smtpd's control
+// socket. Only the evpid form is used: "discover <msgid>" crashes smtpd 6.8
+// with an external queue.
+func smtpctlDiscover(smtpctl string) func(ctx context.Context, id queue.EvpID) error {
+	return func(ctx context.Context, id queue.EvpID) error {
+		out, err := exec.CommandContext(ctx, smtpctl, "discover", id.String()).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%s discover %s: %v: %s", smtpctl, id, err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	}
+}
+
+var opensmtpdFlags struct {
+	name string
+	dir  string
+}
+
+func runOpensmtpd(ctx context.Context, c *cli, args []string) error {
+	if len(args) == 0 || args[0] != "install" {
+		return usagef("want: mxq opensmtpd install [--name mxq] [--dir /usr/libexec/opensmtpd]")
+	}
+	fs := flag.NewFlagSet("mxq opensmtpd install", flag.ContinueOnError)
+	fs.SetOutput(c.stderr)
+	fs.StringVar(&opensmtpdFlags.name, "name", "mxq", "the `NAME` in smtpd's -B queue=NAME:ARG")
+	fs.StringVar(&opensmtpdFlags.dir, "dir", "/usr/libexec/opensmtpd", "smtpd's libexec `directory`")
+	if err := fs.Parse(args[1:]); err != nil {
+		return usagef("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	name := opensmtpdFlags.name
+	switch {
+	case name == "fs" || name == "null" || name == "ram":
+		return usagef("--name %s is one of smtpd's built-in queues", name)
+	case name == "" || strings.ContainsAny(name, "/: \t\n"):
+		return usagef("--name %q: want a plain name without / or :", name)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if self, err = filepath.EvalSymlinks(self); err != nil {
+		return err
+	}
+	link := filepath.Join(opensmtpdFlags.dir, "queue-"+name)
+	if fi, err := os.Lstat(link); err == nil {
+		if fi.Mode()&os.ModeSymlink == 0 {
+			return fmt.Errorf("%s exists and is not a symbolic link; remove it first", link)
+		}
+		if err := os.Remove(link); err != nil {
+			return err
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Symlink(self, link); err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "%s -> %s\nstart smtpd with: smtpd -B queue=%s:%s (or a queue URL)\n", link, self, name, defaultQueueConfig)
+	return nil
+}
+
+// queueProcArgs returns the arguments to run when the binary was started
+// by smtpd as a queue process (argv[0] "queue-proc", or a "queue-NAME"
+// link run by hand), and nil otherwise.
+func queueProcArgs(argv []string) []string {
+	base := filepath.Base(argv[0])
+	if base != "queue-proc" && !strings.HasPrefix(base, "queue-") {
+		return nil
+	}
+	return append([]string{"opensmtpd-queue", "--"}, argv[1:]...)
+}

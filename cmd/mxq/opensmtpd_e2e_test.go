@@ -1,0 +1,846 @@
+package main
+
+// End-to-end tests of the queue process with Debian's real OpenSMTPD:
+// smtpd runs as root in a private mount namespace (its spool and control
+// socket are fixed paths), listens only on 127.0.0.1, and delivers with a
+// small mda script into files; mail comes in over SMTP with net/smtp.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/smtp"
+	"net/url"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mxqueue/mxq/queue"
+)
+
+const libexecDir = "/usr/libexec/opensmtpd"
+
+func TestMain(m *testing.M) {
+	// Orphans of smtpd (its queue process's children) are re-parented to
+	// the test, which reaps them: nothing is left behind, not even zombies.
+	const prSetChildSubreaper = 36
+	syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0)
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// requireSmtpd skips the test unless smtpd can run here, or fails it when
+// MXQ_REQUIRE_SERVICES=1.
+func requireSmtpd(t *testing.T) {
+	t.Helper()
+	miss := func(format string, args ...any) {
+		t.Helper()
+		if os.Getenv("MXQ_REQUIRE_SERVICES") == "1" {
+			t.Fatalf("MXQ_REQUIRE_SERVICES=1: "+format, args...)
+		}
+		t.Skipf(format, args...)
+	}
+	if testing.Short() {
+		t.Skip("-short: the OpenSMTPD end-to-end tests take minutes")
+	}
+	if os.Geteuid() != 0 {
+		miss("the OpenSMTPD end-to-end tests need root: smtpd runs as root and in a private mount namespace")
+	}
+	for _, p := range []string{"/usr/sbin/smtpd", "/usr/bin/unshare"} {
+		if _, err := os.Stat(p); err != nil {
+			miss("%s missing: install opensmtpd and util-linux (scripts/test does)", p)
+		}
+	}
+	if fi, err := os.Stat(libexecDir); err != nil || !fi.IsDir() {
+		miss("%s missing: install Debian's opensmtpd", libexecDir)
+	}
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildBin  string
+	buildErr  error
+)
+
+// mxqBinary builds the command once per test run.
+func mxqBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		buildDir, buildErr = os.MkdirTemp("", "mxq-e2e-bin-")
+		if buildErr != nil {
+			return
+		}
+		buildBin = filepath.Join(buildDir, "mxq")
+		out, err := exec.Command("go", "build", "-o", buildBin, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildBin
+}
+
+var installSeq atomic.Int32
+
+// installQueueProc links /usr/libexec/opensmtpd/queue-<unique name> to the
+// binary, with mxq's own install command, and returns the name.
+func installQueueProc(t *testing.T) string {
+	t.Helper()
+	bin := mxqBinary(t)
+	name := fmt.Sprintf("mxqe2e%d-%d", os.Getpid(), installSeq.Add(1))
+	link := filepath.Join(libexecDir, "queue-"+name)
+	t.Cleanup(func() { os.Remove(link) })
+	out, err := exec.Command(bin, "opensmtpd", "install", "--name", name, "--dir", libexecDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mxq opensmtpd install: %v\n%s", err, out)
+	}
+	if dst, err := os.Readlink(link); err != nil || dst != bin {
+		t.Fatalf("%s -> %q, %v; want %s", link, dst, err, bin)
+	}
+	return name
+}
+
+// deliverScript is the mda: it stores the message as out/RCPT.PID.mail,
+// unless out/ctl-RCPT holds "CODE N": then its first N attempts exit CODE.
+// out/delay, if present, holds seconds to sleep first.
+const deliverScript = `#!/bin/sh
+dir=$(dirname "$0")/out
+rcpt="$1"
+if [ -f "$dir/delay" ]; then sleep "$(cat "$dir/delay")"; fi
+if [ -f "$dir/ctl-$rcpt" ]; then
+	read code n < "$dir/ctl-$rcpt"
+	echo x >> "$dir/attempts-$rcpt"
+	if [ "$(wc -l < "$dir/attempts-$rcpt")" -le "$n" ]; then
+		echo "deliver.sh: simulated failure $code for $rcpt" >&2
+		exit "$code"
+	fi
+fi
+cat > "$dir/$rcpt.$$.tmp" && mv "$dir/$rcpt.$$.tmp" "$dir/$rcpt.$$.mail"
+`
+
+// mta is one smtpd instance with its own spool, /run and mailboxes.
+type mta struct {
+	t     *testing.T
+	dir   string
+	port  int
+	queue string // the -B queue= value; "" for smtpd's built-in fs queue
+
+	cmd     *exec.Cmd
+	done    chan struct{}
+	stopped bool
+}
+
+// newMTA prepares an smtpd whose queue is queueArg, a URL or an mxq
+// configuration file; "" means smtpd's built-in fs queue.
+func newMTA(t *testing.T, queueArg string) *mta {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mxq-e2e-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	// The mda runs as nobody: it must reach its script and mailboxes.
+	must(t, os.Chmod(dir, 0o755))
+	must(t, os.Mkdir(filepath.Join(dir, "spool"), 0o711))
+	must(t, os.Mkdir(filepath.Join(dir, "run"), 0o755))
+	must(t, os.Mkdir(filepath.Join(dir, "out"), 0o777))
+	must(t, os.Chmod(filepath.Join(dir, "out"), 0o777))
+	must(t, os.WriteFile(filepath.Join(dir, "deliver.sh"), []byte(deliverScript), 0o755))
+	m := &mta{t: t, dir: dir, port: freePort(t)}
+	conf := fmt.Sprintf(`table vusers { "@test.local" = "nobody" }
+listen on 127.0.0.1 port %d
+action "deliver" mda "%s/deliver.sh %%{rcpt}" virtual <vusers> user nobody
+match from local for domain "test.local" action "deliver"
+`, m.port, dir)
+	must(t, os.WriteFile(filepath.Join(dir, "smtpd.conf"), []byte(conf), 0o644))
+	if queueArg != "" {
+		m.queue = installQueueProc(t) + ":" + queueArg
+	}
+	return m
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// start runs smtpd in a private mount namespace with the spool and /run
+// bound over, and waits until it accepts connections.
+func (m *mta) start(extra ...string) {
+	t := m.t
+	t.Helper()
+	logf, err := os.OpenFile(filepath.Join(m.dir, "smtpd.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"-m", "--propagation", "private", "/bin/sh", "-c",
+		`mount --bind "$1" /var/spool/smtpd && mount --bind "$2" /run && shift 2 && exec "$@"`,
+		"sh", filepath.Join(m.dir, "spool"), filepath.Join(m.dir, "run"),
+		"/usr/sbin/smtpd", "-d", "-v", "-f", filepath.Join(m.dir, "smtpd.conf")}
+	if m.queue != "" {
+		args = append(args, "-B", "queue="+m.queue)
+	}
+	args = append(args, extra...)
+	cmd := exec.Command("/usr/bin/unshare", args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatal(err)
+	}
+	logf.Close()
+	m.cmd, m.done, m.stopped = cmd, make(chan struct{}), false
+	done := m.done
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(m.stop)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", m.addr(), time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case <-done:
+			t.Fatalf("smtpd exited at start-up:\n%s", m.logTail(40))
+		case <-time.After(100 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("smtpd does not accept connections after 20s:\n%s", m.logTail(40))
+		}
+	}
+}
+
+func (m *mta) addr() string { return fmt.Sprintf("127.0.0.1:%d", m.port) }
+
+// stop stops smtpd by its PID and waits for every process of its group,
+// the queue process included, escalating to SIGKILL of the group.
+func (m *mta) stop() {
+	if m.cmd == nil || m.stopped {
+		return
+	}
+	m.stopped = true
+	pid := m.cmd.Process.Pid
+	syscall.Kill(pid, syscall.SIGTERM)
+	select {
+	case <-m.done:
+	case <-time.After(20 * time.Second):
+		m.t.Errorf("smtpd (pid %d) still running 20s after SIGTERM; killing its process group", pid)
+		syscall.Kill(-pid, syscall.SIGKILL)
+		<-m.done
+	}
+	m.reap(pid)
+}
+
+// kill9 kills smtpd's whole process group, the queue process included,
+// as a crash would, and reaps it.
+func (m *mta) kill9() {
+	if m.cmd == nil || m.stopped {
+		return
+	}
+	m.stopped = true
+	pid := m.cmd.Process.Pid
+	syscall.Kill(-pid, syscall.SIGKILL)
+	<-m.done
+	m.reap(pid)
+}
+
+// reap waits for the rest of smtpd's process group (its children, our
+// queue process), which exits when the parent does, reaping the orphans
+// as their subreaper.
+func (m *mta) reap(pid int) {
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		var ws syscall.WaitStatus
+		wpid, err := syscall.Wait4(-pid, &ws, syscall.WNOHANG, nil)
+		if errors.Is(err, syscall.ECHILD) && syscall.Kill(-pid, 0) != nil {
+			return
+		}
+		if wpid > 0 {
+			continue
+		}
+		if time.Now().After(deadline) {
+			m.t.Errorf("processes of smtpd's group %d still running after 15s; killing them", pid)
+			syscall.Kill(-pid, syscall.SIGKILL)
+			deadline = time.Now().Add(5 * time.Second)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (m *mta) alive() bool {
+	select {
+	case <-m.done:
+		return false
+	default:
+		return true
+	}
+}
+
+func (m *mta) log() string {
+	b, _ := os.ReadFile(filepath.Join(m.dir, "smtpd.log"))
+	return string(b)
+}
+
+func (m *mta) logTail(n int) string {
+	lines := strings.Split(strings.TrimRight(m.log(), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// checkLog fails on the lines that mean smtpd or the bridge broke.
+func (m *mta) checkLog() {
+	m.t.Helper()
+	for _, bad := range []string{"tree_xset", "tree_merge", "queue-proc: exiting", "bad response", "bogus data", "len mismatch", "panic"} {
+		if strings.Contains(m.log(), bad) {
+			m.t.Errorf("smtpd log contains %q:\n%s", bad, m.logTail(60))
+		}
+	}
+}
+
+// control writes out/ctl-RCPT: the first n deliveries to rcpt exit code.
+func (m *mta) control(rcpt string, code, n int) {
+	must(m.t, os.WriteFile(filepath.Join(m.dir, "out", "ctl-"+rcpt), fmt.Appendf(nil, "%d %d\n", code, n), 0o644))
+}
+
+// mailboxes returns the messages delivered to rcpt.
+func (m *mta) mailbox(rcpt string) []string {
+	files, _ := filepath.Glob(filepath.Join(m.dir, "out", rcpt+".*.mail"))
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err == nil {
+			out = append(out, string(b))
+		}
+	}
+	return out
+}
+
+func (m *mta) attempts(rcpt string) int {
+	b, _ := os.ReadFile(filepath.Join(m.dir, "out", "attempts-"+rcpt))
+	return bytes.Count(b, []byte("\n"))
+}
+
+// waitFor polls cond until it holds, failing after d.
+func (m *mta) waitFor(what string, d time.Duration, cond func() bool) {
+	m.t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if !m.alive() {
+			m.t.Fatalf("smtpd died while waiting for %s:\n%s", what, m.logTail(60))
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("no %s after %v:\n%s", what, d, m.logTail(60))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// smtpSession is one SMTP connection.
+type smtpSession struct {
+	conn net.Conn
+	c    *smtp.Client
+}
+
+func dialSMTP(addr string) (*smtpSession, error) {
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(60 * time.Second))
+	c, err := smtp.NewClient(conn, "client.test.local")
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if err := c.Hello("client.test.local"); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return &smtpSession{conn: conn, c: c}, nil
+}
+
+func (s *smtpSession) send(from string, to []string, body string) error {
+	s.conn.SetDeadline(time.Now().Add(60 * time.Second))
+	if err := s.c.Mail(from); err != nil {
+		return err
+	}
+	for _, r := range to {
+		if err := s.c.Rcpt(r); err != nil {
+			return err
+		}
+	}
+	w, err := s.c.Data()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "From: <%s>\nTo: <%s>\nSubject: mxq e2e\n\n%s\n", from, strings.Join(to, ">, <"), body)
+	return w.Close()
+}
+
+func (s *smtpSession) close() { s.c.Quit(); s.conn.Close() }
+
+func (m *mta) send(from string, to []string, body string) {
+	m.t.Helper()
+	s, err := dialSMTP(m.addr())
+	if err != nil {
+		m.t.Fatalf("smtp: %v\n%s", err, m.logTail(30))
+	}
+	defer s.close()
+	if err := s.send(from, to, body); err != nil {
+		m.t.Fatalf("smtp: %v\n%s", err, m.logTail(30))
+	}
+}
+
+// observer opens the queue that smtpd uses, from the test's side.
+func observer(t *testing.T, u string) *queue.Store {
+	t.Helper()
+	s, err := queue.DefaultURLMux().OpenOptions(t.Context(), u, &queue.Options{Node: "e2e-observer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// envelopes returns the committed envelopes and their blobs.
+func envelopes(t *testing.T, s *queue.Store) map[queue.EvpID]string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	out := make(map[queue.EvpID]string)
+	for id, err := range s.Walk(ctx) {
+		if err != nil {
+			t.Fatalf("walk: %v", err)
+		}
+		e, err := s.Load(ctx, id)
+		if errors.Is(err, queue.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("load %s: %v", id, err)
+		}
+		out[id] = string(e.Data)
+	}
+	return out
+}
+
+// rawKeys lists the stored objects under prefix, committed or not.
+func rawKeys(t *testing.T, s *queue.Store, prefix string) []string {
+	t.Helper()
+	keys, _, err := s.Backend().List(t.Context(), prefix, "", 100)
+	if err != nil {
+		t.Fatalf("list %s: %v", prefix, err)
+	}
+	return keys
+}
+
+// field returns the value of "key: value" in an envelope blob.
+func field(blob, key string) string {
+	sc := bufio.NewScanner(strings.NewReader(blob))
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), ": "); ok && k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+func randHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// queueURLs returns the queues to test on: a fresh file:// directory, and
+// a fresh prefix in MinIO when the test services run and an adapter for
+// them is linked in.
+func queueURLs(t *testing.T) map[string]string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "mxq-e2e-queue-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	urls := map[string]string{"file": "file://" + dir}
+	if u, ok := minioURL(t); ok {
+		urls["minio"] = u
+	}
+	return urls
+}
+
+// ensureBucket, if set, creates the bucket a MinIO test URL names.
+var ensureBucket func(ctx context.Context, u *url.URL) error
+
+// minioURL returns a URL with a unique prefix on the test MinIO, from
+// MXQ_TEST_MINIO_URL or MXQ_TEST_S3_URL (scripts/services env).
+func minioURL(t *testing.T) (string, bool) {
+	t.Helper()
+	for _, env := range []string{"MXQ_TEST_MINIO_URL", "MXQ_TEST_S3_URL"} {
+		raw := os.Getenv(env)
+		if raw == "" {
+			continue
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatalf("%s: %v", env, err)
+		}
+		if !queue.DefaultURLMux().ValidScheme(u.Scheme) {
+			t.Logf("%s is set but no adapter for %q is linked in", env, u.Scheme)
+			continue
+		}
+		if ensureBucket != nil {
+			if err := ensureBucket(t.Context(), u); err != nil {
+				t.Fatalf("%s: create the bucket: %v", env, err)
+			}
+		}
+		u.Path = path.Join("/", u.Path, "e2e-"+randHex(6)) + "/"
+		return u.String(), true
+	}
+	if os.Getenv("MXQ_REQUIRE_SERVICES") == "1" && queue.DefaultURLMux().ValidScheme("s3") {
+		t.Fatalf("MXQ_REQUIRE_SERVICES=1 but neither MXQ_TEST_MINIO_URL nor MXQ_TEST_S3_URL is set")
+	}
+	t.Logf("MinIO not configured (scripts/services env); testing file:// only")
+	return "", false
+}
+
+// subQueue returns a queue URL beside u, under name: a subdirectory or a
+// longer prefix.
+func subQueue(u, name string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
+	}
+	p.Path = path.Join("/", p.Path, name)
+	if p.Scheme != "file" {
+		p.Path += "/"
+	}
+	return p.String()
+}
+
+func TestOpenSMTPD(t *testing.T) {
+	requireSmtpd(t)
+	for name, u := range queueURLs(t) {
+		t.Run(name, func(t *testing.T) {
+			t.Run("Delivery", func(t *testing.T) { testDelivery(t, subQueue(u, "delivery")) })
+			t.Run("Restart", func(t *testing.T) { testRestart(t, subQueue(u, "restart")) })
+			t.Run("SharedKill9", func(t *testing.T) { testShared(t, subQueue(u, "shared")) })
+		})
+	}
+}
+
+// testDelivery covers a multi-recipient message, RSET rollback, temp-fail
+// with retry and perm-fail with a bounce, on one smtpd.
+func testDelivery(t *testing.T, u string) {
+	// The configuration file form, with debug logs to see the rollback.
+	conf := filepath.Join(t.TempDir(), "queue.conf")
+	must(t, os.WriteFile(conf, fmt.Appendf(nil, "# mxq e2e\nqueue=%s\nnode=e2e\ntimeout=10s\nlog=debug\n", u), 0o600))
+	m := newMTA(t, conf)
+	obs := observer(t, u)
+	m.start()
+
+	// RSET: the transaction is rolled back and nothing reaches the store.
+	s, err := dialSMTP(m.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, s.c.Mail("s@test.local"))
+	must(t, s.c.Rcpt("x@test.local"))
+	must(t, s.c.Rcpt("y@test.local"))
+	must(t, s.c.Reset())
+	s.close()
+	m.waitFor("the rollback in the log", 10*time.Second, func() bool {
+		return strings.Contains(m.log(), "mxq: rolled back")
+	})
+	if k := append(rawKeys(t, obs, "evp/"), rawKeys(t, obs, "msg/")...); len(k) > 0 {
+		t.Fatalf("after RSET the store holds %v", k)
+	}
+
+	// Multi-recipient.
+	m.send("s@test.local", []string{"a@test.local", "b@test.local", "c@test.local"}, "three recipients")
+	for _, r := range []string{"a", "b", "c"} {
+		m.waitFor("delivery to "+r, 30*time.Second, func() bool { return len(m.mailbox(r+"@test.local")) == 1 })
+		if mb := m.mailbox(r + "@test.local")[0]; !strings.Contains(mb, "three recipients") {
+			t.Fatalf("mailbox of %s: %q", r, mb)
+		}
+	}
+
+	// Temp-fail then success, and perm-fail with a bounce, together.
+	m.control("t@test.local", 75, 1)
+	m.control("p@test.local", 69, 1000)
+	m.send("s@test.local", []string{"t@test.local"}, "temporary failure first")
+	m.send("s@test.local", []string{"p@test.local"}, "permanent failure")
+	var tid queue.EvpID
+	m.waitFor("an envelope update with retry: 1 in the store", 30*time.Second, func() bool {
+		for id, b := range envelopes(t, obs) {
+			if field(b, "rcpt") == "t@test.local" && field(b, "retry") == "1" {
+				tid = id
+				return true
+			}
+		}
+		return false
+	})
+	e, err := obs.Load(t.Context(), tid)
+	must(t, err)
+	t.Logf("updated envelope %s:\n%s", tid, e.Data)
+	if field(string(e.Data), "esc-class") != "4" || field(string(e.Data), "errorline") == "" {
+		t.Errorf("temp-failed envelope lacks errorline/esc-class 4:\n%s", e.Data)
+	}
+	m.waitFor("delivery after the retry", 60*time.Second, func() bool { return len(m.mailbox("t@test.local")) == 1 })
+	if n := m.attempts("t@test.local"); n != 2 {
+		t.Errorf("%d attempts for t@test.local, want 2", n)
+	}
+	m.waitFor("the bounce in the sender's mailbox", 60*time.Second, func() bool {
+		for _, mb := range m.mailbox("s@test.local") {
+			if strings.Contains(mb, "p@test.local") {
+				return true
+			}
+		}
+		return false
+	})
+	if len(m.mailbox("p@test.local")) != 0 {
+		t.Errorf("perm-failed recipient got the mail")
+	}
+	// Everything delivered: the store is empty.
+	m.waitFor("an empty store", 30*time.Second, func() bool {
+		return len(envelopes(t, obs)) == 0 && len(rawKeys(t, obs, "msg/")) == 0
+	})
+	m.checkLog()
+	m.stop()
+	if !strings.Contains(m.log(), "smtpd closed the queue") {
+		t.Errorf("the queue process did not see CLOSE and EOF:\n%s", m.logTail(20))
+	}
+}
+
+// testRestart queues mail with delivery paused, stops smtpd, and checks
+// that a new smtpd finds and delivers it through the walk.
+func testRestart(t *testing.T, u string) {
+	m := newMTA(t, u)
+	obs := observer(t, u)
+	m.start("-P", "mda")
+	rcpts := [][]string{{"r1@test.local"}, {"r2@test.local", "r3@test.local"}, {"r4@test.local"}}
+	for i, to := range rcpts {
+		m.send("s@test.local", to, fmt.Sprintf("restart message %d", i))
+	}
+	if n := len(envelopes(t, obs)); n != 4 {
+		t.Fatalf("%d envelopes in the store after accepting 4", n)
+	}
+	m.stop()
+	if n := len(envelopes(t, obs)); n != 4 {
+		t.Fatalf("%d envelopes in the store after stopping, want 4", n)
+	}
+	m.start()
+	for _, r := range []string{"r1", "r2", "r3", "r4"} {
+		m.waitFor("delivery to "+r+" after the restart", 60*time.Second, func() bool { return len(m.mailbox(r+"@test.local")) == 1 })
+	}
+	m.waitFor("an empty store", 30*time.Second, func() bool { return len(envelopes(t, obs)) == 0 })
+	m.checkLog()
+	if !strings.Contains(m.log(), "done loading queue into scheduler") {
+		t.Errorf("no end of the walk in the log")
+	}
+}
+
+// testShared runs two smtpd instances on one queue, kills one with
+// SIGKILL while it delivers, and checks that the survivor takes its mail
+// over: every recipient gets every message, and the duplicates (the
+// at-least-once window) are counted.
+func testShared(t *testing.T, u string) {
+	conf := func(node string) string {
+		p := filepath.Join(t.TempDir(), node+".conf")
+		must(t, os.WriteFile(p, fmt.Appendf(nil, "queue=%s\nnode=%s\nshared=true\nheartbeat=1s\ntimeout=10s\n", u, node), 0o600))
+		return p
+	}
+	a, b := newMTA(t, conf("mx-a")), newMTA(t, conf("mx-b"))
+	obs := observer(t, u)
+	b.start()
+	a.start()
+	// a delivers slowly, so that it dies with mail queued and in flight.
+	must(t, os.WriteFile(filepath.Join(a.dir, "out", "delay"), []byte("3\n"), 0o644))
+	const msgs = 20
+	rcpts := []string{"k1@test.local", "k2@test.local"}
+	for i := range msgs {
+		a.send("s@test.local", rcpts, fmt.Sprintf("shared message %d", i))
+	}
+	a.waitFor("a's first deliveries", 30*time.Second, func() bool {
+		return len(a.mailbox("k1@test.local"))+len(a.mailbox("k2@test.local")) >= 2
+	})
+	a.kill9()
+	killedAt := time.Now()
+	t.Logf("killed a after %d deliveries; %d envelopes left in the store", len(a.mailbox("k1@test.local"))+len(a.mailbox("k2@test.local")), len(envelopes(t, obs)))
+
+	count := func() (map[string]int, int) {
+		seen := make(map[string]int)
+		dups := 0
+		for _, m := range []*mta{a, b} {
+			for _, r := range rcpts {
+				for _, mb := range m.mailbox(r) {
+					i := strings.Index(mb, "shared message ")
+					if i < 0 {
+						continue
+					}
+					key := r + " " + strings.Fields(mb[i+len("shared message "):])[0]
+					if seen[key]++; seen[key] > 1 {
+						dups++
+					}
+				}
+			}
+		}
+		return seen, dups
+	}
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		seen, _ := count()
+		if len(seen) == msgs*len(rcpts) {
+			break
+		}
+		if time.Now().After(deadline) || !b.alive() {
+			var missing []string
+			for i := range msgs {
+				for _, r := range rcpts {
+					if k := fmt.Sprintf("%s %d", r, i); seen[k] == 0 {
+						missing = append(missing, k)
+					}
+				}
+			}
+			left := envelopes(t, obs)
+			var holders []string
+			for id := range left {
+				e, err := obs.Load(t.Context(), id)
+				if err == nil {
+					holders = append(holders, fmt.Sprintf("%s:%s", id, e.Lease.Holder))
+				}
+			}
+			t.Fatalf("after 90s (b alive: %v), %d deliveries missing: %v\nstore: %v\nb's log:\n%s", b.alive(), len(missing), missing, holders, b.logTail(30))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	took := time.Since(killedAt)
+	_, dups := count()
+	t.Logf("all %d deliveries done %v after the kill; delivered twice: %d (the at-least-once window)", msgs*len(rcpts), took.Round(100*time.Millisecond), dups)
+	if !strings.Contains(b.log(), "took over envelopes of a dead node") {
+		t.Errorf("b's log shows no takeover:\n%s", b.logTail(40))
+	}
+	b.waitFor("an empty store", 30*time.Second, func() bool { return len(envelopes(t, obs)) == 0 })
+	b.checkLog()
+}
+
+// TestOpenSMTPDThroughput measures messages accepted per second over SMTP
+// on loopback by smtpd on its built-in fs queue and on mxq, side by side.
+// Delivery is paused, so that only acceptance is measured.
+func TestOpenSMTPDThroughput(t *testing.T) {
+	requireSmtpd(t)
+	n, workers := 200, 8
+	if v, err := strconv.Atoi(os.Getenv("MXQ_E2E_MESSAGES")); err == nil && v > 0 {
+		n = v
+	}
+	type run struct {
+		name string
+		url  string
+	}
+	runs := []run{{"fs (built-in)", ""}}
+	urls := queueURLs(t)
+	runs = append(runs, run{"mxq file://", urls["file"]})
+	if u, ok := urls["minio"]; ok {
+		runs = append(runs, run{"mxq minio", u})
+	}
+	rates := make(map[string]float64)
+	for _, r := range runs {
+		m := newMTA(t, r.url)
+		m.start("-P", "mda")
+		measure(t, m, 2*workers, workers) // warm up: connections, ID pool, caches
+		rate := measure(t, m, n, workers)
+		m.checkLog()
+		m.stop()
+		rates[r.name] = rate
+		t.Logf("%-14s %4d messages, %d clients: %7.1f msg/s", r.name, n, workers, rate)
+	}
+	base := rates["fs (built-in)"]
+	for _, r := range runs[1:] {
+		t.Logf("%s / fs = %.2f", r.name, rates[r.name]/base)
+	}
+}
+
+// measure sends n one-recipient messages over workers connections and
+// returns the acceptance rate.
+func measure(t *testing.T, m *mta, n, workers int) float64 {
+	t.Helper()
+	var next atomic.Int32
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	start := time.Now()
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var s *smtpSession
+			defer func() {
+				if s != nil {
+					s.close()
+				}
+			}()
+			sent := 0
+			for {
+				i := int(next.Add(1))
+				if i > n {
+					return
+				}
+				if s == nil || sent == 50 { // below smtpd's per-session limit
+					if s != nil {
+						s.close()
+					}
+					var err error
+					if s, err = dialSMTP(m.addr()); err != nil {
+						errs <- err
+						return
+					}
+					sent = 0
+				}
+				if err := s.send("s@test.local", []string{fmt.Sprintf("bench%d@test.local", i%10)}, strings.Repeat("throughput test line\n", 50)); err != nil {
+					errs <- fmt.Errorf("message %d: %w", i, err)
+					return
+				}
+				sent++
+			}
+		}()
+	}
+	wg.Wait()
+	d := time.Since(start)
+	close(errs)
+	for err := range errs {
+		t.Fatalf("%v\n%s", err, m.logTail(30))
+	}
+	return float64(n) / d.Seconds()
+}
