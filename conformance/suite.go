@@ -364,7 +364,7 @@ func testRollback(t *testing.T, mk HarnessMaker) {
 	_, err = b.Load(e.ctx, id)
 	wantErr(t, "Load after rollback", err, queue.ErrNotFound)
 	raw := e.backend()
-	for _, p := range []string{"evp/", "msg/"} {
+	for _, p := range []string{"evp/", "msg/", "due/"} {
 		if k := e.rawKeys(raw, p); len(k) != 0 {
 			t.Fatalf("rollback left %v", k)
 		}
@@ -650,8 +650,10 @@ func testDeleteLastEnvelope(t *testing.T, mk HarnessMaker) {
 	wantErr(t, "DeleteEnvelope of the last one", b.DeleteEnvelope(e.ctx, ids[1]), nil)
 	_, err = a.OpenContent(e.ctx, m)
 	wantErr(t, "OpenContent after the last envelope went", err, queue.ErrNotFound)
-	if k := e.rawKeys(e.backend(), "msg/"); len(k) != 0 {
-		t.Fatalf("content left after the last envelope: %v", k)
+	for _, p := range []string{"msg/", "due/", "evp/"} {
+		if k := e.rawKeys(e.backend(), p); len(k) != 0 {
+			t.Fatalf("left after the last envelope: %v", k)
+		}
 	}
 }
 
@@ -661,6 +663,11 @@ func testDeleteMessage(t *testing.T, mk HarnessMaker) {
 	m, ids := e.commit(a, []byte("content"), "a", "b", "c")
 	other, _ := e.commit(a, []byte("other"), "x")
 	wantErr(t, "DeleteMessage", b.DeleteMessage(e.ctx, m), nil)
+	wantErr(t, "DeleteMessage of the other", b.DeleteMessage(e.ctx, other), nil)
+	if k := e.rawKeys(e.backend(), "due/"); len(k) != 0 {
+		t.Fatalf("due pointers left after DeleteMessage: %v", k)
+	}
+	other, _ = e.commit(a, []byte("other"), "x")
 	for _, id := range ids {
 		_, err := a.Load(e.ctx, id)
 		wantErr(t, "Load after DeleteMessage", err, queue.ErrNotFound)

@@ -189,10 +189,25 @@ func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 	if err := id.Valid(); err != nil {
 		return &Error{Op: "delete envelope", ID: id.String(), Kind: ErrInvalid, Err: err}
 	}
-	if err := s.del(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); err != nil {
+	// The header tells which due pointer goes with the envelope.
+	key := Key(Handle{Kind: KindEnvelope, Evp: id})
+	var h *envHeader
+	if b, _, err := s.getBytes(ctx, key, s.maxRecord()); err == nil {
+		h, _, _ = decodeRecord(key, b)
+	} else if !s.isNotFound(err) {
 		return s.wrap("delete envelope", id.String(), err, nil)
 	}
-	return s.wrap("delete envelope", id.String(), s.collect(ctx, id.MsgID()), nil)
+	if err := s.del(ctx, key); err != nil {
+		return s.wrap("delete envelope", id.String(), err, nil)
+	}
+	if h != nil && h.Due != 0 && !h.ByMsg {
+		s.del(ctx, dueKey(s, h.Due, id))
+	}
+	gone, err := s.collected(ctx, id.MsgID())
+	if err == nil && gone && h != nil && h.ByMsg {
+		s.del(ctx, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: id.MsgID()}))
+	}
+	return s.wrap("delete envelope", id.String(), err, nil)
 }
 
 // collect removes the content of m if m has no envelope left.

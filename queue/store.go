@@ -46,6 +46,11 @@ type Options struct {
 	// node whose heartbeat is older than NodeTTL can be taken over.
 	// Default: 3 heartbeat intervals.
 	NodeTTL time.Duration
+	// SelfScheduled says the MTA schedules the envelopes it commits
+	// itself, as OpenSMTPD does: commits write no due pointers, so Due
+	// does not see them until Claim.Defer gives them one. Default: false,
+	// every committed envelope is due at once.
+	SelfScheduled bool
 	// Retries is how many times a failed idempotent request whose error is
 	// classified CodeUnavailable is retried, with exponential backoff from
 	// 50ms. Default: 3. Negative: none.

@@ -233,7 +233,7 @@ func (tx *Tx) flush(ctx context.Context) error {
 		}
 		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session, 1, now.Add(tx.claim).UnixNano()
 		pointers = append(pointers, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Msg: tx.id}))
-	} else {
+	} else if !s.opts.SelfScheduled {
 		// One pointer makes every envelope of the message due.
 		h.Due, h.ByMsg = now.Unix(), true
 		pointers = append(pointers, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: tx.id}))
@@ -353,6 +353,15 @@ func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
 	})
 	if err != nil {
 		return err
+	}
+	// A due pointer written at commit names the message; the envelopes'
+	// header tells its bucket.
+	if len(keys) > 0 {
+		if b, _, err := s.getBytes(ctx, keys[0], s.maxRecord()); err == nil {
+			if h, _, err := decodeRecord(keys[0], b); err == nil && h.ByMsg {
+				keys = append(keys, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: m}))
+			}
+		}
 	}
 	keys = append(keys, Key(Handle{Kind: KindContent, Msg: m}))
 	return s.parallel(ctx, len(keys), func(ctx context.Context, i int) error {

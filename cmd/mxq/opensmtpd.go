@@ -238,7 +238,7 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 	}()
 
 	octx, ocancel := context.WithTimeout(sctx, c.timeout)
-	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node, Prealloc: cfg.prealloc, HeartbeatInterval: cfg.heartbeat})
+	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node, Prealloc: cfg.prealloc, HeartbeatInterval: cfg.heartbeat, SelfScheduled: true})
 	ocancel()
 	if err != nil {
 		return err
