@@ -38,7 +38,9 @@
 //
 // # Errors
 //
-// storage.ErrObjectNotExist, storage.ErrBucketNotExist and HTTP 404 are
+// storage.ErrBucketNotExist is queue.CodeInvalid, so that a misspelt
+// bucket does not look like an empty queue (Store.Ping reports it).
+// storage.ErrObjectNotExist and HTTP 404 are
 // queue.CodeNotFound; HTTP 412 (a generation precondition failed) is
 // queue.CodePrecondition; 400 is queue.CodeInvalid; 408, 429, 5xx and
 // network failures are queue.CodeUnavailable. Everything else, notably 401
@@ -308,7 +310,10 @@ func (b *backend) ErrorCode(err error) queue.Code {
 
 func errorCode(err error) queue.Code {
 	switch {
-	case errors.Is(err, storage.ErrObjectNotExist) || errors.Is(err, storage.ErrBucketNotExist):
+	case errors.Is(err, storage.ErrBucketNotExist):
+		// A misspelt bucket must not look like an empty queue.
+		return queue.CodeInvalid
+	case errors.Is(err, storage.ErrObjectNotExist):
 		return queue.CodeNotFound
 	case errors.Is(err, errBadVersion):
 		return queue.CodePrecondition

@@ -184,7 +184,7 @@ func TestErrorCode(t *testing.T) {
 	}{
 		{"object not exist", storage.ErrObjectNotExist, queue.CodeNotFound},
 		{"wrapped object not exist", fmt.Errorf("x: %w", storage.ErrObjectNotExist), queue.CodeNotFound},
-		{"bucket not exist", storage.ErrBucketNotExist, queue.CodeNotFound},
+		{"bucket not exist", storage.ErrBucketNotExist, queue.CodeInvalid},
 		{"404", &googleapi.Error{Code: 404}, queue.CodeNotFound},
 		{"412", &googleapi.Error{Code: 412}, queue.CodePrecondition},
 		{"bad version", fmt.Errorf("%w: x", errBadVersion), queue.CodePrecondition},
@@ -525,7 +525,7 @@ func TestPing(t *testing.T) {
 		t.Fatalf("Ping: %v", err)
 	}
 	b, _ = openBackend(t.Context(), c, "no-such-bucket-mxq", "")
-	if err := b.(queue.Pinger).Ping(t.Context()); b.ErrorCode(err) != queue.CodeNotFound {
+	if err := b.(queue.Pinger).Ping(t.Context()); b.ErrorCode(err) != queue.CodeInvalid {
 		t.Fatalf("Ping of a missing bucket: %v (code %v)", err, b.ErrorCode(err))
 	}
 }

@@ -216,7 +216,17 @@ func (c *cli) open(ctx context.Context) (*queue.Store, error) {
 	if err := queue.ValidNodeName(node); err != nil {
 		return nil, usagef("--node: %v", err)
 	}
-	return queue.DefaultURLMux().OpenOptions(ctx, u, &queue.Options{Node: node})
+	s, err := queue.DefaultURLMux().OpenOptions(ctx, u, &queue.Options{Node: node})
+	if err != nil {
+		return nil, err
+	}
+	// One cheap request tells a wrong endpoint, bad credentials or a
+	// missing bucket apart before any work.
+	if err := s.Ping(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // defaultNode derives a node name from the host name.
