@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/url"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -632,34 +631,3 @@ func TestDeadEndpoint(t *testing.T) {
 	t.Logf("Store, after %v: %v", took.Round(time.Millisecond), err)
 }
 
-// TestMemory100MiB writes and reads a message of 100 MiB and reports the
-// heap it needed. Set MXQ_TEST_BIG=1 to run it.
-func TestMemory100MiB(t *testing.T) {
-	if os.Getenv("MXQ_TEST_BIG") == "" {
-		t.Skip("MXQ_TEST_BIG not set")
-	}
-	b := testBackend(t)
-	var peak atomic.Uint64
-	done := make(chan struct{})
-	go func() {
-		var ms runtime.MemStats
-		for {
-			runtime.ReadMemStats(&ms)
-			if ms.HeapInuse > peak.Load() {
-				peak.Store(ms.HeapInuse)
-			}
-			select {
-			case <-done:
-				return
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}()
-	start := time.Now()
-	checkRoundTrip(t, b, "msg/00/00000004", 100<<20, -1, queue.PutOptions{IfNoneMatch: true})
-	close(done)
-	t.Logf("100 MiB written and read in %v, peak heap in use %d MiB", time.Since(start).Round(time.Millisecond), peak.Load()>>20)
-	if peak.Load() > 64<<20 {
-		t.Errorf("peak heap %d MiB, want under 64", peak.Load()>>20)
-	}
-}

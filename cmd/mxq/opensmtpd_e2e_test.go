@@ -34,6 +34,10 @@ import (
 const libexecDir = "/usr/libexec/opensmtpd"
 
 func TestMain(m *testing.M) {
+	// As a child process of TestServe, the test binary is mxq itself.
+	if args := os.Getenv("MXQ_SERVE_HELPER_ARGS"); args != "" {
+		os.Exit(run(strings.Split(args, "\n"), os.Stdin, os.Stdout, os.Stderr))
+	}
 	// Orphans of smtpd (its queue process's children) are re-parented to
 	// the test, which reaps them: nothing is left behind, not even zombies.
 	const prSetChildSubreaper = 36

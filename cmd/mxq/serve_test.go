@@ -14,15 +14,6 @@ import (
 	"time"
 )
 
-// TestServeHelper is "mxq" itself when run as a child process by
-// TestServe; otherwise it does nothing.
-func TestServeHelper(t *testing.T) {
-	args := os.Getenv("MXQ_SERVE_HELPER_ARGS")
-	if args == "" {
-		t.Skip("only a child process of TestServe runs this")
-	}
-	os.Exit(run(strings.Split(args, "\n"), os.Stdin, os.Stdout, os.Stderr))
-}
 
 // runMxq runs the command in this process.
 func runMxq(t *testing.T, stdin string, args ...string) (int, string, string) {
@@ -38,7 +29,7 @@ func runMxq(t *testing.T, stdin string, args ...string) (int, string, string) {
 func TestServe(t *testing.T) {
 	dir := t.TempDir()
 	const token = "serve-test-token"
-	cmd := exec.Command(os.Args[0], "-test.run=^TestServeHelper$")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(),
 		"MXQ_SERVE_HELPER_ARGS="+strings.Join([]string{"--queue", "file://" + dir, "serve", "--listen", "127.0.0.1:0"}, "\n"),
 		"MXQ_TOKEN="+token)
