@@ -630,4 +630,3 @@ func TestDeadEndpoint(t *testing.T) {
 	}
 	t.Logf("Store, after %v: %v", took.Round(time.Millisecond), err)
 }
-

@@ -14,7 +14,6 @@ import (
 	"time"
 )
 
-
 // runMxq runs the command in this process.
 func runMxq(t *testing.T, stdin string, args ...string) (int, string, string) {
 	t.Helper()
