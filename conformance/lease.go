@@ -19,6 +19,7 @@ func runLeaseTests(t *testing.T, mk HarnessMaker) {
 	t.Run("DueSplit", func(t *testing.T) { testDueSplit(t, mk) })
 	t.Run("Defer", func(t *testing.T) { testDefer(t, mk) })
 	t.Run("NodeTakeover", func(t *testing.T) { testNodeTakeover(t, mk) })
+	t.Run("DeleteInterrupted", func(t *testing.T) { testDeleteInterrupted(t, mk) })
 }
 
 func (e *env) node(name string) *queue.Store {
@@ -348,5 +349,42 @@ func testNodeTakeover(t *testing.T, mk HarnessMaker) {
 	a3 := e.node("node-a")
 	for id, err := range a3.Owned(e.ctx) {
 		t.Fatalf("a restarted dead node owns %v (%v)", id, err)
+	}
+}
+
+// testDeleteInterrupted: a holder that dies between the tombstone and the
+// removal of a deleted envelope leaves nothing behind for long: the next
+// node that reads it finishes the delete.
+func testDeleteInterrupted(t *testing.T, mk HarnessMaker) {
+	e := newEnv(t, mk)
+	// A backend that dies after one write: the tombstone.
+	cb := &crashing{Backend: e.backend(), budget: 1 << 30}
+	a := e.storeOn(cb, &queue.Options{Node: "node-a", Retries: -1})
+	_, ids := e.commit(a, []byte("c"), "only")
+	c, err := a.Claim(e.ctx, ids[0], time.Minute)
+	wantErr(t, "Claim", err, nil)
+	// Let the background writes (the claim pointer, the reservation's
+	// removal) land before the crash is armed.
+	for i := 0; len(e.rawKeys(cb.Backend, "own/")) == 0 || len(e.rawKeys(cb.Backend, "inc/")) != 0; i++ {
+		if i == 500 {
+			t.Fatal("the background writes of Claim and Commit did not land")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cb.mu.Lock()
+	cb.budget = cb.writes + 1
+	cb.mu.Unlock()
+	if err := c.Delete(e.ctx); !errors.Is(err, errCrashed) {
+		t.Fatalf("Delete with a crash after the tombstone: %v", err)
+	}
+	b := e.node("node-b")
+	_, err = b.Load(e.ctx, ids[0])
+	wantErr(t, "Load of a tombstone", err, queue.ErrNotFound)
+	b.Close() // waits for the background clean-up
+	raw := e.backend()
+	for _, p := range []string{"evp/", "msg/", "due/"} {
+		if k := e.rawKeys(raw, p); len(k) != 0 {
+			t.Fatalf("%s still has %v after the delete was finished", p, k)
+		}
 	}
 }

@@ -50,6 +50,9 @@ func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
 		return nil, err
 	}
 	if h.Gone {
+		// A holder deleted it and did not get to remove the tombstone,
+		// most likely because it died: finish the delete for it.
+		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h) })
 		return nil, notFound("load", id)
 	}
 	ok, err := s.visible(ctx, id.MsgID(), h.Pending)
@@ -197,17 +200,28 @@ func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 	} else if !s.isNotFound(err) {
 		return s.wrap("delete envelope", id.String(), err, nil)
 	}
-	if err := s.del(ctx, key); err != nil {
-		return s.wrap("delete envelope", id.String(), err, nil)
+	return s.wrap("delete envelope", id.String(), s.finishDelete(ctx, id, h), nil)
+}
+
+// finishDelete removes the envelope id, whose header was h (nil if
+// unknown), with the pointers that name it, and the message's content when
+// it was the last envelope. Any node may finish a delete that a holder
+// began with a tombstone.
+func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error {
+	if err := s.del(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); err != nil {
+		return err
 	}
 	if h != nil && h.Due != 0 && !h.ByMsg {
 		s.del(ctx, dueKey(s, h.Due, id))
+	}
+	if h != nil && h.Holder != "" && ValidNodeName(h.Holder) == nil {
+		s.del(ctx, Key(Handle{Kind: KindClaim, Node: h.Holder, Evp: id}))
 	}
 	gone, err := s.collected(ctx, id.MsgID())
 	if err == nil && gone && h != nil && h.ByMsg {
 		s.del(ctx, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: id.MsgID()}))
 	}
-	return s.wrap("delete envelope", id.String(), err, nil)
+	return err
 }
 
 // collect removes the content of m if m has no envelope left.

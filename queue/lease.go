@@ -331,18 +331,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 	if err := c.write(ctx, "delete", &h, nil, ErrLeaseLost); err != nil {
 		return err
 	}
-	if err := s.del(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); err != nil {
-		return s.wrap("delete", id.String(), err, nil)
-	}
-	if h.Due != 0 && !h.ByMsg {
-		s.del(ctx, dueKey(s, h.Due, id))
-	}
-	s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: id}))
-	gone, err := s.collected(ctx, id.MsgID())
-	if err == nil && gone && h.ByMsg {
-		s.del(ctx, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: id.MsgID()}))
-	}
-	return s.wrap("delete", id.String(), err, nil)
+	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h), nil)
 }
 
 // dueWidth is the width of a due bucket.

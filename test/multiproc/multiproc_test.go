@@ -157,6 +157,10 @@ func drain(t *testing.T, u string) {
 				t.Fatalf("worker: %v", err)
 			}
 		case <-time.After(3 * time.Minute):
+			for id, err := range s.Walk(ctx) {
+				e, lerr := s.Load(ctx, id)
+				t.Logf("left in the queue: %v %v: %+v %v", id, err, e, lerr)
+			}
 			t.Fatal("a worker did not finish")
 		}
 	}
