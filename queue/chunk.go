@@ -1,6 +1,9 @@
 package queue
 
-import "io"
+import (
+	"context"
+	"io"
+)
 
 // ReadChunk reads r into buf, reusing its memory, until the chunk holds
 // max bytes or r ends; last reports that r ended. The buffer grows as data
@@ -33,5 +36,49 @@ func ReadChunk(r io.Reader, buf []byte, max, sizeHint int64) (chunk []byte, last
 			return buf, false, nil
 		}
 		want = min(2*want, max)
+	}
+}
+
+// UploadParts reads the rest of r in parts of up to partSize bytes with
+// ReadChunk and calls upload for each part, numbered from 1: first, the
+// part already read, then the parts of r, until r ends. An empty tail
+// makes no part, so a first part that held all of r is the only one.
+//
+// Each upload runs in its own goroutine while the next part is read, and
+// at most one is in flight: the calls do not overlap, and each returns
+// before the next starts and before UploadParts returns, so upload may
+// append to a slice without a lock. UploadParts thus holds two buffers at
+// most, the part in flight and the one being read; upload must not keep
+// data after it returns.
+//
+// UploadParts returns the first error: of reading r, or of upload. It then
+// cancels the ctx passed to upload, waits for the upload in flight and
+// reads and uploads no more. A read error is reported before an upload
+// error met meanwhile. r is not interrupted when ctx is done.
+func UploadParts(ctx context.Context, r io.Reader, first []byte, partSize int64, upload func(ctx context.Context, n int, data []byte) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	bufs := [2][]byte{first, nil}
+	cur, data, last := 0, first, false
+	for n := 1; ; n++ {
+		done := make(chan error, 1)
+		go func(data []byte) { done <- upload(ctx, n, data) }(data)
+		var next []byte
+		var err error
+		if !last {
+			// Read into the buffer that is not in flight.
+			next, last, err = ReadChunk(r, bufs[1-cur], partSize, -1)
+			if err != nil {
+				cancel()
+			}
+		}
+		if uerr := <-done; err == nil {
+			err = uerr
+		}
+		if err != nil || len(next) == 0 {
+			return err
+		}
+		cur = 1 - cur
+		bufs[cur], data = next, next
 	}
 }

@@ -212,7 +212,7 @@ func conditions(opts *queue.PutOptions) (po minio.PutObjectOptions, conditional 
 // Put implements queue.Backend.Put. Up to partSize bytes go up in one
 // PUT; more in a multipart upload.
 func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
-	first, last, err := b.readPart(r, nil, opts.Size)
+	first, last, err := queue.ReadChunk(r, nil, b.partSize, opts.Size)
 	if err != nil {
 		return "", err
 	}
@@ -231,99 +231,44 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 	return version(info.ETag), nil
 }
 
-// readPart reads the next part of r into buf, reusing its memory: up to
-// partSize bytes. last reports that r is exhausted.
-func (b *backend) readPart(r io.Reader, buf []byte, sizeHint int64) ([]byte, bool, error) {
-	return queue.ReadChunk(r, buf, b.partSize, sizeHint)
-}
-
-// putMultipart uploads first and the rest of r as parts, each while the
-// next is read, and completes the upload under the conditions of opts. It
-// holds two buffers of partSize bytes: the part in flight and the one
-// being read.
+// putMultipart uploads first and the rest of r as parts with
+// queue.UploadParts, which holds two buffers of partSize bytes, and
+// completes the upload under the conditions of opts. A failed upload is
+// aborted.
 func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *queue.PutOptions) (queue.Version, error) {
 	id, err := b.core.NewMultipartUpload(ctx, b.bucket, key, minio.PutObjectOptions{})
 	if err != nil {
 		return "", err
 	}
-	pctx, cancel := context.WithCancel(ctx)
-	type result struct {
-		part minio.CompletePart
-		err  error
-	}
-	var (
-		parts   []minio.CompletePart
-		pending chan result // the part in flight, if any
-	)
-	wait := func() error {
-		if pending == nil {
-			return nil
-		}
-		res := <-pending
-		pending = nil
-		if res.err != nil {
-			return res.err
-		}
-		parts = append(parts, res.part)
-		return nil
-	}
-	fail := func(err error) (queue.Version, error) {
-		cancel()
-		_ = wait()
-		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-		defer acancel()
-		_ = b.core.AbortMultipartUpload(actx, b.bucket, key, id)
-		return "", err
-	}
-	upload := func(n int, data []byte) chan result {
-		ch := make(chan result, 1)
-		go func() {
-			p, err := b.core.PutObjectPart(pctx, b.bucket, key, id, n, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
-			ch <- result{part: minio.CompletePart{
-				PartNumber:        p.PartNumber,
-				ETag:              p.ETag,
-				ChecksumCRC32:     p.ChecksumCRC32,
-				ChecksumCRC32C:    p.ChecksumCRC32C,
-				ChecksumSHA1:      p.ChecksumSHA1,
-				ChecksumSHA256:    p.ChecksumSHA256,
-				ChecksumCRC64NVME: p.ChecksumCRC64NVME,
-			}, err: err}
-		}()
-		return ch
-	}
-
-	bufs := [2][]byte{first, nil}
-	cur, data, last := 0, first, false
-	for n := 1; ; n++ {
-		ch := upload(n, data)
-		if err := wait(); err != nil { // the other buffer is free after this
-			return fail(err)
-		}
-		pending = ch
-		if last {
-			break
-		}
-		data, last, err = b.readPart(r, bufs[1-cur], -1)
+	var parts []minio.CompletePart // UploadParts runs one part at a time
+	err = queue.UploadParts(ctx, r, first, b.partSize, func(ctx context.Context, n int, data []byte) error {
+		p, err := b.core.PutObjectPart(ctx, b.bucket, key, id, n, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
 		if err != nil {
-			return fail(err)
+			return err
 		}
-		if len(data) == 0 {
-			break // the previous part was full and the last
+		parts = append(parts, minio.CompletePart{
+			PartNumber:        p.PartNumber,
+			ETag:              p.ETag,
+			ChecksumCRC32:     p.ChecksumCRC32,
+			ChecksumCRC32C:    p.ChecksumCRC32C,
+			ChecksumSHA1:      p.ChecksumSHA1,
+			ChecksumSHA256:    p.ChecksumSHA256,
+			ChecksumCRC64NVME: p.ChecksumCRC64NVME,
+		})
+		return nil
+	})
+	if err == nil {
+		po, _ := conditions(opts)
+		var info minio.UploadInfo
+		if info, err = b.core.CompleteMultipartUpload(ctx, b.bucket, key, id, parts, po); err == nil {
+			return version(info.ETag), nil
 		}
-		cur = 1 - cur
-		bufs[cur] = data
 	}
-	if err := wait(); err != nil {
-		return fail(err)
-	}
-	cancel()
-
-	po, _ := conditions(opts)
-	info, err := b.core.CompleteMultipartUpload(ctx, b.bucket, key, id, parts, po)
-	if err != nil {
-		return fail(err)
-	}
-	return version(info.ETag), nil
+	// Abort even when ctx is done, but not for long.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	defer cancel()
+	_ = b.core.AbortMultipartUpload(actx, b.bucket, key, id)
+	return "", err
 }
 
 // Delete implements queue.Backend.Delete. A missing key is success.

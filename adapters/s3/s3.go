@@ -224,7 +224,7 @@ func (b *backend) Ping(ctx context.Context) error {
 // Put implements queue.Backend.Put. Up to partSize bytes go up in one
 // PutObject; more in a multipart upload.
 func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
-	first, last, err := b.readPart(r, nil, opts.Size)
+	first, last, err := queue.ReadChunk(r, nil, b.partSize, opts.Size)
 	if err != nil {
 		return "", err
 	}
@@ -234,10 +234,19 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 	return b.putMultipart(ctx, key, r, first, opts)
 }
 
-// readPart reads the next part of r into buf, reusing its memory: up to
-// partSize bytes. last reports that r is exhausted.
-func (b *backend) readPart(r io.Reader, buf []byte, sizeHint int64) ([]byte, bool, error) {
-	return queue.ReadChunk(r, buf, b.partSize, sizeHint)
+// conditions returns the If-None-Match and If-Match headers of opts, and
+// once when there is one (see the package doc).
+func conditions(opts *queue.PutOptions) (ifNoneMatch, ifMatch *string, optFns []func(*awss3.Options)) {
+	if opts.IfNoneMatch {
+		ifNoneMatch = aws.String("*")
+	}
+	if opts.IfMatch != "" {
+		ifMatch = aws.String(string(opts.IfMatch))
+	}
+	if ifNoneMatch != nil || ifMatch != nil {
+		optFns = append(optFns, once)
+	}
+	return ifNoneMatch, ifMatch, optFns
 }
 
 func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *queue.PutOptions) (queue.Version, error) {
@@ -248,14 +257,7 @@ func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *
 		ContentLength: aws.Int64(int64(len(data))),
 	}
 	var optFns []func(*awss3.Options)
-	if opts.IfNoneMatch {
-		in.IfNoneMatch = aws.String("*")
-		optFns = append(optFns, once)
-	}
-	if opts.IfMatch != "" {
-		in.IfMatch = aws.String(string(opts.IfMatch))
-		optFns = append(optFns, once)
-	}
+	in.IfNoneMatch, in.IfMatch, optFns = conditions(opts)
 	out, err := b.client.PutObject(ctx, in, optFns...)
 	if err != nil {
 		return "", err
@@ -263,10 +265,10 @@ func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *
 	return queue.Version(aws.ToString(out.ETag)), nil
 }
 
-// putMultipart uploads first and the rest of r as parts, each while the
-// next is read, and completes the upload under the conditions of opts. It
-// holds two buffers of partSize bytes: the part in flight and the one
-// being read.
+// putMultipart uploads first and the rest of r as parts with
+// queue.UploadParts, which holds two buffers of partSize bytes, and
+// completes the upload under the conditions of opts. A failed upload is
+// aborted.
 func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *queue.PutOptions) (queue.Version, error) {
 	create := &awss3.CreateMultipartUploadInput{Bucket: &b.bucket, Key: &key}
 	if b.checksum {
@@ -278,108 +280,47 @@ func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, fir
 	}
 	id := up.UploadId
 
-	pctx, cancel := context.WithCancel(ctx)
-	type result struct {
-		part types.CompletedPart
-		err  error
-	}
-	var (
-		parts   []types.CompletedPart
-		pending chan result // the part in flight, if any
-	)
-	wait := func() error {
-		if pending == nil {
-			return nil
+	var parts []types.CompletedPart // UploadParts runs one part at a time
+	err = queue.UploadParts(ctx, r, first, b.partSize, func(ctx context.Context, n int, data []byte) error {
+		in := &awss3.UploadPartInput{
+			Bucket: &b.bucket, Key: &key, UploadId: id, PartNumber: aws.Int32(int32(n)),
+			Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
 		}
-		res := <-pending
-		pending = nil
-		if res.err != nil {
-			return res.err
+		if b.checksum {
+			in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
 		}
-		parts = append(parts, res.part)
-		return nil
-	}
-	fail := func(err error) (queue.Version, error) {
-		cancel()
-		_ = wait()
-		// Abort even when ctx is done, but not for long.
-		actx, acancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-		defer acancel()
-		_, _ = b.client.AbortMultipartUpload(actx, &awss3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: id})
-		return "", err
-	}
-	upload := func(n int32, data []byte) chan result {
-		ch := make(chan result, 1)
-		go func() {
-			in := &awss3.UploadPartInput{
-				Bucket: &b.bucket, Key: &key, UploadId: id, PartNumber: aws.Int32(n),
-				Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
-			}
-			if b.checksum {
-				in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
-			}
-			out, err := b.client.UploadPart(pctx, in)
-			if err != nil {
-				ch <- result{err: err}
-				return
-			}
-			ch <- result{part: types.CompletedPart{
-				PartNumber:        aws.Int32(n),
-				ETag:              out.ETag,
-				ChecksumCRC32:     out.ChecksumCRC32,
-				ChecksumCRC32C:    out.ChecksumCRC32C,
-				ChecksumCRC64NVME: out.ChecksumCRC64NVME,
-				ChecksumSHA1:      out.ChecksumSHA1,
-				ChecksumSHA256:    out.ChecksumSHA256,
-			}}
-		}()
-		return ch
-	}
-
-	bufs := [2][]byte{first, nil}
-	cur, data, last := 0, first, false
-	for n := int32(1); ; n++ {
-		ch := upload(n, data)
-		if err := wait(); err != nil { // the other buffer is free after this
-			return fail(err)
-		}
-		pending = ch
-		if last {
-			break
-		}
-		data, last, err = b.readPart(r, bufs[1-cur], -1)
+		out, err := b.client.UploadPart(ctx, in)
 		if err != nil {
-			return fail(err)
+			return err
 		}
-		if len(data) == 0 {
-			break // the previous part was full and the last
+		parts = append(parts, types.CompletedPart{
+			PartNumber:        aws.Int32(int32(n)),
+			ETag:              out.ETag,
+			ChecksumCRC32:     out.ChecksumCRC32,
+			ChecksumCRC32C:    out.ChecksumCRC32C,
+			ChecksumCRC64NVME: out.ChecksumCRC64NVME,
+			ChecksumSHA1:      out.ChecksumSHA1,
+			ChecksumSHA256:    out.ChecksumSHA256,
+		})
+		return nil
+	})
+	if err == nil {
+		in := &awss3.CompleteMultipartUploadInput{
+			Bucket: &b.bucket, Key: &key, UploadId: id,
+			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
 		}
-		cur = 1 - cur
-		bufs[cur] = data
+		var optFns []func(*awss3.Options)
+		in.IfNoneMatch, in.IfMatch, optFns = conditions(opts)
+		var out *awss3.CompleteMultipartUploadOutput
+		if out, err = b.client.CompleteMultipartUpload(ctx, in, optFns...); err == nil {
+			return queue.Version(aws.ToString(out.ETag)), nil
+		}
 	}
-	if err := wait(); err != nil {
-		return fail(err)
-	}
-	cancel()
-
-	in := &awss3.CompleteMultipartUploadInput{
-		Bucket: &b.bucket, Key: &key, UploadId: id,
-		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
-	}
-	var optFns []func(*awss3.Options)
-	if opts.IfNoneMatch {
-		in.IfNoneMatch = aws.String("*")
-		optFns = append(optFns, once)
-	}
-	if opts.IfMatch != "" {
-		in.IfMatch = aws.String(string(opts.IfMatch))
-		optFns = append(optFns, once)
-	}
-	out, err := b.client.CompleteMultipartUpload(ctx, in, optFns...)
-	if err != nil {
-		return fail(err)
-	}
-	return queue.Version(aws.ToString(out.ETag)), nil
+	// Abort even when ctx is done, but not for long.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
+	defer cancel()
+	_, _ = b.client.AbortMultipartUpload(actx, &awss3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: id})
+	return "", err
 }
 
 // Delete implements queue.Backend.Delete. S3 answers 204 for a missing
