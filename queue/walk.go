@@ -28,42 +28,43 @@ func (s *Store) WalkPage(ctx context.Context, cursor string, limit int) (WalkPag
 	limit = min(max(limit, 1), 1000)
 	after := ""
 	if cursor != "" {
-		id, err := ParseEvpID(cursor)
-		if err != nil {
-			return WalkPage{}, &Error{Op: "walk", ID: cursor, Kind: ErrInvalid, Err: err}
+		prefix := Key(Handle{Kind: KindEnvelope})
+		if !strings.HasPrefix(cursor, prefix) || len(cursor) > 128 || strings.Trim(cursor, "abcdefghijklmnopqrstuvwxyz0123456789._-/") != "" {
+			return WalkPage{}, errorf("walk", cursor, ErrInvalid, "not a walk cursor")
 		}
-		after = Key(Handle{Kind: KindEnvelope, Evp: id})
+		after = cursor
 	}
-	p, err := s.walkPage(ctx, after, limit)
-	return p, s.wrap("walk", "", err, nil)
-}
-
-func (s *Store) walkPage(ctx context.Context, after string, limit int) (WalkPage, error) {
-	var keys []string
-	var more bool
-	err := s.retry(ctx, func() error {
-		var err error
-		keys, more, err = s.b.List(ctx, Key(Handle{Kind: KindEnvelope}), after, limit)
-		return err
-	})
+	keys, more, err := s.listEnvelopes(ctx, after, limit)
 	if err != nil {
-		return WalkPage{}, err
+		return WalkPage{}, s.wrap("walk", "", err, nil)
 	}
 	var page WalkPage
 	if more && len(keys) > 0 {
-		id, err := parseEnvelopeKey(keys[len(keys)-1])
-		if err != nil {
-			return WalkPage{}, err
-		}
-		page.Cursor = id.String()
+		page.Cursor = keys[len(keys)-1]
 	}
+	page.IDs, err = s.committedOf(ctx, keys)
+	return page, s.wrap("walk", "", err, nil)
+}
+
+// listEnvelopes lists one page of envelope keys.
+func (s *Store) listEnvelopes(ctx context.Context, after string, limit int) (keys []string, more bool, err error) {
+	err = s.retry(ctx, func() error {
+		keys, more, err = s.b.List(ctx, Key(Handle{Kind: KindEnvelope}), after, limit)
+		return err
+	})
+	return keys, more, err
+}
+
+// committedOf returns the IDs of the envelope keys whose messages are
+// committed. The open transactions are listed after the envelopes were, so
+// that a transaction that began meanwhile is seen; they are few, and only
+// the messages that appear in both lists have their reservation read.
+func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error) {
 	if len(keys) == 0 {
-		return page, nil
+		return nil, nil
 	}
-	// Messages in transaction have a reservation. Listed after the
-	// envelopes, so that a transaction that began meanwhile is seen.
 	open := make(map[MsgID]bool)
-	err = s.list(ctx, Key(Handle{Kind: KindReservation}), func(ks []string) error {
+	err := s.list(ctx, Key(Handle{Kind: KindReservation}), func(ks []string) error {
 		for _, k := range ks {
 			if m, err := ParseMsgID(strings.TrimPrefix(k, "inc/")); err == nil {
 				open[m] = true
@@ -72,9 +73,10 @@ func (s *Store) walkPage(ctx context.Context, after string, limit int) (WalkPage
 		return nil
 	})
 	if err != nil {
-		return WalkPage{}, err
+		return nil, err
 	}
 	hidden := make(map[MsgID]bool)
+	ids := make([]EvpID, 0, len(keys))
 	for _, k := range keys {
 		id, err := parseEnvelopeKey(k)
 		if err != nil {
@@ -86,7 +88,7 @@ func (s *Store) walkPage(ctx context.Context, after string, limit int) (WalkPage
 			if !seen {
 				st, err := s.reservationState(ctx, m)
 				if err != nil {
-					return WalkPage{}, err
+					return nil, err
 				}
 				h = st == stateOpen || st == stateAborted
 				hidden[m] = h
@@ -95,49 +97,58 @@ func (s *Store) walkPage(ctx context.Context, after string, limit int) (WalkPage
 				continue
 			}
 		}
-		page.IDs = append(page.IDs, id)
+		ids = append(ids, id)
 	}
-	return page, nil
+	return ids, nil
 }
 
-// Walk yields every committed envelope once, grouped by message, reading
-// one page ahead. Its memory does not grow with the queue. It stops with
-// ctx's error when ctx is done. The envelopes are those of a snapshot only
-// for a quiescent queue: envelopes added or removed during the walk may or
-// may not be yielded, but an envelope of an uncommitted message never is.
+// Walk yields every committed envelope once, grouped by message. The
+// listing of envelope pages runs one page ahead of the checks and the
+// caller, so memory does not grow with the queue and a walk costs little
+// more than the listing itself. It stops with ctx's error when ctx is
+// done. The envelopes are those of a snapshot only for a quiescent queue:
+// envelopes added or removed during the walk may or may not be yielded,
+// but an envelope of an uncommitted message never is.
 func (s *Store) Walk(ctx context.Context) iter.Seq2[EvpID, error] {
 	return func(yield func(EvpID, error) bool) {
 		if err := s.check("walk"); err != nil {
 			yield(0, err)
 			return
 		}
-		type result struct {
-			p   WalkPage
-			err error
+		type page struct {
+			keys []string
+			err  error
 		}
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		fetch := func(after string) chan result {
-			ch := make(chan result, 1)
-			go func() {
-				p, err := s.walkPage(ctx, after, 1000)
-				ch <- result{p, s.wrap("walk", "", err, nil)}
-			}()
-			return ch
-		}
-		next := fetch("")
-		for next != nil {
-			r := <-next
-			next = nil
-			if r.err != nil {
-				yield(0, r.err)
+		pages := make(chan page, 1)
+		go func() {
+			defer close(pages)
+			after := ""
+			for {
+				keys, more, err := s.listEnvelopes(ctx, after, 1000)
+				select {
+				case pages <- page{keys, err}:
+				case <-ctx.Done():
+					return
+				}
+				if err != nil || !more || len(keys) == 0 {
+					return
+				}
+				after = keys[len(keys)-1]
+			}
+		}()
+		for p := range pages {
+			if p.err != nil {
+				yield(0, s.wrap("walk", "", p.err, nil))
 				return
 			}
-			if r.p.Cursor != "" {
-				id, _ := ParseEvpID(r.p.Cursor)
-				next = fetch(Key(Handle{Kind: KindEnvelope, Evp: id}))
+			ids, err := s.committedOf(ctx, p.keys)
+			if err != nil {
+				yield(0, s.wrap("walk", "", err, nil))
+				return
 			}
-			for _, id := range r.p.IDs {
+			for _, id := range ids {
 				if err := ctx.Err(); err != nil {
 					yield(0, err)
 					return
@@ -146,6 +157,9 @@ func (s *Store) Walk(ctx context.Context) iter.Seq2[EvpID, error] {
 					return
 				}
 			}
+		}
+		if err := ctx.Err(); err != nil {
+			yield(0, err)
 		}
 	}
 }

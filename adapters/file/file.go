@@ -350,7 +350,7 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 		if err := ctx.Err(); err != nil {
 			return nil, false, err
 		}
-		subs, err := readNames(filepath.Join(b.root, top))
+		subs, err := readEntries(filepath.Join(b.root, top))
 		if err != nil {
 			return nil, false, err
 		}
@@ -365,13 +365,12 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 		}
 		var entries []entry
 		for _, sub := range subs {
-			if isShard(sub) {
-				if fi, err := os.Stat(filepath.Join(b.root, top, sub)); err == nil && fi.IsDir() {
-					entries = append(entries, entry{top + "/" + sub + "/", true})
-					continue
-				}
+			name := sub.Name()
+			if sub.IsDir() && isShard(name) {
+				entries = append(entries, entry{top + "/" + name + "/", true})
+				continue
 			}
-			entries = append(entries, entry{top + "/" + strings.ReplaceAll(sub, ",", "/"), false})
+			entries = append(entries, entry{top + "/" + strings.ReplaceAll(name, ",", "/"), false})
 		}
 		slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.key, b.key) })
 		var files []string
@@ -420,6 +419,16 @@ func mayMatch(dirKey, prefix, startAfter string) bool {
 		}
 	}
 	return true
+}
+
+// readEntries reads a directory's entries with their types; a missing
+// directory has none.
+func readEntries(dir string) ([]os.DirEntry, error) {
+	entries, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return entries, err
 }
 
 func readNames(dir string) ([]string, error) {
