@@ -32,6 +32,9 @@ type Result struct {
 // Measure runs op n times with the given concurrency and returns the
 // latency percentiles and the throughput.
 func Measure(ctx context.Context, op Op, n, concurrency int) (Result, error) {
+	if n <= 0 {
+		return Result{}, nil
+	}
 	concurrency = max(concurrency, 1)
 	lat := make([]time.Duration, n)
 	var next atomic.Int64
