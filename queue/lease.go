@@ -222,6 +222,27 @@ func (s *Store) ClaimOf(ctx context.Context, id EvpID) (*Claim, error) {
 	return &Claim{s: s, e: e}, nil
 }
 
+// ClaimHeld returns the Claim of e, an envelope read by Load or Due, if
+// this process holds its lease under token and the lease has not expired;
+// otherwise the result is ErrLeaseLost. It makes no request: the writes
+// through the Claim are fenced by e.Version, so they fail if the envelope
+// changed after it was read. It lets a server that acts as one node for
+// many clients (rest) tell one client's claim from another's by token.
+func (s *Store) ClaimHeld(e *Envelope, token uint64) (*Claim, error) {
+	if err := s.check("claim"); err != nil {
+		return nil, err
+	}
+	switch {
+	case !s.mine(&e.hdr):
+		return nil, errorf("claim", e.ID.String(), ErrLeaseLost, "held by %q, not this node", e.hdr.Holder)
+	case e.hdr.Token != token:
+		return nil, errorf("claim", e.ID.String(), ErrLeaseLost, "claimed again since (token %d, not %d)", e.hdr.Token, token)
+	case !s.now().Before(time.Unix(0, e.hdr.Expires)):
+		return nil, errorf("claim", e.ID.String(), ErrLeaseLost, "the lease expired at %s", time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
+	}
+	return &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, Lease: e.Lease, Due: e.Due, hdr: e.hdr}}, nil
+}
+
 // write stores h and data with a compare-and-swap on the claim's version.
 // When the swap fails, it tells a lost lease from another change.
 func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte, otherwise error) error {

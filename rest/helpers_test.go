@@ -25,25 +25,33 @@ type env struct {
 	url    string
 	h      *rest.Handler
 	st     *queue.Store
+	name   string // of the mem storage
 	raw    queue.Backend
 	closed chan struct{} // a connection was closed by the server
 }
 
 func newEnv(t *testing.T, opts *rest.Options, wrap func(queue.Backend) queue.Backend) *env {
 	t.Helper()
+	return newEnvStore(t, opts, wrap, nil)
+}
+
+// newEnvStore is newEnv with the options of the Store (nil for the
+// defaults).
+func newEnvStore(t *testing.T, opts *rest.Options, wrap func(queue.Backend) queue.Backend, qopts *queue.Options) *env {
+	t.Helper()
 	name := fmt.Sprintf("rest-test-%d", harnesses.Add(1))
 	b := mem.OpenBackend(name)
 	if wrap != nil {
 		b = wrap(b)
 	}
-	st, err := queue.New(b, nil)
+	st, err := queue.New(b, qopts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if opts == nil {
 		opts = &rest.Options{Token: testToken}
 	}
-	e := &env{t: t, st: st, raw: mem.OpenBackend(name), closed: make(chan struct{}, 100)}
+	e := &env{t: t, st: st, name: name, raw: mem.OpenBackend(name), closed: make(chan struct{}, 100)}
 	e.h = rest.New(st, opts)
 	srv := httptest.NewUnstartedServer(e.h)
 	srv.Config.ConnState = func(c net.Conn, s http.ConnState) {

@@ -16,9 +16,11 @@
 // their own storage behind mxq: implement these few requests and every
 // mxq client works against it.
 //
-// The queue layer, /v1/messages, /v1/envelopes, /v1/walk, /v1/sweep and
-// /v1/quarantine, offers every Store operation to curl users and to MTAs
-// that do not link the Go library. A transaction begun with POST
+// The queue layer, /v1/messages, /v1/envelopes, /v1/due, /v1/walk,
+// /v1/sweep and /v1/quarantine, offers every Store operation to curl users
+// and to MTAs that do not link the Go library, claims included: the
+// Handler's Store is one node, and its clients tell their claims apart by
+// version and lease token (see lease.go). A transaction begun with POST
 // /v1/messages stays open in the server until it is committed or rolled
 // back, or until it has been idle for Options.TxIdleTimeout; then it is
 // rolled back.
@@ -186,6 +188,13 @@ func (h *Handler) routes() {
 		{"GET", "/v1/envelopes/{evpid}", "load", false, h.load},
 		{"PUT", "/v1/envelopes/{evpid}", "update", false, h.update},
 		{"DELETE", "/v1/envelopes/{evpid}", "delete_envelope", false, h.deleteEnvelope},
+		{"POST", "/v1/envelopes/{evpid}/claim", "claim", false, h.claim},
+		{"POST", "/v1/envelopes/{evpid}/renew", "renew", false, h.renew},
+		{"POST", "/v1/envelopes/{evpid}/release", "release", false, h.releaseLeased},
+		{"POST", "/v1/envelopes/{evpid}/defer", "defer", false, h.deferLeased},
+		{"PUT", "/v1/envelopes/{evpid}/leased", "update_leased", false, h.updateLeased},
+		{"DELETE", "/v1/envelopes/{evpid}/leased", "delete_leased", false, h.deleteLeased},
+		{"GET", "/v1/due", "due", false, h.due},
 		{"GET", "/v1/walk", "walk", false, h.walk},
 		{"POST", "/v1/sweep", "sweep", false, h.sweep},
 		{"GET", "/v1/quarantine", "quarantined", false, h.quarantined},

@@ -41,6 +41,10 @@ func init() {
 they open it as http://ADDR (or https://ADDR with --tls-cert and --tls-key)
 and share it with every other node of the store.
 
+The server is one node of the queue (--node): it heartbeats while it runs,
+claims made through it are its node's, and it takes over the claims of
+dead nodes, making them due for its clients (GET /v1/due).
+
 The bearer token is read from --token-file, else from $MXQ_TOKEN. It is
 required unless --listen is a loopback address. GET /healthz answers without
 it; GET /metrics (Prometheus) needs it when there is one.
@@ -156,6 +160,32 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 		return fmt.Errorf("the store does not answer: %w", err)
 	}
 
+	// The server is a node of the queue: the claims its clients make are
+	// this node's, held while it heartbeats. It takes over the claims of
+	// dead nodes and makes them due at once, so that its clients find
+	// them in GET /v1/due.
+	nctx, stopNode := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopNode()
+	nodeDone := make(chan struct{})
+	go func() {
+		defer close(nodeDone)
+		s.RunNode(nctx, &queue.NodeOptions{
+			OnTakeover: func(ids []queue.EvpID) {
+				for _, id := range ids {
+					c, err := s.ClaimOf(nctx, id)
+					if err == nil {
+						err = c.Defer(nctx, nil, time.Now())
+					}
+					if err != nil {
+						log.Warn("making a taken-over envelope due", "evpid", id.String(), "err", err)
+					}
+				}
+			},
+			OnError: func(err error) { log.Warn("node", "err", err) },
+		})
+	}()
+	defer func() { stopNode(); <-nodeDone }()
+
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h := rest.New(s, &rest.Options{
@@ -223,6 +253,8 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 	if err := h.Shutdown(rctx); err != nil {
 		log.Warn("rolling back open transactions", "err", err)
 	}
+	stopNode()
+	<-nodeDone
 	if err := s.Close(); err != nil && !errors.Is(err, queue.ErrClosed) {
 		return err
 	}
