@@ -20,6 +20,7 @@ func runLeaseTests(t *testing.T, mk HarnessMaker) {
 	t.Run("Defer", func(t *testing.T) { testDefer(t, mk) })
 	t.Run("NodeTakeover", func(t *testing.T) { testNodeTakeover(t, mk) })
 	t.Run("DeleteInterrupted", func(t *testing.T) { testDeleteInterrupted(t, mk) })
+	t.Run("NothingStranded", func(t *testing.T) { testNothingStranded(t, mk) })
 }
 
 func (e *env) node(name string) *queue.Store {
@@ -385,6 +386,56 @@ func testDeleteInterrupted(t *testing.T, mk HarnessMaker) {
 	for _, p := range []string{"evp/", "msg/", "due/"} {
 		if k := e.rawKeys(raw, p); len(k) != 0 {
 			t.Fatalf("%s still has %v after the delete was finished", p, k)
+		}
+	}
+}
+
+// testNothingStranded: every way an envelope leaves a holder keeps it
+// reachable, and the holder's pointers go with it.
+func testNothingStranded(t *testing.T, mk HarnessMaker) {
+	e := newEnv(t, mk)
+	a, b := e.node("node-a"), e.node("node-b")
+	raw := e.backend()
+	// Claimed at commit, then released: due for anyone.
+	tx, err := a.Begin(e.ctx)
+	wantErr(t, "Begin", err, nil)
+	tx.Claim(time.Hour)
+	id, _ := tx.AddEnvelope([]byte("claimed at commit"))
+	_, err = tx.WriteContent(e.ctx, strings.NewReader("x"))
+	wantErr(t, "WriteContent", err, nil)
+	wantErr(t, "Commit", tx.Commit(e.ctx), nil)
+	c, err := a.ClaimOf(e.ctx, id)
+	wantErr(t, "ClaimOf", err, nil)
+	wantErr(t, "Release", c.Release(e.ctx), nil)
+	due, err := b.Due(e.ctx, 10)
+	wantErr(t, "Due", err, nil)
+	if len(due) != 1 || due[0].ID != id {
+		t.Fatalf("after Release of an envelope claimed at commit, Due = %d envelopes", len(due))
+	}
+	// A bounce added to a committed message is due at once.
+	bounce, err := b.AddEnvelope(e.ctx, id.MsgID(), []byte("bounce"))
+	wantErr(t, "AddEnvelope", err, nil)
+	due, err = a.Due(e.ctx, 10)
+	wantErr(t, "Due", err, nil)
+	found := false
+	for _, d := range due {
+		found = found || d.ID == bounce
+	}
+	if !found {
+		t.Fatal("a bounce added to a committed message is not due")
+	}
+	// Claims and their deletes, many times over, leave no pointer.
+	for _, x := range []queue.EvpID{id, bounce} {
+		c, err := b.Claim(e.ctx, x, time.Minute)
+		wantErr(t, "Claim", err, nil)
+		wantErr(t, "Release", c.Release(e.ctx), nil)
+		c, err = b.Claim(e.ctx, x, time.Minute)
+		wantErr(t, "Claim again", err, nil)
+		wantErr(t, "Delete", c.Delete(e.ctx), nil)
+	}
+	for _, p := range []string{"own/", "due/", "evp/", "msg/"} {
+		if k := e.rawKeys(raw, p); len(k) != 0 {
+			t.Fatalf("%s still has %v after every envelope was deleted", p, k)
 		}
 	}
 }

@@ -259,7 +259,13 @@ func testMissing(t *testing.T, mk HarnessMaker) {
 	_, err = s.AddEnvelope(ctx, id.MsgID(), []byte("x"))
 	wantErr(t, "AddEnvelope to a missing message", err, queue.ErrNotFound)
 	err = s.Update(ctx, &queue.Envelope{ID: id, Data: []byte("x"), Version: "1"})
-	wantErr(t, "Update missing", err, queue.ErrNotFound)
+	wantErr(t, "Update of an envelope that was never loaded", err, queue.ErrInvalid)
+	_, gone := e.commit(s, []byte("c"), "x")
+	env, err := s.Load(ctx, gone[0])
+	wantErr(t, "Load", err, nil)
+	wantErr(t, "DeleteEnvelope", s.DeleteEnvelope(ctx, gone[0]), nil)
+	env.Data = []byte("y")
+	wantErr(t, "Update of a deleted envelope", s.Update(ctx, env), queue.ErrNotFound)
 	err = s.Quarantine(ctx, id.MsgID(), "test")
 	wantErr(t, "Quarantine missing", err, queue.ErrNotFound)
 	if got := e.walk(s); len(got) != 0 {
@@ -972,8 +978,13 @@ func testClosed(t *testing.T, mk HarnessMaker) {
 	wantErr(t, "Load after Close", err, queue.ErrClosed)
 	_, err = a.Begin(e.ctx)
 	wantErr(t, "Begin after Close", err, queue.ErrClosed)
+	n := 0
 	for _, err := range a.Walk(e.ctx) {
 		wantErr(t, "Walk after Close", err, queue.ErrClosed)
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("Walk after Close yielded %d results, want one error", n)
 	}
 }
 
@@ -1121,6 +1132,20 @@ func testCommitAnswerLost(t *testing.T, mk HarnessMaker) {
 		t.Fatal("Commit succeeded although its answer was lost")
 	}
 	wantErr(t, "Rollback of a commit that landed", tx.Rollback(e.ctx), queue.ErrConflict)
+	// A committer that retries after a lost answer learns that it
+	// committed, even when another node swept meanwhile.
+	tx2, err := a.Begin(e.ctx)
+	wantErr(t, "Begin", err, nil)
+	tx2.AddEnvelope([]byte("y"))
+	_, err = tx2.WriteContent(e.ctx, strings.NewReader("landed too"))
+	wantErr(t, "WriteContent", err, nil)
+	if err := tx2.Commit(e.ctx); err == nil {
+		t.Fatal("Commit succeeded although its answer was lost")
+	}
+	if _, err := b.Sweep(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	wantErr(t, "Commit retried after a sweep", tx2.Commit(e.ctx), nil)
 	if _, err := b.Load(e.ctx, id); err != nil {
 		t.Fatalf("the committed message is gone after Rollback: %v", err)
 	}

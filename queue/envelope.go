@@ -21,7 +21,8 @@ type Envelope struct {
 	// Due is when the envelope is due for work; the zero time means now.
 	Due time.Time
 
-	hdr envHeader
+	hdr    envHeader
+	loaded bool // hdr was read from the store
 }
 
 func (s *Store) maxRecord() int64 { return int64(s.opts.MaxEnvelopeSize) + 4096 }
@@ -62,7 +63,7 @@ func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
 	if !ok {
 		return nil, notFound("load", id)
 	}
-	e := &Envelope{ID: id, Data: data, Version: a.Version, hdr: *h}
+	e := &Envelope{ID: id, Data: data, Version: a.Version, hdr: *h, loaded: true}
 	e.fill()
 	return e, nil
 }
@@ -95,10 +96,13 @@ func (s *Store) Update(ctx context.Context, e *Envelope) error {
 	if len(e.Data) > s.opts.MaxEnvelopeSize {
 		return errorf("update", e.ID.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(e.Data), s.opts.MaxEnvelopeSize)
 	}
-	if e.Version == "" {
+	if e.Version == "" || !e.loaded {
 		return errorf("update", e.ID.String(), ErrInvalid, "no version: load the envelope first")
 	}
-	if e.hdr.Holder != "" && e.hdr.Holder != s.opts.Node && time.Unix(0, e.hdr.Expires).After(s.now()) {
+	// The header as loaded goes back with the new data; the swap fails if
+	// it changed since. An unexpired lease of anyone else, another process
+	// of this node included, forbids the update.
+	if e.hdr.Holder != "" && !s.mine(&e.hdr) && time.Unix(0, e.hdr.Expires).After(s.now()) {
 		return errorf("update", e.ID.String(), ErrConflict, "node %s holds a lease until %s", e.hdr.Holder, time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
 	}
 	h := e.hdr
@@ -139,6 +143,17 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 	if err := s.requireMessage(ctx, m); err != nil {
 		return 0, s.wrap("add envelope", m.String(), err, nil)
 	}
+	// The new envelope inherits the name of the node whose claim pointer
+	// names the message, so that whoever deletes the last envelope
+	// removes that pointer too.
+	claimer := ""
+	if keys, _, err := s.b.List(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), "", 1); err == nil && len(keys) > 0 {
+		if b, _, err := s.getBytes(ctx, keys[0], s.maxRecord()); err == nil {
+			if h, _, err := decodeRecord(keys[0], b); err == nil {
+				claimer = h.Claimer
+			}
+		}
+	}
 	for range maxIDAttempts {
 		lo, err := s.rand32()
 		if err != nil {
@@ -149,7 +164,16 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 		}
 		id := m.Evp(lo)
 		key := Key(Handle{Kind: KindEnvelope, Evp: id})
-		_, err = s.putBytes(ctx, key, encodeRecord(&envHeader{}, data), PutOptions{IfNoneMatch: true})
+		h := envHeader{Claimer: claimer}
+		if !s.opts.SelfScheduled {
+			// Due at once, like a committed envelope; the pointer first,
+			// so that the envelope is never without one.
+			h.Due = s.now().Unix()
+			if _, err := s.putBytes(ctx, dueKey(s, h.Due, id), nil, PutOptions{}); err != nil {
+				return 0, s.wrap("add envelope", id.String(), err, nil)
+			}
+		}
+		_, err = s.putBytes(ctx, key, encodeRecord(&h, data), PutOptions{IfNoneMatch: true})
 		if s.isPrecondition(err) {
 			continue
 		}
@@ -218,8 +242,13 @@ func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error 
 		s.del(ctx, Key(Handle{Kind: KindClaim, Node: h.Holder, Evp: id}))
 	}
 	gone, err := s.collected(ctx, id.MsgID())
-	if err == nil && gone && h != nil && h.ByMsg {
-		s.del(ctx, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: id.MsgID()}))
+	if err == nil && gone && h != nil {
+		if h.ByMsg {
+			s.del(ctx, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: id.MsgID()}))
+		}
+		if h.Claimer != "" && ValidNodeName(h.Claimer) == nil {
+			s.del(ctx, Key(Handle{Kind: KindClaim, Node: h.Claimer, Msg: id.MsgID()}))
+		}
 	}
 	return err
 }

@@ -190,15 +190,26 @@ func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (
 	h.Pending = 0
 	h.Holder, h.Session, h.Expires = s.opts.Node, s.session, s.now().Add(d).UnixNano()
 	h.Token++
-	c := &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, hdr: e.hdr}}
-	if err := c.write(ctx, "claim", &h, c.e.Data, ErrConflict); err != nil {
+	c := &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, hdr: e.hdr, loaded: true}}
+	// A pointer from this node to the envelope lets survivors find it
+	// without reading the queue. It is written beside the claim, so that a
+	// claim never outlives its pointer's write and a later Delete or
+	// Release removes it for good.
+	pointer := Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: e.ID})
+	perr := make(chan error, 1)
+	go func() {
+		_, err := s.putBytes(ctx, pointer, nil, PutOptions{})
+		perr <- err
+	}()
+	err := c.write(ctx, "claim", &h, c.e.Data, ErrConflict)
+	pointerErr := <-perr
+	if err != nil {
+		if e.hdr.Holder != s.opts.Node {
+			s.del(context.WithoutCancel(ctx), pointer)
+		}
 		return nil, err
 	}
-	// A pointer from this node to the envelope lets survivors find it
-	// without reading the queue. It is not needed for the claim itself.
-	s.background(ctx, func(ctx context.Context) {
-		s.putBytes(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: e.ID}), nil, PutOptions{})
-	})
+	_ = pointerErr // without it, the envelope is still found through its due pointer
 	return c, nil
 }
 
@@ -306,6 +317,11 @@ func (c *Claim) Update(ctx context.Context, data []byte) error {
 // Release gives the lease up; the envelope keeps its due time.
 func (c *Claim) Release(ctx context.Context) error {
 	h := c.e.hdr
+	if h.Due == 0 && !c.s.opts.SelfScheduled {
+		// Claimed at commit, so no due pointer names it yet: give it one,
+		// or no node would ever find it again.
+		return c.deferTo(ctx, "release", nil, c.s.now())
+	}
 	h.Holder, h.Session, h.Expires = "", 0, 0
 	if err := c.write(ctx, "release", &h, c.e.Data, ErrLeaseLost); err != nil {
 		return err
@@ -318,6 +334,10 @@ func (c *Claim) Release(ctx context.Context) error {
 // data (nil keeps it), and releases the lease: the temporary-failure path.
 // Any node's Due finds it once it is due.
 func (c *Claim) Defer(ctx context.Context, data []byte, due time.Time) error {
+	return c.deferTo(ctx, "defer", data, due)
+}
+
+func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Time) error {
 	s := c.s
 	if data == nil {
 		data = c.e.Data
@@ -329,9 +349,12 @@ func (c *Claim) Defer(ctx context.Context, data []byte, due time.Time) error {
 	// The pointer goes first, so that the envelope is never due without
 	// one; the old pointer is garbage after the swap.
 	if _, err := s.putBytes(ctx, dueKey(s, h.Due, c.e.ID), nil, PutOptions{}); err != nil {
-		return s.wrap("defer", c.e.ID.String(), err, nil)
+		return s.wrap(op, c.e.ID.String(), err, nil)
 	}
-	if err := c.write(ctx, "defer", &h, data, ErrLeaseLost); err != nil {
+	if err := c.write(ctx, op, &h, data, ErrLeaseLost); err != nil {
+		if old == 0 || byMsg || dueBucket(old) != dueBucket(h.Due) {
+			s.del(context.WithoutCancel(ctx), dueKey(s, h.Due, c.e.ID))
+		}
 		return err
 	}
 	if old != 0 && !byMsg && dueBucket(old) != dueBucket(h.Due) {
@@ -423,16 +446,18 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 			if err != nil {
 				return err
 			}
-			if e.hdr.Due != 0 && max(dueBucket(e.hdr.Due), 1) != bucket {
+			// A held envelope's pointer may be one its holder's Defer has
+			// just written: leave it alone.
+			if held, err := s.held(ctx, &e.hdr); err != nil {
+				return err
+			} else if held {
+				continue
+			}
+			if e.hdr.ByMsg || e.hdr.Due != 0 && max(dueBucket(e.hdr.Due), 1) != bucket {
 				s.del(ctx, k) // rescheduled since
 				continue
 			}
 			if e.hdr.Due > now.Unix() {
-				continue
-			}
-			if held, err := s.held(ctx, &e.hdr); err != nil {
-				return err
-			} else if held {
 				continue
 			}
 			out = append(out, e)
@@ -456,8 +481,18 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 // that are due and free now. A pointer to a message that is gone is
 // removed. It reports false when out is full enough.
 func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgID, now time.Time, out *[]*Envelope) (bool, error) {
+	// The state first: an open transaction writes its pointer and its
+	// envelopes in parallel, so an empty listing proves nothing until the
+	// transaction has ended.
+	st, err := s.reservationState(ctx, m)
+	if err != nil {
+		return false, err
+	}
+	if st == stateOpen {
+		return true, nil
+	}
 	var ids []EvpID
-	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(keys []string) error {
+	err = s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(keys []string) error {
 		for _, k := range keys {
 			if id, err := parseEnvelopeKey(k); err == nil {
 				ids = append(ids, id)
@@ -469,10 +504,7 @@ func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgI
 		return false, err
 	}
 	if len(ids) == 0 {
-		// Gone, unless its transaction has not written the envelopes yet.
-		if st, err := s.reservationState(ctx, m); err == nil && st != stateOpen {
-			s.del(ctx, key)
-		}
+		s.del(ctx, key) // the message is gone
 		return true, nil
 	}
 	for _, id := range ids {
@@ -677,6 +709,13 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 				if ids, err = s.Envelopes(ctx, m); err != nil {
 					return err
 				}
+				if len(ids) == 0 {
+					// Its transaction may still be open: keep the pointer.
+					if st, err := s.reservationState(ctx, m); err != nil || st == stateOpen {
+						remaining++
+						continue
+					}
+				}
 			} else if id, err := ParseEvpID(name); err == nil {
 				ids = []EvpID{id}
 			}
@@ -742,7 +781,12 @@ func (s *Store) RunNode(ctx context.Context, opts *NodeOptions) error {
 	if o.ScanInterval <= 0 {
 		o.ScanInterval = s.opts.HeartbeatInterval
 	}
+	closed := false
 	report := func(err error) {
+		if errors.Is(err, ErrClosed) {
+			closed = true
+			return
+		}
 		if err != nil && o.OnError != nil && ctx.Err() == nil {
 			o.OnError(err)
 		}
@@ -752,7 +796,7 @@ func (s *Store) RunNode(ctx context.Context, opts *NodeOptions) error {
 	defer beat.Stop()
 	scan := time.NewTicker(o.ScanInterval)
 	defer scan.Stop()
-	for {
+	for !closed {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -766,4 +810,5 @@ func (s *Store) RunNode(ctx context.Context, opts *NodeOptions) error {
 			}
 		}
 	}
+	return &Error{Op: "run node", ID: s.opts.Node, Kind: ErrClosed}
 }

@@ -21,6 +21,10 @@ type pool struct {
 // to its cancellation; Close stops it.
 func (s *Store) fromPool(ctx context.Context) *Tx {
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
 	if s.pool == nil {
 		base := context.WithoutCancel(ctx)
 		fctx, cancel := context.WithCancel(base)

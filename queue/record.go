@@ -67,6 +67,9 @@ type envHeader struct {
 	// ByMsg says the due pointer is the message's, written at commit,
 	// rather than the envelope's own.
 	ByMsg bool `json:"m,omitempty"`
+	// Claimer is the node that committed the message claimed (Tx.Claim),
+	// whose claim pointer names the whole message.
+	Claimer string `json:"c,omitempty"`
 	// Gone marks an envelope that its lease holder deleted; the object is
 	// removed right after.
 	Gone bool `json:"g,omitempty"`

@@ -150,9 +150,10 @@ func (s *Store) Close() error {
 		return &Error{Op: "close", Kind: ErrClosed}
 	}
 	s.closed = true
+	p := s.pool
 	s.mu.Unlock()
-	if s.pool != nil {
-		s.pool.stop()
+	if p != nil {
+		p.stop()
 	}
 	s.bg.Wait()
 	return s.b.Close()
@@ -367,7 +368,14 @@ func (s *Store) parallel(ctx context.Context, n int, fn func(ctx context.Context
 // background runs fn after the caller returns, bounded by timeout, and
 // Close waits for it. It is for cleanup that may fail harmlessly.
 func (s *Store) background(ctx context.Context, fn func(ctx context.Context)) {
+	s.mu.Lock()
+	if s.closed {
+		// Close is waiting, or done: the clean-up is best effort.
+		s.mu.Unlock()
+		return
+	}
 	s.bg.Add(1)
+	s.mu.Unlock()
 	go func() {
 		defer s.bg.Done()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)

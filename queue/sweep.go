@@ -58,6 +58,12 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 		}
 		switch r.State {
 		case stateCommitted:
+			// Left behind by a commit whose clean-up failed. Kept for a
+			// grace period, so that a committer retrying after a lost
+			// answer still learns that it committed.
+			if now.Sub(r.Changed) < s.opts.Grace {
+				continue
+			}
 			if err := s.del(ctx, key); err != nil {
 				return st, s.wrap("sweep", m.String(), err, nil)
 			}

@@ -78,9 +78,25 @@ func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 			return nil, s.wrap("begin", id.String(), err, ErrExists)
 		}
 		tx.rver = v
-		// A committed message no longer has a reservation; its content
-		// tells that the ID is taken.
+		// A committed message no longer has a reservation; its content,
+		// or envelopes left from an interrupted delete, tell that the ID
+		// is taken.
+		lerr := make(chan error, 1)
+		go func() {
+			keys, _, err := s.b.List(ctx, Key(Handle{Kind: KindEnvelope, Msg: id}), "", 1)
+			if err == nil && len(keys) > 0 {
+				err = nil
+				lerr <- errTaken
+				return
+			}
+			lerr <- err
+		}()
 		_, err = s.stat(ctx, Key(Handle{Kind: KindContent, Msg: id}))
+		if le := <-lerr; le == errTaken && (err == nil || s.isNotFound(err)) {
+			err = nil // taken
+		} else if le != nil && s.isNotFound(err) {
+			err = le
+		}
 		if err == nil || !s.isNotFound(err) {
 			// Release the reservation even if ctx is done by now.
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -232,6 +248,7 @@ func (tx *Tx) flush(ctx context.Context) error {
 			return err
 		}
 		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session, 1, now.Add(tx.claim).UnixNano()
+		h.Claimer = s.opts.Node
 		pointers = append(pointers, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Msg: tx.id}))
 	} else if !s.opts.SelfScheduled {
 		// One pointer makes every envelope of the message due.
@@ -344,7 +361,9 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 	return s.wrap("rollback", id, s.removeMessageData(ctx, tx.id), nil)
 }
 
-// removeMessageData deletes a message's envelopes and content.
+// removeMessageData deletes a message's envelopes and the due pointers
+// they name, then, only if all of them went, its content: the content is
+// what makes a message ID taken, so it must not go first.
 func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
 	var keys []string
 	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(page []string) error {
@@ -354,19 +373,39 @@ func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
 	if err != nil {
 		return err
 	}
-	// A due pointer written at commit names the message; the envelopes'
-	// header tells its bucket.
-	if len(keys) > 0 {
-		if b, _, err := s.getBytes(ctx, keys[0], s.maxRecord()); err == nil {
-			if h, _, err := decodeRecord(keys[0], b); err == nil && h.ByMsg {
-				keys = append(keys, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: m}))
+	var msgPointer, claimPointer string
+	var mu sync.Mutex
+	err = s.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
+		if b, _, err := s.getBytes(ctx, keys[i], s.maxRecord()); err == nil {
+			if h, _, err := decodeRecord(keys[i], b); err == nil && h.Claimer != "" && ValidNodeName(h.Claimer) == nil {
+				mu.Lock()
+				claimPointer = Key(Handle{Kind: KindClaim, Node: h.Claimer, Msg: m})
+				mu.Unlock()
+			}
+			if h, _, err := decodeRecord(keys[i], b); err == nil && h.Due != 0 {
+				if h.ByMsg {
+					mu.Lock()
+					msgPointer = Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: m})
+					mu.Unlock()
+				} else if id, err := parseEnvelopeKey(keys[i]); err == nil {
+					s.del(ctx, dueKey(s, h.Due, id))
+				}
 			}
 		}
-	}
-	keys = append(keys, Key(Handle{Kind: KindContent, Msg: m}))
-	return s.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
 		return s.del(ctx, keys[i])
 	})
+	if err != nil {
+		return err
+	}
+	for _, k := range []string{msgPointer, claimPointer} {
+		if k == "" {
+			continue
+		}
+		if err := s.del(ctx, k); err != nil {
+			return err
+		}
+	}
+	return s.del(ctx, Key(Handle{Kind: KindContent, Msg: m}))
 }
 
 // reservationState returns the state of m's reservation, or "" if it has
@@ -420,6 +459,8 @@ func (s *Store) readReservation(ctx context.Context, m MsgID) (*reservation, Ver
 	r, err := decodeReservation(key, b)
 	return r, a.Version, err
 }
+
+var errTaken = errors.New("message ID taken")
 
 type eofReader struct{}
 
