@@ -139,11 +139,8 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 	if err := b.check(); err != nil {
 		return "", err
 	}
-	var buf bytes.Buffer
-	if opts.Size > 0 {
-		buf.Grow(int(opts.Size))
-	}
-	if _, err := buf.ReadFrom(r); err != nil {
+	data, err := readAll(r, opts.Size)
+	if err != nil {
 		return "", err
 	}
 	if err := ctx.Err(); err != nil {
@@ -166,7 +163,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 	}
 	st.seq++
 	v := queue.Version(strconv.FormatUint(st.seq, 10))
-	st.objects[key] = object{data: buf.Bytes(), version: v}
+	st.objects[key] = object{data: data, version: v}
 	if !exists {
 		i, _ := slices.BinarySearch(st.keys, key)
 		st.keys = slices.Insert(st.keys, i, key)
@@ -248,4 +245,35 @@ func (b *backend) Close() error {
 	}
 	b.closed = true
 	return nil
+}
+
+// readAll reads r whole. With an unknown size it reads in chunks and
+// copies them once into a slice of the exact size, so that a large object
+// costs twice its size at the peak rather than the growth of one buffer.
+func readAll(r io.Reader, size int64) ([]byte, error) {
+	if size >= 0 {
+		var buf bytes.Buffer
+		buf.Grow(int(size) + 1)
+		_, err := buf.ReadFrom(r)
+		return buf.Bytes(), err
+	}
+	var chunks [][]byte
+	n := 0
+	for {
+		c := make([]byte, 1<<20)
+		m, err := io.ReadFull(r, c)
+		chunks = append(chunks, c[:m])
+		n += m
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	data := make([]byte, 0, n)
+	for _, c := range chunks {
+		data = append(data, c...)
+	}
+	return data, nil
 }
