@@ -31,6 +31,7 @@ func Run(t *testing.T, mk HarnessMaker) {
 	t.Run("SweepKeepsCommitted", func(t *testing.T) { testSweepKeepsCommitted(t, mk) })
 	t.Run("MsgIDCollision", func(t *testing.T) { testMsgIDCollision(t, mk) })
 	t.Run("Prealloc", func(t *testing.T) { testPrealloc(t, mk) })
+	t.Run("DeletePartial", func(t *testing.T) { testDeletePartial(t, mk) })
 	t.Run("UpdateCAS", func(t *testing.T) { testUpdateCAS(t, mk) })
 	t.Run("UpdateRace", func(t *testing.T) { testUpdateRace(t, mk) })
 	t.Run("DeleteLastEnvelope", func(t *testing.T) { testDeleteLastEnvelope(t, mk) })
@@ -1152,4 +1153,44 @@ func testCommitAnswerLost(t *testing.T, mk HarnessMaker) {
 	if got, err := e.readContent(b, tx.ID()); err != nil || string(got) != "landed" {
 		t.Fatalf("content = %q, %v", got, err)
 	}
+}
+
+// failDelete is a Backend whose deletes of keys ending in suffix fail.
+type failDelete struct {
+	queue.Backend
+	suffix string
+}
+
+var errDeleteFailed = errors.New("conformance: delete failed")
+
+func (f failDelete) Delete(ctx context.Context, key string) error {
+	if strings.HasSuffix(key, f.suffix) {
+		return errDeleteFailed
+	}
+	return f.Backend.Delete(ctx, key)
+}
+
+// testDeletePartial: a DeleteMessage that fails half-way keeps the
+// content, so the message ID is not handed out again while envelopes of
+// the old message remain.
+func testDeletePartial(t *testing.T, mk HarnessMaker) {
+	e := newEnv(t, mk)
+	a := e.store(nil)
+	m, ids := e.commit(a, []byte("old"), "old1", "old2")
+	d := e.storeOn(failDelete{e.backend(), ids[1].String()}, &queue.Options{Retries: -1})
+	if err := d.DeleteMessage(e.ctx, m); !errors.Is(err, errDeleteFailed) {
+		t.Fatalf("DeleteMessage with a failing delete: %v", err)
+	}
+	const other = 0x5a5a5a5a
+	n := e.store(&queue.Options{Rand: &scripted{vals: []uint32{uint32(m), other}}})
+	tx, err := n.Begin(e.ctx)
+	wantErr(t, "Begin", err, nil)
+	if tx.ID() != other {
+		t.Fatalf("Begin reused %v while an envelope of the old message remains", tx.ID())
+	}
+	tx.Rollback(e.ctx)
+	if got, err := e.readContent(a, m); err != nil || string(got) != "old" {
+		t.Fatalf("content after a failed delete = %q, %v", got, err)
+	}
+	wantErr(t, "DeleteMessage again", a.DeleteMessage(e.ctx, m), nil)
 }

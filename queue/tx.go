@@ -78,25 +78,10 @@ func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 			return nil, s.wrap("begin", id.String(), err, ErrExists)
 		}
 		tx.rver = v
-		// A committed message no longer has a reservation; its content,
-		// or envelopes left from an interrupted delete, tell that the ID
-		// is taken.
-		lerr := make(chan error, 1)
-		go func() {
-			keys, _, err := s.b.List(ctx, Key(Handle{Kind: KindEnvelope, Msg: id}), "", 1)
-			if err == nil && len(keys) > 0 {
-				err = nil
-				lerr <- errTaken
-				return
-			}
-			lerr <- err
-		}()
+		// A committed message no longer has a reservation; its content
+		// tells that the ID is taken. Deletes remove the content last,
+		// so a message with envelopes left always still has it.
 		_, err = s.stat(ctx, Key(Handle{Kind: KindContent, Msg: id}))
-		if le := <-lerr; le == errTaken && (err == nil || s.isNotFound(err)) {
-			err = nil // taken
-		} else if le != nil && s.isNotFound(err) {
-			err = le
-		}
 		if err == nil || !s.isNotFound(err) {
 			// Release the reservation even if ctx is done by now.
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -459,8 +444,6 @@ func (s *Store) readReservation(ctx context.Context, m MsgID) (*reservation, Ver
 	r, err := decodeReservation(key, b)
 	return r, a.Version, err
 }
-
-var errTaken = errors.New("message ID taken")
 
 type eofReader struct{}
 
