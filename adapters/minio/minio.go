@@ -20,7 +20,7 @@
 // A queue key becomes the object name prefix+key, unchanged: queue keys
 // consist of [a-z0-9._-] and "/" only, so nothing needs escaping.
 //
-// Objects of up to Options.PartSize bytes (8 MiB by default) go up in one
+// Objects of up to Options.PartSize bytes (5 MiB by default, the smallest part S3 accepts) go up in one
 // PUT; larger ones, and streams of unknown length beyond that, as a
 // multipart upload that holds at most two parts in memory. (minio-go's own
 // PutObject would buffer parts of 16 MiB or more, and drops conditions
@@ -88,7 +88,7 @@ import (
 
 // DefaultPartSize is the size of the parts of a multipart upload, and the
 // size up to which an object goes up in a single PUT.
-const DefaultPartSize = 8 << 20
+const DefaultPartSize = 5 << 20
 
 // minPartSize is S3's minimum size of every part but the last.
 const minPartSize = 5 << 20

@@ -14,7 +14,7 @@
 // consist of [a-z0-9._-] and "/" only, so nothing needs escaping. The
 // prefix is the path of the URL (Options.Prefix), with a "/" added.
 //
-// Objects of up to Options.PartSize bytes (8 MiB by default) go up in one
+// Objects of up to Options.PartSize bytes (5 MiB by default, the smallest part S3 accepts) go up in one
 // PutObject; larger ones, and streams of unknown length beyond that, as a
 // multipart upload that holds at most two parts in memory. A create-only
 // write is If-None-Match: * and a compare-and-swap is If-Match: <etag>, on
@@ -95,7 +95,7 @@ import (
 
 // DefaultPartSize is the size of the parts of a multipart upload, and the
 // size up to which an object goes up in a single PutObject.
-const DefaultPartSize = 8 << 20
+const DefaultPartSize = 5 << 20
 
 // minPartSize is S3's minimum size of every part but the last.
 const minPartSize = 5 << 20
