@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -92,8 +93,9 @@ type Queue struct {
 
 	discoverMu sync.Mutex
 	toDiscover []queue.EvpID
-	discoverCh chan struct{} // wakes the discover loop
-	walkOver   chan struct{} // closed when the start-up walk has ended
+	discoverCh chan struct{}        // wakes the discover loop
+	walkOver   chan struct{}        // closed when the start-up walk has ended
+	walked     map[queue.EvpID]bool // in shared mode, what the walk gave smtpd; kept for the first hand-over
 }
 
 type openTx struct {
@@ -772,6 +774,15 @@ func (q *Queue) discoverLoop(ctx context.Context) {
 		ids := q.toDiscover
 		q.toDiscover = nil
 		q.discoverMu.Unlock()
+		// Envelopes taken over while the walk ran may have been walked
+		// too: smtpd has those already. Later takeovers cannot be.
+		q.mu.Lock()
+		walked := q.walked
+		q.walked = nil
+		q.mu.Unlock()
+		if walked != nil {
+			ids = slices.DeleteFunc(ids, func(id queue.EvpID) bool { return walked[id] })
+		}
 		q.handOver(ctx, ids)
 	}
 }
@@ -782,13 +793,30 @@ func (q *Queue) discoverLoop(ctx context.Context) {
 // first discovered would ever be scheduled; and "discover <msgid>" crashes
 // it. So the first envelope of each message is discovered as it is, and
 // each other one is first moved into a message of its own (rehome).
+//
+// smtpd may know a message from earlier (the walk, an earlier hand-over, a
+// commit): then every envelope of it still stored is held by this node,
+// and not all of them can be in this batch. So the first envelope is
+// discovered as it is only when the batch holds every stored envelope of
+// its message; otherwise all of them are moved.
 func (q *Queue) handOver(ctx context.Context, ids []queue.EvpID) {
+	whole := make(map[queue.MsgID]bool)
+	groups := make(map[queue.MsgID]int)
+	for _, id := range ids {
+		groups[id.MsgID()]++
+	}
+	for m, n := range groups {
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		stored, err := q.s.Envelopes(lctx, m)
+		cancel()
+		whole[m] = err == nil && len(stored) == n
+	}
 	first := make(map[queue.MsgID]bool)
 	for _, id := range ids {
 		if ctx.Err() != nil {
 			return
 		}
-		if !first[id.MsgID()] {
+		if whole[id.MsgID()] && !first[id.MsgID()] {
 			first[id.MsgID()] = true
 			q.discover(ctx, id)
 			continue
@@ -912,12 +940,19 @@ func (q *Queue) EnvelopeWalk(ctx context.Context) (uint64, []byte, error) {
 				return 0, nil, ErrSkip
 			}
 		}
+		if final := errors.Is(it.err, queue.ErrCorrupt) || errors.Is(it.err, queue.ErrInvalid); final {
+			// It will never load: say so once and move on, rather than
+			// hold up the rest of the walk for ever.
+			q.log.Error("mxq: walk: an envelope record is unreadable; skipping it (quarantine or remove it with mxq)", "evpid", it.id.String(), "err", it.err)
+			w.cur = nil
+			continue
+		}
 		if it.err != nil && !errors.Is(it.err, queue.ErrNotFound) {
 			// Transient: load again now, within this call's budget.
 			lctx, cancel := context.WithDeadline(ctx, deadline)
 			it.env, it.err = q.s.Load(lctx, it.id)
 			cancel()
-			if it.err != nil && !errors.Is(it.err, queue.ErrNotFound) {
+			if it.err != nil && !errors.Is(it.err, queue.ErrNotFound) && !errors.Is(it.err, queue.ErrCorrupt) && !errors.Is(it.err, queue.ErrInvalid) {
 				if !it.warned {
 					q.log.Warn("mxq: walk: load failed; retrying until the store answers", "evpid", it.id.String(), "err", it.err)
 					it.warned = true
@@ -932,7 +967,10 @@ func (q *Queue) EnvelopeWalk(ctx context.Context) (uint64, []byte, error) {
 		}
 		w.cur = nil
 		if it.err != nil {
-			continue // deleted since it was listed
+			if !errors.Is(it.err, queue.ErrNotFound) {
+				q.log.Error("mxq: walk: an envelope record is unreadable; skipping it (quarantine or remove it with mxq)", "evpid", it.id.String(), "err", it.err)
+			}
+			continue // deleted since it was listed, or unreadable
 		}
 		// Never a duplicate: smtpd dies of one.
 		if q.isLocal(it.id) {
@@ -965,6 +1003,9 @@ func (q *Queue) finishWalk() {
 	q.local = nil
 	if q.walk != nil {
 		q.walk.cancel()
+		q.walk.mu.Lock()
+		q.walked = q.walk.returned
+		q.walk.mu.Unlock()
 	}
 }
 

@@ -212,10 +212,16 @@ func (s *server) call(ctx context.Context, op Type, fn func(context.Context) err
 	select {
 	case err = <-done:
 	case <-ctx.Done():
-		if abandon != nil {
-			go func() { <-done; abandon() }()
+		// The handler may have finished at the deadline: its answer wins,
+		// or a commit that succeeded would be reported as failed.
+		select {
+		case err = <-done:
+		default:
+			if abandon != nil {
+				go func() { <-done; abandon() }()
+			}
+			err = fmt.Errorf("handler did not return within %v: %w", s.timeout, ctx.Err())
 		}
-		err = fmt.Errorf("handler did not return within %v: %w", s.timeout, ctx.Err())
 	}
 	if err != nil {
 		var pe *panicError
