@@ -993,6 +993,7 @@ func (q *Queue) EnvelopeWalk(ctx context.Context) (uint64, []byte, error) {
 }
 
 // finishWalk forgets what the walk needed: it happens once per process.
+// EnvelopeWalk calls it holding the walker's lock.
 func (q *Queue) finishWalk() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -1003,9 +1004,7 @@ func (q *Queue) finishWalk() {
 	q.local = nil
 	if q.walk != nil {
 		q.walk.cancel()
-		q.walk.mu.Lock()
-		q.walked = q.walk.returned
-		q.walk.mu.Unlock()
+		q.walked = q.walk.returned // the caller holds q.walk.mu
 	}
 }
 
