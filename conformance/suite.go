@@ -156,6 +156,21 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 			t.Fatalf("a refused CAS on a missing key created it: %v", err)
 		}
 	})
+	t.Run("PutBrokenReader", func(t *testing.T) {
+		// A body that breaks off, as a network body does, is not an
+		// object: nothing may be stored. The error is the reader's own
+		// io.ErrUnexpectedEOF, which io.ReadFull cannot tell from an end.
+		for _, size := range []int64{-1, 4} {
+			r := io.MultiReader(strings.NewReader("part"), brokenReader{})
+			_, err := b.Put(ctx, "inc/00000008", r, &queue.PutOptions{IfNoneMatch: true, Size: size})
+			if err == nil {
+				t.Fatalf("Put from a reader that broke off (size %d) succeeded", size)
+			}
+			if _, _, err := b.Get(ctx, "inc/00000008"); b.ErrorCode(err) != queue.CodeNotFound {
+				t.Fatalf("Put from a reader that broke off (size %d) stored something: %v", size, err)
+			}
+		}
+	})
 	t.Run("Delete", func(t *testing.T) {
 		_, err := put("inc/00000007", "x", queue.PutOptions{})
 		wantErr(t, "Put", err, nil)
@@ -958,12 +973,21 @@ func testBadInput(t *testing.T, mk HarnessMaker) {
 	if err == nil {
 		t.Fatal("WriteContent from a failing reader succeeded")
 	}
+	_, err = tx2.WriteContent(ctx, io.MultiReader(strings.NewReader("part"), brokenReader{}))
+	if err == nil {
+		t.Fatal("WriteContent from a reader that broke off succeeded")
+	}
 	wantErr(t, "Rollback", tx2.Rollback(ctx), nil)
 	if k := e.rawKeys(e.backend(), "msg/"+queue.Key(queue.Handle{Kind: queue.KindContent, Msg: tx2.ID()})[4:]); len(k) != 0 {
 		t.Fatalf("a failed upload left %v", k)
 	}
 	wantErr(t, "Commit", tx.Commit(ctx), nil)
 }
+
+// brokenReader fails the way a network body cut short does.
+type brokenReader struct{}
+
+func (brokenReader) Read([]byte) (int, error) { return 0, io.ErrUnexpectedEOF }
 
 type errReader struct{}
 

@@ -285,18 +285,21 @@ func (c *crashing) dead() bool {
 	return c.writes >= c.budget
 }
 
+// Writes within the budget run to completion even when the caller gives
+// up on them, as a request already sent does: a cancelled write that
+// lands later would race the checks that follow the crash.
 func (c *crashing) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
 	if err := c.spend(); err != nil {
 		return "", err
 	}
-	return c.Backend.Put(ctx, key, r, opts)
+	return c.Backend.Put(context.WithoutCancel(ctx), key, r, opts)
 }
 
 func (c *crashing) Delete(ctx context.Context, key string) error {
 	if err := c.spend(); err != nil {
 		return err
 	}
-	return c.Backend.Delete(ctx, key)
+	return c.Backend.Delete(context.WithoutCancel(ctx), key)
 }
 
 func (c *crashing) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {

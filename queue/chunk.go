@@ -5,6 +5,26 @@ import (
 	"io"
 )
 
+// ReadFull reads from r until buf is full, returning nil, or until r
+// ends, returning io.EOF with the bytes read so far. Unlike io.ReadFull it
+// tells the two apart from a reader that fails with io.ErrUnexpectedEOF
+// itself, as broken network bodies do: that error is returned as it is,
+// so a stream cut short is never taken for a whole one.
+func ReadFull(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err == io.EOF {
+			return n, io.EOF
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // ReadChunk reads r into buf, reusing its memory, until the chunk holds
 // max bytes or r ends; last reports that r ended. The buffer grows as data
 // arrives, from 64 KiB or sizeHint+1 (when sizeHint is not negative), so a
@@ -25,10 +45,10 @@ func ReadChunk(r io.Reader, buf []byte, max, sizeHint int64) (chunk []byte, last
 			buf = nb
 		}
 		buf = buf[:want]
-		m, err := io.ReadFull(r, buf[n:])
+		m, err := ReadFull(r, buf[n:])
 		n += m
 		switch {
-		case err == io.EOF || err == io.ErrUnexpectedEOF:
+		case err == io.EOF:
 			return buf[:n], true, nil
 		case err != nil:
 			return nil, false, err

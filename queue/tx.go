@@ -188,8 +188,18 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 		}
 	}()
 	sr := newSealer(r)
-	_, err := tx.s.b.Put(ctx, Key(Handle{Kind: KindContent, Msg: tx.id}), sr, &PutOptions{IfNoneMatch: true, Size: -1})
+	key := Key(Handle{Kind: KindContent, Msg: tx.id})
+	_, err := tx.s.b.Put(ctx, key, sr, &PutOptions{IfNoneMatch: true, Size: -1})
 	n = sr.n
+	if err == nil && (sr.err != nil || sr.trailer == nil || len(sr.trailer) != 0) {
+		// The store kept what it got, but the stream broke off: that is
+		// no content, whatever the backend made of it.
+		tx.s.del(context.WithoutCancel(ctx), key)
+		if sr.err == nil {
+			sr.err = io.ErrUnexpectedEOF
+		}
+		err = sr.err
+	}
 	if err != nil {
 		cancel()
 	}

@@ -290,9 +290,9 @@ func (h *Handler) openContent(w http.ResponseWriter, r *http.Request) error {
 func stream(w http.ResponseWriter, rc io.Reader) error {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	buf := make([]byte, 32<<10)
-	n, err := io.ReadFull(rc, buf)
+	n, err := queue.ReadFull(rc, buf)
 	switch {
-	case err == io.EOF || err == io.ErrUnexpectedEOF:
+	case err == io.EOF:
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 		w.WriteHeader(http.StatusOK)
 		_, err = w.Write(buf[:n])

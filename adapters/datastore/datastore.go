@@ -409,7 +409,20 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 
 	old, err := b.putHead(ctx, key, h, opts)
 	if err != nil {
-		b.cleanup(ctx, written)
+		// The head may have landed although its answer did not (a
+		// cancelled or failed commit): its chunks must then stay. They go
+		// only when the stored head is another generation.
+		if len(written) > 0 {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			cur, herr := b.getHead(rctx, key)
+			cancel()
+			if herr == nil && cur.Gen == gen {
+				return queue.Version(gen), nil
+			}
+			if herr == nil || errors.Is(herr, datastore.ErrNoSuchEntity) {
+				b.cleanup(ctx, written)
+			}
+		}
 		return "", err
 	}
 	if old != nil && old.N > 1 {

@@ -261,10 +261,10 @@ func readAll(r io.Reader, size int64) ([]byte, error) {
 	n := 0
 	for {
 		c := make([]byte, 1<<20)
-		m, err := io.ReadFull(r, c)
+		m, err := queue.ReadFull(r, c)
 		chunks = append(chunks, c[:m])
 		n += m
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err == io.EOF {
 			break
 		}
 		if err != nil {

@@ -34,9 +34,13 @@
 // own object and report a lost race that it won; instead the network
 // error is CodeUnavailable, meaning "outcome unknown", and the Store
 // decides. minio-go does retry a CompleteMultipartUpload (its body is
-// always seekable): should the first answer be lost, the retry fails with
-// NoSuchUpload, which is reported as it is (CodeUnknown), never as a lost
-// condition.
+// always seekable). Should the first answer be lost, the retry fails: with
+// NoSuchUpload, reported as it is (CodeUnknown), or, since MinIO checks
+// conditions before the upload ID, with a failed precondition. So an
+// object larger than a part whose Complete answer was lost may be reported
+// as a lost create-only write although it landed: for the queue that is a
+// temporary failure of the message (the MTA's client retries), never a
+// loss, and the rollback removes the stored copy.
 //
 // Deletes are unconditional: MinIO ignores If-Match on DeleteObject.
 //
