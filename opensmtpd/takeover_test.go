@@ -30,7 +30,6 @@ func body(t *testing.T) *os.File {
 	return f
 }
 
-
 // A corrupt envelope record must not keep the start-up walk from ending.
 func TestWalkSkipsCorruptRecord(t *testing.T) {
 	b := mem.OpenBackend("")
@@ -132,8 +131,8 @@ func TestTakeoverDuringWalkNoDuplicate(t *testing.T) {
 	if err != nil || len(ids) != 2 {
 		t.Fatalf("takeover %v %v", ids, err)
 	}
-	walked := se.walk(t)                // walk lists own/b/ before OnTakeover ran
-	se.q.takenOver(ids)                 // OnTakeover after Takeover returns
+	walked := se.walk(t) // walk lists own/b/ before OnTakeover ran
+	se.q.takenOver(ids)  // OnTakeover after Takeover returns
 	d := se.disc()
 	t.Logf("msg %08x envelopes %x; walked %x; discovered %v", m, evs, walked, d)
 	if len(walked) > 0 && len(d) > 0 {
