@@ -226,11 +226,20 @@ func (h *Handler) routes() {
 		}
 		allowed := strings.Join(methods, ", ")
 		h.mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
+			if !h.authorized(r) && p != "/healthz" {
+				h.fail(w, r, "method_not_allowed", errf(CodeUnauthorized, "missing or wrong bearer token"))
+				return
+			}
 			w.Header().Set("Allow", allowed)
 			h.fail(w, r, "method_not_allowed", errf(CodeMethodNotAllowed, "%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, allowed))
 		})
 	}
+	// Without the token, nothing tells which endpoints exist.
 	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if !h.authorized(r) {
+			h.fail(w, r, "not_found", errf(CodeUnauthorized, "missing or wrong bearer token"))
+			return
+		}
 		h.fail(w, r, "not_found", errf(CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
 }

@@ -457,8 +457,14 @@ func TestInFlightLimit(t *testing.T) {
 		}
 		done <- resp
 	}()
-	pw.Write([]byte("first bytes")) // the slow upload holds the only slot
+	pw.Write([]byte("first bytes")) // the slow upload takes the only slot
+	// The bytes leave the pipe before the server has surely taken the
+	// slot; ask until it has, boundedly.
 	r := e.do("GET", "/v1/walk", nil)
+	for i := 0; i < 200 && r.status == 200; i++ {
+		time.Sleep(10 * time.Millisecond)
+		r = e.do("GET", "/v1/walk", nil)
+	}
 	r.fails(t, 503, "unavailable")
 	if r.header.Get("Retry-After") == "" {
 		t.Fatal("503 without Retry-After")
