@@ -169,7 +169,7 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 			// Due at once, like a committed envelope; the pointer first,
 			// so that the envelope is never without one.
 			h.Due = s.now().Unix()
-			if _, err := s.putBytes(ctx, dueKey(s, h.Due, id), nil, PutOptions{}); err != nil {
+			if _, err := s.putBytes(ctx, dueKey(h.Due, id), nil, PutOptions{}); err != nil {
 				return 0, s.wrap("add envelope", id.String(), err, nil)
 			}
 		}
@@ -235,22 +235,40 @@ func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error 
 	if err := s.del(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); err != nil {
 		return err
 	}
-	if h != nil && h.Due != 0 && !h.ByMsg {
-		s.del(ctx, dueKey(s, h.Due, id))
-	}
-	if h != nil && h.Holder != "" && ValidNodeName(h.Holder) == nil {
-		s.del(ctx, Key(Handle{Kind: KindClaim, Node: h.Holder, Evp: id}))
+	own, ofMsg := pointers(id, h)
+	for _, k := range own {
+		s.del(ctx, k)
 	}
 	gone, err := s.collected(ctx, id.MsgID())
-	if err == nil && gone && h != nil {
-		if h.ByMsg {
-			s.del(ctx, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: id.MsgID()}))
-		}
-		if h.Claimer != "" && ValidNodeName(h.Claimer) == nil {
-			s.del(ctx, Key(Handle{Kind: KindClaim, Node: h.Claimer, Msg: id.MsgID()}))
+	if err == nil && gone {
+		for _, k := range ofMsg {
+			s.del(ctx, k)
 		}
 	}
 	return err
+}
+
+// pointers returns the keys of the pointers that name the envelope id,
+// whose header is h (nil if unknown): those that go with it, and those
+// that name its whole message and go with the message's last envelope.
+func pointers(id EvpID, h *envHeader) (own, ofMsg []string) {
+	if h == nil {
+		return nil, nil
+	}
+	m := id.MsgID()
+	switch {
+	case h.ByMsg:
+		ofMsg = append(ofMsg, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: m}))
+	case h.Due != 0:
+		own = append(own, dueKey(h.Due, id))
+	}
+	if h.Holder != "" && ValidNodeName(h.Holder) == nil {
+		own = append(own, Key(Handle{Kind: KindClaim, Node: h.Holder, Evp: id}))
+	}
+	if h.Claimer != "" && ValidNodeName(h.Claimer) == nil {
+		ofMsg = append(ofMsg, Key(Handle{Kind: KindClaim, Node: h.Claimer, Msg: m}))
+	}
+	return own, ofMsg
 }
 
 // collect removes the content of m if m has no envelope left.

@@ -348,17 +348,17 @@ func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Ti
 	h.Due, h.ByMsg = due.Unix(), false
 	// The pointer goes first, so that the envelope is never due without
 	// one; the old pointer is garbage after the swap.
-	if _, err := s.putBytes(ctx, dueKey(s, h.Due, c.e.ID), nil, PutOptions{}); err != nil {
+	if _, err := s.putBytes(ctx, dueKey(h.Due, c.e.ID), nil, PutOptions{}); err != nil {
 		return s.wrap(op, c.e.ID.String(), err, nil)
 	}
 	if err := c.write(ctx, op, &h, data, ErrLeaseLost); err != nil {
 		if old == 0 || byMsg || dueBucket(old) != dueBucket(h.Due) {
-			s.del(context.WithoutCancel(ctx), dueKey(s, h.Due, c.e.ID))
+			s.del(context.WithoutCancel(ctx), dueKey(h.Due, c.e.ID))
 		}
 		return err
 	}
 	if old != 0 && !byMsg && dueBucket(old) != dueBucket(h.Due) {
-		s.del(ctx, dueKey(s, old, c.e.ID))
+		s.del(ctx, dueKey(old, c.e.ID))
 	}
 	s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: c.e.ID}))
 	return nil
@@ -383,7 +383,7 @@ const dueWidth = 60
 
 func dueBucket(unix int64) int64 { return unix / dueWidth }
 
-func dueKey(s *Store, unix int64, id EvpID) string {
+func dueKey(unix int64, id EvpID) string {
 	return Key(Handle{Kind: KindDue, Due: max(dueBucket(unix), 1), Evp: id})
 }
 

@@ -368,23 +368,21 @@ func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
 	if err != nil {
 		return err
 	}
-	var msgPointer, claimPointer string
+	ofMsg := make(map[string]bool)
 	var mu sync.Mutex
 	err = s.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
-		if b, _, err := s.getBytes(ctx, keys[i], s.maxRecord()); err == nil {
-			if h, _, err := decodeRecord(keys[i], b); err == nil && h.Claimer != "" && ValidNodeName(h.Claimer) == nil {
-				mu.Lock()
-				claimPointer = Key(Handle{Kind: KindClaim, Node: h.Claimer, Msg: m})
-				mu.Unlock()
-			}
-			if h, _, err := decodeRecord(keys[i], b); err == nil && h.Due != 0 {
-				if h.ByMsg {
-					mu.Lock()
-					msgPointer = Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: m})
-					mu.Unlock()
-				} else if id, err := parseEnvelopeKey(keys[i]); err == nil {
-					s.del(ctx, dueKey(s, h.Due, id))
+		id, perr := parseEnvelopeKey(keys[i])
+		if b, _, err := s.getBytes(ctx, keys[i], s.maxRecord()); err == nil && perr == nil {
+			if h, _, err := decodeRecord(keys[i], b); err == nil {
+				own, msg := pointers(id, h)
+				for _, k := range own {
+					s.del(ctx, k)
 				}
+				mu.Lock()
+				for _, k := range msg {
+					ofMsg[k] = true
+				}
+				mu.Unlock()
 			}
 		}
 		return s.del(ctx, keys[i])
@@ -392,10 +390,7 @@ func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
 	if err != nil {
 		return err
 	}
-	for _, k := range []string{msgPointer, claimPointer} {
-		if k == "" {
-			continue
-		}
+	for k := range ofMsg {
 		if err := s.del(ctx, k); err != nil {
 			return err
 		}
