@@ -248,6 +248,17 @@ func defaultNode() string {
 	return n
 }
 
+// session opens the queue and bounds the command's store work by
+// --timeout; done releases both.
+func (c *cli) session(ctx context.Context) (context.Context, *queue.Store, func(), error) {
+	s, err := c.open(ctx)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ctx, cancel := c.opCtx(ctx)
+	return ctx, s, func() { cancel(); s.Close() }, nil
+}
+
 // opCtx bounds one command's store work by --timeout.
 func (c *cli) opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, c.timeout)

@@ -97,13 +97,11 @@ func runPut(ctx context.Context, c *cli, args []string) error {
 			return usagef("empty recipient")
 		}
 	}
-	s, err := c.open(ctx)
+	ctx, s, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
+	defer done()
 	tx, err := s.Begin(ctx)
 	if err != nil {
 		return err
@@ -185,13 +183,11 @@ func runLs(ctx context.Context, c *cli, args []string) error {
 	if len(args) > 0 {
 		return usagef("unexpected argument %q", args[0])
 	}
-	s, err := c.open(ctx)
+	ctx, s, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
+	defer done()
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	if !c.json {
 		fmt.Fprintln(tw, "ENVELOPE\tHOLDER\tDATA")
@@ -237,13 +233,11 @@ func runShow(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := c.open(ctx)
+	ctx, s, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
+	defer done()
 	e, err := s.Load(ctx, id)
 	if err != nil {
 		return err
@@ -278,13 +272,11 @@ func runCat(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	s, err := c.open(ctx)
+	ctx, s, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
+	defer done()
 	rc, err := s.OpenContent(ctx, m)
 	if err != nil {
 		return err
@@ -310,13 +302,11 @@ func runRm(ctx context.Context, c *cli, args []string) error {
 		}
 		ts = append(ts, target{m, e})
 	}
-	s, err := c.open(ctx)
+	ctx, s, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
+	defer done()
 	for _, t := range ts {
 		if t.e != 0 {
 			err = s.DeleteEnvelope(ctx, t.e)
@@ -341,13 +331,11 @@ func runSweep(ctx context.Context, c *cli, args []string) error {
 	if len(args) > 0 {
 		return usagef("unexpected argument %q", args[0])
 	}
-	s, err := c.open(ctx)
+	ctx, s, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
+	defer done()
 	st, err := s.Sweep(ctx)
 	if err != nil {
 		return err
@@ -367,13 +355,11 @@ func runQuarantine(ctx context.Context, c *cli, args []string) error {
 			return err
 		}
 	}
-	s, err := c.open(ctx)
+	ctx, s, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	ctx, cancel := c.opCtx(ctx)
-	defer cancel()
+	defer done()
 	if m != 0 {
 		reason := strings.Join(args[1:], " ")
 		if reason == "" {
