@@ -28,7 +28,7 @@ type conn struct {
 	rbuf   []byte
 	oob    []byte
 	wbuf   []byte
-	format HeaderFormat // layout learned from the peer, or HeaderAuto
+	format HeaderFormat // the layout of replies; never HeaderAuto
 }
 
 func newConn(uc *net.UnixConn, log *slog.Logger, format HeaderFormat) *conn {
@@ -138,7 +138,11 @@ func (c *conn) readFrame() (header, []byte, *os.File, error) {
 		if f == nil {
 			return h, payload, nil, malformed("%s: descriptor flag set but no descriptor received", h.typ)
 		}
-		if c.format == HeaderAuto {
+		if h.format != c.format {
+			// Only a descriptor tells the layouts apart, and this one
+			// proves the configured layout wrong.
+			c.log.Error("opensmtpd: smtpd sent a descriptor in the other imsg header layout: the header setting is wrong; answering in smtpd's layout",
+				"configured", c.format.String(), "smtpd", h.format.String())
 			c.format = h.format
 		}
 	}
@@ -167,11 +171,7 @@ func (c *conn) eof(err error) error {
 // writeReply sends rp, attaching f when it is non-nil.
 func (c *conn) writeReply(pid uint32, rp reply, f *os.File) error {
 	rp.hasFD = f != nil
-	format := c.format
-	if format == HeaderAuto {
-		format = Header68
-	}
-	b, err := appendReply(c.wbuf[:0], format, pid, rp)
+	b, err := appendReply(c.wbuf[:0], c.format, pid, rp)
 	if err != nil {
 		return err
 	}

@@ -61,7 +61,7 @@ type HeaderFormat uint8
 
 const (
 	// HeaderAuto is not a layout: as ServeOptions.HeaderFormat it means
-	// "learn the layout from the peer".
+	// "the layout of the smtpd at the other end", found by IdentifyPeer.
 	HeaderAuto HeaderFormat = iota
 	// Header68 is the layout of smtpd up to 7.6: u32 type, u16 len,
 	// u16 flags (bit 0 = descriptor attached), u32 peerid, u32 pid.

@@ -69,8 +69,9 @@ func FuzzServe(f *testing.F) {
 		done := make(chan error, 1)
 		go func() {
 			done <- Serve(t.Context(), sc, m, &ServeOptions{
-				OpTimeout: time.Second,
-				Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+				OpTimeout:    time.Second,
+				Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+				HeaderFormat: Header68,
 			})
 			sc.Close()
 		}()

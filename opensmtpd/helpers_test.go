@@ -182,6 +182,10 @@ func serve(t *testing.T, h Handler, opts *ServeOptions) *session {
 	if opts == nil {
 		opts = &ServeOptions{}
 	}
+	if opts.HeaderFormat == HeaderAuto {
+		// The peer is this test, not an smtpd: say which layout it speaks.
+		opts.HeaderFormat = Header68
+	}
 	log := &syncBuffer{}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(log, nil))

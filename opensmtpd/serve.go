@@ -98,10 +98,16 @@ type ServeOptions struct {
 	// unexpected descriptors. Nil means text records on os.Stderr.
 	Logger *slog.Logger
 
-	// HeaderFormat chooses the header layout of replies that carry a
-	// descriptor (MESSAGE_FD_R). Replies without one are the same bytes in
-	// both layouts. HeaderAuto uses the layout of the last request that
-	// carried a descriptor, and Header68 before any did.
+	// HeaderFormat is the header layout of replies that carry a descriptor
+	// (MESSAGE_FD_R); replies without one are the same bytes in both
+	// layouts. It must be known before the first such reply, which after
+	// a restart with mail queued comes before smtpd has sent any
+	// descriptor, so it is never learnt from traffic. HeaderAuto
+	// identifies the smtpd at the other end of the socket (IdentifyPeer)
+	// and uses the layout of its version; Serve fails at once, before
+	// reading any request, when that smtpd cannot be identified. Should
+	// smtpd later send a descriptor in the other layout, which proves the
+	// setting wrong, Serve logs an error and answers in smtpd's layout.
 	HeaderFormat HeaderFormat
 
 	// PID is written into the pid field of replies; zero means os.Getpid().
@@ -129,7 +135,17 @@ func Serve(ctx context.Context, conn *net.UnixConn, h Handler, opts *ServeOption
 	if s.pid == 0 {
 		s.pid = uint32(os.Getpid())
 	}
-	c := newConn(conn, s.log, opts.HeaderFormat)
+	format := opts.HeaderFormat
+	if format == HeaderAuto {
+		smtpd, err := IdentifyPeer(conn)
+		if err != nil {
+			return fmt.Errorf("opensmtpd: cannot tell the imsg header layout: %w", err)
+		}
+		if format, err = smtpd.HeaderFormat(); err != nil {
+			return fmt.Errorf("opensmtpd: %w", err)
+		}
+	}
+	c := newConn(conn, s.log, format)
 	defer c.closeFDs()
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
 	defer stop()

@@ -93,14 +93,15 @@ func readFD(t *testing.T, fd int) string {
 func TestTrace(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
+		format         HeaderFormat
 		commit, fdrRep string
 	}{
-		{"6.8", reqCommit68, repFdR68},
-		{"7.7", reqCommit77, repFdR77},
+		{"6.8", Header68, reqCommit68, repFdR68},
+		{"7.7", Header77, reqCommit77, repFdR77},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := traceHandler()
-			s := serve(t, m, nil)
+			s := serve(t, m, &ServeOptions{HeaderFormat: tc.format})
 			s.expect(hx(t, reqInit), hx(t, repInit))
 			s.expect(hx(t, reqWalk), hx(t, repWalkEnd))
 			s.expect(hx(t, reqMessageCreate), hx(t, repMessageCreate))
@@ -201,7 +202,7 @@ func TestContextCancel(t *testing.T) {
 	defer pc.Close()
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, sc, newMemHandler(), nil) }()
+	go func() { done <- Serve(ctx, sc, newMemHandler(), &ServeOptions{HeaderFormat: Header68}) }()
 	time.Sleep(20 * time.Millisecond)
 	cancel()
 	select {
@@ -309,14 +310,13 @@ func TestCommitDescriptorClosed(t *testing.T) {
 }
 
 // TestHeaderFormatOption checks the layout of an FD_R reply sent before
-// any request carried a descriptor.
+// any request carried a descriptor: the one configured.
 func TestHeaderFormatOption(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		format HeaderFormat
 		want   string
 	}{
-		{"auto", HeaderAuto, repFdR68},
 		{"6.8", Header68, repFdR68},
 		{"7.7", Header77, repFdR77},
 	} {

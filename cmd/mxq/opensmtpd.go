@@ -39,10 +39,15 @@ ARG is a queue URL, or the path of a configuration file of key=value lines
   queue=URL        the queue (required)
   node=NAME        this node's name in the queue (default: from the host name)
   timeout=10s      bound on each operation; past it smtpd gets a temporary failure
-  header=auto      imsg header layout of replies carrying a descriptor:
-                   auto, 6.8 (smtpd up to 7.6) or 7.7 (smtpd 7.7 and later);
-                   auto learns it from smtpd's first MESSAGE_COMMIT, which is
-                   too late for deliveries right after a restart on 7.7+
+  header=auto      imsg header layout smtpd speaks: auto, 6.8 (smtpd 6.4 to
+                   7.6) or 7.7 (smtpd 7.7 and later); auto reads the version
+                   of the smtpd at the other end of fd 0 from its executable
+                   and refuses to start when it cannot; set it for builds
+                   whose version string does not tell
+  smtpd-patched=false  true when smtpd (7.5 or later) was built with the
+                   MESSAGE_FD_R fix in mxq's docs; silences the start-up
+                   warning about upstream's bug, which makes every delivery
+                   from an external queue fail on unpatched 7.5 to 7.9
   prealloc=32      message IDs reserved ahead, so that MAIL FROM needs no round
                    trip to the store; 0 turns it off
   shared=false     true when several smtpd instances share the queue: each walks
@@ -61,11 +66,16 @@ which is smtpd's log.`,
 	})
 	register(&command{
 		name:  "opensmtpd",
-		args:  "install [--name mxq] [--dir /usr/libexec/opensmtpd]",
+		args:  "install [--name mxq] [--dir /usr/libexec/opensmtpd] [--smtpd PATH]",
 		short: "install this binary as OpenSMTPD's queue-<name> program",
 		long: `"install" creates the symbolic link DIR/queue-NAME to this binary (replacing an
 older link), so that "smtpd -B queue=NAME:ARG" runs it. ARG is a queue URL or
-a configuration file; see "mxq help opensmtpd-queue".`,
+a configuration file; see "mxq help opensmtpd-queue".
+
+It then reads the version of the smtpd that will run it (--smtpd; by default
+DIR/../../sbin/smtpd when that exists, else /usr/sbin/smtpd) and reports the
+imsg header layout the queue process will use, and whether that release has
+upstream's MESSAGE_FD_R bug, which needs a patched smtpd (docs/opensmtpd.md).`,
 		run: runOpensmtpd,
 	})
 }
@@ -76,6 +86,7 @@ type queueConfig struct {
 	node     string
 	timeout  time.Duration
 	header   opensmtpd.HeaderFormat
+	patched  bool
 	tmpdir   string
 	level    slog.Level
 	prealloc int
@@ -138,6 +149,12 @@ func loadQueueConfig(arg string) (*queueConfig, error) {
 			default:
 				return nil, bad("header: want auto, 6.8 or 7.7")
 			}
+		case "smtpd-patched":
+			b, err := queue.ParseBool(k, v, false)
+			if err != nil {
+				return nil, bad("smtpd-patched: want true or false")
+			}
+			cfg.patched = b
 		case "prealloc":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 || n > 10000 {
@@ -219,6 +236,11 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 	}
 	defer conn.Close()
 
+	format, err := headerFormat(log, cfg, conn)
+	if err != nil {
+		return err
+	}
+
 	// smtpd keeps talking while it shuts down: a signal starts a grace
 	// period instead of cutting the conversation.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -254,7 +276,7 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 	err = opensmtpd.Serve(sctx, conn, q, &opensmtpd.ServeOptions{
 		OpTimeout:    cfg.timeout,
 		Logger:       log,
-		HeaderFormat: cfg.header,
+		HeaderFormat: format,
 	})
 	dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.timeout)
 	defer dcancel()
@@ -266,6 +288,54 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 	}
 	log.Info("smtpd closed the queue")
 	return nil
+}
+
+// fdrDoc is where the MESSAGE_FD_R bug and its fix are documented.
+const fdrDoc = "docs/opensmtpd.md, \"Versions\""
+
+// headerFormat decides the imsg header layout before the first request:
+// the header= setting, or else the layout of the smtpd version at the other
+// end of conn. It logs the choice and its reason, and warns once about
+// upstream's MESSAGE_FD_R bug when the smtpd has it.
+func headerFormat(log *slog.Logger, cfg *queueConfig, conn *net.UnixConn) (opensmtpd.HeaderFormat, error) {
+	smtpd, idErr := opensmtpd.IdentifyPeer(conn)
+	if smtpd != nil {
+		warnFdR(log, smtpd, cfg.patched)
+	}
+	if cfg.header != opensmtpd.HeaderAuto {
+		args := []any{"layout", cfg.header.String(), "reason", "header= setting"}
+		if smtpd != nil {
+			args = append(args, "smtpd", smtpd.Version)
+			if f, err := smtpd.HeaderFormat(); err == nil && f != cfg.header {
+				log.Warn("header= differs from the layout of this smtpd's version; the setting wins", "setting", cfg.header.String(), "version_layout", f.String(), "smtpd", smtpd.Version)
+			}
+		}
+		log.Info("imsg header layout", args...)
+		return cfg.header, nil
+	}
+	if idErr != nil {
+		return 0, fmt.Errorf("cannot tell which imsg header layout smtpd speaks (%v): set header=6.8 (smtpd 6.4 to 7.6) or header=7.7 (smtpd 7.7 and later) in the queue configuration", idErr)
+	}
+	f, err := smtpd.HeaderFormat()
+	if err != nil {
+		return 0, err
+	}
+	log.Info("imsg header layout", "layout", f.String(), "reason", "version of the smtpd on fd 0", "smtpd", smtpd.Version, "pid", smtpd.PID, "executable", smtpd.Path)
+	return f, nil
+}
+
+// warnFdR warns, once at start-up, when smtpd has upstream's MESSAGE_FD_R
+// bug: it cannot read a message body from any external queue.
+func warnFdR(log *slog.Logger, smtpd *opensmtpd.Smtpd, patched bool) {
+	if !smtpd.FdRBug() || patched {
+		return
+	}
+	what := "has upstream's MESSAGE_FD_R bug (7.5 to 7.9)"
+	if !smtpd.FdRBugChecked() {
+		what = "is newer than the releases checked for upstream's MESSAGE_FD_R bug (present in 7.5 to 7.9)"
+	}
+	log.Warn("OpenSMTPD "+smtpd.Version+" "+what+": unless it was built with the fix, its first delivery from this queue fails and smtpd exits; see "+fdrDoc+", and set smtpd-patched=true once it carries the fix",
+		"smtpd", smtpd.Version, "executable", smtpd.Path)
 }
 
 // smtpctlDiscover hands an envelope to the running smtpd. The queue process
@@ -283,8 +353,9 @@ func smtpctlDiscover(smtpctl string) func(ctx context.Context, id queue.EvpID) e
 }
 
 var opensmtpdFlags struct {
-	name string
-	dir  string
+	name  string
+	dir   string
+	smtpd string
 }
 
 func runOpensmtpd(ctx context.Context, c *cli, args []string) error {
@@ -295,6 +366,7 @@ func runOpensmtpd(ctx context.Context, c *cli, args []string) error {
 	fs.SetOutput(c.stderr)
 	fs.StringVar(&opensmtpdFlags.name, "name", "mxq", "the `NAME` in smtpd's -B queue=NAME:ARG")
 	fs.StringVar(&opensmtpdFlags.dir, "dir", "/usr/libexec/opensmtpd", "smtpd's libexec `directory`")
+	fs.StringVar(&opensmtpdFlags.smtpd, "smtpd", "", "the smtpd `binary` to check (default: DIR/../../sbin/smtpd, else /usr/sbin/smtpd)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return usagef("%v", err)
 	}
@@ -330,7 +402,38 @@ func runOpensmtpd(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	fmt.Fprintf(c.stdout, "%s -> %s\nstart smtpd with: smtpd -B queue=%s:%s (or a queue URL)\n", link, self, name, defaultQueueConfig)
+	reportSmtpd(c, opensmtpdFlags.smtpd, opensmtpdFlags.dir)
 	return nil
+}
+
+// reportSmtpd tells what the queue process will find in the smtpd that
+// runs it: its version, header layout and the MESSAGE_FD_R bug.
+func reportSmtpd(c *cli, bin, libexec string) {
+	if bin == "" {
+		bin = "/usr/sbin/smtpd"
+		if p := filepath.Join(libexec, "..", "..", "sbin", "smtpd"); fileExists(p) {
+			bin = filepath.Clean(p)
+		}
+	}
+	smtpd, err := opensmtpd.IdentifyExecutable(bin)
+	if err != nil {
+		fmt.Fprintf(c.stdout, "smtpd: %v; the queue process identifies the smtpd that runs it at start-up, or set header= in its configuration\n", err)
+		return
+	}
+	f, err := smtpd.HeaderFormat()
+	if err != nil {
+		fmt.Fprintf(c.stderr, "warning: %s: %v\n", bin, err)
+		return
+	}
+	fmt.Fprintf(c.stdout, "smtpd: %s at %s, imsg header layout %s\n", smtpd, bin, f)
+	if smtpd.FdRBug() {
+		fmt.Fprintf(c.stderr, "warning: %s has upstream's MESSAGE_FD_R bug (every release from 7.5 to 7.9): unless it was built with the fix, its first delivery from an external queue fails and smtpd exits; see %s\n", smtpd, fdrDoc)
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // queueProcArgs returns the arguments to run when the binary was started

@@ -1,9 +1,11 @@
 package main
 
-// End-to-end tests of the queue process with Debian's real OpenSMTPD:
-// smtpd runs as root in a private mount namespace (its spool and control
-// socket are fixed paths), listens only on 127.0.0.1, and delivers with a
-// small mda script into files; mail comes in over SMTP with net/smtp.
+// End-to-end tests of the queue process with real OpenSMTPD builds:
+// Debian's 6.8 and the 7.x builds of scripts/build-smtpd (listed in
+// MXQ_TEST_OPENSMTPD). smtpd runs as root in a private mount namespace (its
+// spool and control socket are paths compiled in, bound over there),
+// listens only on 127.0.0.1, and delivers with a small mda script into
+// files; mail comes in over SMTP with net/smtp.
 
 import (
 	"bufio"
@@ -28,10 +30,40 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mxqueue/mxq/opensmtpd"
 	"github.com/mxqueue/mxq/queue"
 )
 
-const libexecDir = "/usr/libexec/opensmtpd"
+// smtpdBuild is one OpenSMTPD the end-to-end tests run on.
+type smtpdBuild struct {
+	name    string // for subtests: "6.8.0p2", "7.9.0-portable"
+	smtpd   string // the binary
+	smtpctl string
+	libexec string // where smtpd looks for queue-NAME
+	spool   string // its compiled-in queue directory, bound over per test
+	run     string // its compiled-in control socket directory, likewise
+	version *opensmtpd.Smtpd
+}
+
+// debianSmtpd is Debian's package, 6.8 on bookworm.
+var debianSmtpd = smtpdBuild{
+	smtpd:   "/usr/sbin/smtpd",
+	smtpctl: "/usr/sbin/smtpctl",
+	libexec: "/usr/libexec/opensmtpd",
+	spool:   "/var/spool/smtpd",
+	run:     "/run",
+}
+
+// prefixBuild is a build of scripts/build-smtpd under prefix.
+func prefixBuild(prefix string) smtpdBuild {
+	return smtpdBuild{
+		smtpd:   filepath.Join(prefix, "sbin", "smtpd"),
+		smtpctl: filepath.Join(prefix, "sbin", "smtpctl"),
+		libexec: filepath.Join(prefix, "libexec", "opensmtpd"),
+		spool:   filepath.Join(prefix, "spool"),
+		run:     filepath.Join(prefix, "run"),
+	}
+}
 
 func TestMain(m *testing.M) {
 	// As a child process of TestServe, the test binary is mxq itself.
@@ -49,13 +81,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// requireSmtpd skips the test unless smtpd can run here, or fails it when
-// MXQ_REQUIRE_SERVICES=1.
-func requireSmtpd(t *testing.T) {
+// requireSmtpd returns the OpenSMTPD builds to test on: Debian's, and
+// every prefix in MXQ_TEST_OPENSMTPD (space-separated, as scripts/test
+// sets it). It skips the test when smtpd cannot run here, and fails it
+// instead when MXQ_REQUIRE_SERVICES=1, which also requires a 7.x build.
+func requireSmtpd(t *testing.T) []smtpdBuild {
 	t.Helper()
+	required := os.Getenv("MXQ_REQUIRE_SERVICES") == "1"
 	miss := func(format string, args ...any) {
 		t.Helper()
-		if os.Getenv("MXQ_REQUIRE_SERVICES") == "1" {
+		if required {
 			t.Fatalf("MXQ_REQUIRE_SERVICES=1: "+format, args...)
 		}
 		t.Skipf(format, args...)
@@ -66,14 +101,36 @@ func requireSmtpd(t *testing.T) {
 	if os.Geteuid() != 0 {
 		miss("the OpenSMTPD end-to-end tests need root: smtpd runs as root and in a private mount namespace")
 	}
-	for _, p := range []string{"/usr/sbin/smtpd", "/usr/bin/unshare"} {
-		if _, err := os.Stat(p); err != nil {
-			miss("%s missing: install opensmtpd and util-linux (scripts/test does)", p)
+	if _, err := os.Stat("/usr/bin/unshare"); err != nil {
+		miss("/usr/bin/unshare missing: install util-linux")
+	}
+	builds := []smtpdBuild{debianSmtpd}
+	for _, prefix := range strings.Fields(os.Getenv("MXQ_TEST_OPENSMTPD")) {
+		builds = append(builds, prefixBuild(prefix))
+	}
+	var out []smtpdBuild
+	newest := 0
+	for _, b := range builds {
+		for _, p := range []string{b.smtpd, b.smtpctl} {
+			if _, err := os.Stat(p); err != nil {
+				miss("%s missing: install opensmtpd (Debian's package) or build 7.x with scripts/build-smtpd (scripts/test does both)", p)
+			}
 		}
+		if fi, err := os.Stat(b.libexec); err != nil || !fi.IsDir() {
+			miss("%s missing: install Debian's opensmtpd", b.libexec)
+		}
+		v, err := opensmtpd.IdentifyExecutable(b.smtpd)
+		if err != nil {
+			t.Fatalf("%s: %v", b.smtpd, err)
+		}
+		b.version, b.name = v, v.Version
+		newest = max(newest, v.Major*100+v.Minor)
+		out = append(out, b)
 	}
-	if fi, err := os.Stat(libexecDir); err != nil || !fi.IsDir() {
-		miss("%s missing: install Debian's opensmtpd", libexecDir)
+	if required && newest < 707 {
+		miss("no OpenSMTPD 7.7 or later to test on: build one with scripts/build-smtpd 7.9.0p0 and list its prefix in MXQ_TEST_OPENSMTPD (scripts/test does)")
 	}
+	return out
 }
 
 var (
@@ -105,20 +162,26 @@ func mxqBinary(t *testing.T) string {
 
 var installSeq atomic.Int32
 
-// installQueueProc links /usr/libexec/opensmtpd/queue-<unique name> to the
-// binary, with mxq's own install command, and returns the name.
-func installQueueProc(t *testing.T) string {
+// installQueueProc links <libexec>/queue-<unique name> to the binary, with
+// mxq's own install command, and returns the name.
+func installQueueProc(t *testing.T, b smtpdBuild) string {
 	t.Helper()
 	bin := mxqBinary(t)
 	name := fmt.Sprintf("mxqe2e%d-%d", os.Getpid(), installSeq.Add(1))
-	link := filepath.Join(libexecDir, "queue-"+name)
+	link := filepath.Join(b.libexec, "queue-"+name)
 	t.Cleanup(func() { os.Remove(link) })
-	out, err := exec.Command(bin, "opensmtpd", "install", "--name", name, "--dir", libexecDir).CombinedOutput()
+	out, err := exec.Command(bin, "opensmtpd", "install", "--name", name, "--dir", b.libexec, "--smtpd", b.smtpd).CombinedOutput()
 	if err != nil {
 		t.Fatalf("mxq opensmtpd install: %v\n%s", err, out)
 	}
 	if dst, err := os.Readlink(link); err != nil || dst != bin {
 		t.Fatalf("%s -> %q, %v; want %s", link, dst, err, bin)
+	}
+	if want := "smtpd: OpenSMTPD " + b.version.Version; !strings.Contains(string(out), want) {
+		t.Errorf("mxq opensmtpd install does not report %q:\n%s", want, out)
+	}
+	if b.version.FdRBug() != strings.Contains(string(out), "MESSAGE_FD_R bug") {
+		t.Errorf("mxq opensmtpd install on %s: FD_R bug warning is wrong:\n%s", b.name, out)
 	}
 	return name
 }
@@ -144,6 +207,7 @@ cat > "$dir/$rcpt.$$.tmp" && mv "$dir/$rcpt.$$.tmp" "$dir/$rcpt.$$.mail"
 // mta is one smtpd instance with its own spool, /run and mailboxes.
 type mta struct {
 	t     *testing.T
+	b     smtpdBuild
 	dir   string
 	port  int
 	queue string // the -B queue= value; "" for smtpd's built-in fs queue
@@ -155,7 +219,7 @@ type mta struct {
 
 // newMTA prepares an smtpd whose queue is queueArg, a URL or an mxq
 // configuration file; "" means smtpd's built-in fs queue.
-func newMTA(t *testing.T, queueArg string) *mta {
+func newMTA(t *testing.T, b smtpdBuild, queueArg string) *mta {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mxq-e2e-")
 	if err != nil {
@@ -169,7 +233,7 @@ func newMTA(t *testing.T, queueArg string) *mta {
 	must(t, os.Mkdir(filepath.Join(dir, "out"), 0o777))
 	must(t, os.Chmod(filepath.Join(dir, "out"), 0o777))
 	must(t, os.WriteFile(filepath.Join(dir, "deliver.sh"), []byte(deliverScript), 0o755))
-	m := &mta{t: t, dir: dir, port: freePort(t)}
+	m := &mta{t: t, b: b, dir: dir, port: freePort(t)}
 	conf := fmt.Sprintf(`table vusers { "@test.local" = "nobody" }
 listen on 127.0.0.1 port %d
 action "deliver" mda "%s/deliver.sh %%{rcpt}" virtual <vusers> user nobody
@@ -177,7 +241,7 @@ match from local for domain "test.local" action "deliver"
 `, m.port, dir)
 	must(t, os.WriteFile(filepath.Join(dir, "smtpd.conf"), []byte(conf), 0o644))
 	if queueArg != "" {
-		m.queue = installQueueProc(t) + ":" + queueArg
+		m.queue = installQueueProc(t, b) + ":" + queueArg
 	}
 	return m
 }
@@ -208,10 +272,18 @@ func (m *mta) start(extra ...string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The mount points must exist: Debian's package creates its spool
+	// only when the service first runs, which on a fresh machine it never
+	// did.
+	for _, p := range []string{m.b.spool, m.b.run} {
+		if err := os.MkdirAll(p, 0o711); err != nil {
+			t.Fatalf("create the mount point %s: %v", p, err)
+		}
+	}
 	args := []string{"-m", "--propagation", "private", "/bin/sh", "-c",
-		`mount --bind "$1" /var/spool/smtpd && mount --bind "$2" /run && shift 2 && exec "$@"`,
-		"sh", filepath.Join(m.dir, "spool"), filepath.Join(m.dir, "run"),
-		"/usr/sbin/smtpd", "-d", "-v", "-f", filepath.Join(m.dir, "smtpd.conf")}
+		`mount --bind "$1" "$3" && mount --bind "$2" "$4" && shift 4 && exec "$@"`,
+		"sh", filepath.Join(m.dir, "spool"), filepath.Join(m.dir, "run"), m.b.spool, m.b.run,
+		m.b.smtpd, "-d", "-v", "-f", filepath.Join(m.dir, "smtpd.conf")}
 	if m.queue != "" {
 		args = append(args, "-B", "queue="+m.queue)
 	}
@@ -556,25 +628,73 @@ func subQueue(u, name string) string {
 }
 
 func TestOpenSMTPD(t *testing.T) {
-	requireSmtpd(t)
-	for name, u := range queueURLs(t) {
-		t.Run(name, func(t *testing.T) {
-			t.Run("Delivery", func(t *testing.T) { testDelivery(t, subQueue(u, "delivery")) })
-			t.Run("Restart", func(t *testing.T) { testRestart(t, subQueue(u, "restart")) })
-			t.Run("SharedKill9", func(t *testing.T) { testShared(t, subQueue(u, "shared")) })
+	builds := requireSmtpd(t)
+	var names []string
+	for _, b := range builds {
+		names = append(names, b.version.String()+" ("+b.smtpd+")")
+	}
+	t.Logf("OpenSMTPD builds under test: %s", strings.Join(names, ", "))
+	for _, b := range builds {
+		t.Run(b.name, func(t *testing.T) {
+			t.Run("Identify", func(t *testing.T) { testIdentify(t, b) })
+			for name, u := range queueURLs(t) {
+				u = subQueue(u, "v"+b.name)
+				t.Run(name, func(t *testing.T) {
+					t.Run("Delivery", func(t *testing.T) { testDelivery(t, b, subQueue(u, "delivery")) })
+					t.Run("Restart", func(t *testing.T) { testRestart(t, b, subQueue(u, "restart")) })
+					t.Run("SharedKill9", func(t *testing.T) { testShared(t, b, subQueue(u, "shared")) })
+				})
+			}
 		})
+	}
+}
+
+// testIdentify checks that the build's version, read from its binary,
+// maps to the header layout its sources have.
+func testIdentify(t *testing.T, b smtpdBuild) {
+	f, err := b.version.HeaderFormat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := opensmtpd.Header68
+	if b.version.Major > 7 || b.version.Major == 7 && b.version.Minor >= 7 {
+		want = opensmtpd.Header77
+	}
+	if f != want {
+		t.Fatalf("%s: layout %s, want %s", b.version, f, want)
+	}
+	t.Logf("%s at %s: header layout %s, MESSAGE_FD_R bug: %v", b.version, b.smtpd, f, b.version.FdRBug())
+}
+
+// checkLayoutLog checks that the queue process logged the header layout
+// it chose from smtpd's version, and, on a release with upstream's
+// MESSAGE_FD_R bug, warned about it unless told the build is patched.
+func (m *mta) checkLayoutLog(patched bool) {
+	m.t.Helper()
+	f, _ := m.b.version.HeaderFormat()
+	want := fmt.Sprintf("layout=%s reason=\"version of the smtpd on fd 0\" smtpd=%s", f, m.b.version.Version)
+	// smtpd may listen before its queue process has started: wait.
+	m.waitFor(fmt.Sprintf("the queue process's log line %q", want), 20*time.Second, func() bool {
+		return strings.Contains(m.log(), want)
+	})
+	// The warning comes before that line.
+	warned := strings.Contains(m.log(), "MESSAGE_FD_R bug")
+	if wantWarn := m.b.version.FdRBug() && !patched; warned != wantWarn {
+		m.t.Errorf("MESSAGE_FD_R warning: %v, want %v:\n%s", warned, wantWarn, m.logTail(40))
 	}
 }
 
 // testDelivery covers a multi-recipient message, RSET rollback, temp-fail
 // with retry and perm-fail with a bounce, on one smtpd.
-func testDelivery(t *testing.T, u string) {
-	// The configuration file form, with debug logs to see the rollback.
+func testDelivery(t *testing.T, b smtpdBuild, u string) {
+	// The configuration file form, with debug logs to see the rollback;
+	// the builds under test carry the MESSAGE_FD_R fix.
 	conf := filepath.Join(t.TempDir(), "queue.conf")
-	must(t, os.WriteFile(conf, fmt.Appendf(nil, "# mxq e2e\nqueue=%s\nnode=e2e\ntimeout=10s\nlog=debug\n", u), 0o600))
-	m := newMTA(t, conf)
+	must(t, os.WriteFile(conf, fmt.Appendf(nil, "# mxq e2e\nqueue=%s\nnode=e2e\ntimeout=10s\nlog=debug\nsmtpd-patched=true\n", u), 0o600))
+	m := newMTA(t, b, conf)
 	obs := observer(t, u)
 	m.start()
+	m.checkLayoutLog(true)
 
 	// RSET: the transaction is rolled back and nothing reaches the store.
 	s, err := dialSMTP(m.addr())
@@ -651,10 +771,15 @@ func testDelivery(t *testing.T, u string) {
 
 // testRestart queues mail with delivery paused, stops smtpd, and checks
 // that a new smtpd finds and delivers it through the walk.
-func testRestart(t *testing.T, u string) {
-	m := newMTA(t, u)
+//
+// On smtpd 7.7 and later this is the case where a layout learnt from
+// traffic was wrong: the first descriptor after the restart is the queue
+// process's answer to MESSAGE_FD_R, before smtpd sent any.
+func testRestart(t *testing.T, b smtpdBuild, u string) {
+	m := newMTA(t, b, u)
 	obs := observer(t, u)
 	m.start("-P", "mda")
+	m.checkLayoutLog(false)
 	rcpts := [][]string{{"r1@test.local"}, {"r2@test.local", "r3@test.local"}, {"r4@test.local"}}
 	for i, to := range rcpts {
 		m.send("s@test.local", to, fmt.Sprintf("restart message %d", i))
@@ -681,13 +806,13 @@ func testRestart(t *testing.T, u string) {
 // SIGKILL while it delivers, and checks that the survivor takes its mail
 // over: every recipient gets every message, and the duplicates (the
 // at-least-once window) are counted.
-func testShared(t *testing.T, u string) {
+func testShared(t *testing.T, build smtpdBuild, u string) {
 	conf := func(node string) string {
 		p := filepath.Join(t.TempDir(), node+".conf")
-		must(t, os.WriteFile(p, fmt.Appendf(nil, "queue=%s\nnode=%s\nshared=true\nheartbeat=1s\ntimeout=10s\n", u, node), 0o600))
+		must(t, os.WriteFile(p, fmt.Appendf(nil, "queue=%s\nnode=%s\nshared=true\nheartbeat=1s\ntimeout=10s\nsmtpctl=%s\nsmtpd-patched=true\n", u, node, build.smtpctl), 0o600))
 		return p
 	}
-	a, b := newMTA(t, conf("mx-a")), newMTA(t, conf("mx-b"))
+	a, b := newMTA(t, build, conf("mx-a")), newMTA(t, build, conf("mx-b"))
 	obs := observer(t, u)
 	b.start()
 	a.start()
@@ -765,7 +890,7 @@ func testShared(t *testing.T, u string) {
 // on loopback by smtpd on its built-in fs queue and on mxq, side by side.
 // Delivery is paused, so that only acceptance is measured.
 func TestOpenSMTPDThroughput(t *testing.T) {
-	requireSmtpd(t)
+	builds := requireSmtpd(t)
 	n, workers := 200, 8
 	if v, err := strconv.Atoi(os.Getenv("MXQ_E2E_MESSAGES")); err == nil && v > 0 {
 		n = v
@@ -774,26 +899,36 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 		name string
 		url  string
 	}
-	runs := []run{{"fs (built-in)", ""}}
-	urls := queueURLs(t)
-	runs = append(runs, run{"mxq file://", urls["file"]})
-	if u, ok := urls["minio"]; ok {
-		runs = append(runs, run{"mxq minio", u})
-	}
-	rates := make(map[string]float64)
-	for _, r := range runs {
-		m := newMTA(t, r.url)
-		m.start("-P", "mda")
-		measure(t, m, 2*workers, workers) // warm up: connections, ID pool, caches
-		rate := measure(t, m, n, workers)
-		m.checkLog()
-		m.stop()
-		rates[r.name] = rate
-		t.Logf("%-14s %4d messages, %d clients: %7.1f msg/s", r.name, n, workers, rate)
-	}
-	base := rates["fs (built-in)"]
-	for _, r := range runs[1:] {
-		t.Logf("%s / fs = %.2f", r.name, rates[r.name]/base)
+	for _, b := range builds {
+		t.Run(b.name, func(t *testing.T) {
+			runs := []run{{"fs (built-in)", ""}}
+			urls := queueURLs(t)
+			runs = append(runs, run{"mxq file://", urls["file"]})
+			if u, ok := urls["minio"]; ok {
+				runs = append(runs, run{"mxq minio", u})
+			}
+			rates := make(map[string]float64)
+			for _, r := range runs {
+				arg := r.url
+				if arg != "" {
+					conf := filepath.Join(t.TempDir(), "queue.conf")
+					must(t, os.WriteFile(conf, fmt.Appendf(nil, "queue=%s\nsmtpd-patched=true\n", r.url), 0o600))
+					arg = conf
+				}
+				m := newMTA(t, b, arg)
+				m.start("-P", "mda")
+				measure(t, m, 2*workers, workers) // warm up: connections, ID pool, caches
+				rate := measure(t, m, n, workers)
+				m.checkLog()
+				m.stop()
+				rates[r.name] = rate
+				t.Logf("%s %-14s %4d messages, %d clients: %7.1f msg/s", b.version, r.name, n, workers, rate)
+			}
+			base := rates["fs (built-in)"]
+			for _, r := range runs[1:] {
+				t.Logf("%s %s / fs = %.2f", b.version, r.name, rates[r.name]/base)
+			}
+		})
 	}
 }
 
