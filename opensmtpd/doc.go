@@ -11,8 +11,7 @@
 //
 // Messages are imsgs: a 16-byte header in host byte order (little endian on
 // every supported target) and a payload; the length counts the header and
-// is at most MaxMessageSize (16384). Two header layouts exist and Serve
-// accepts both, detected per message:
+// is at most MaxMessageSize (16384). Two header layouts exist:
 //
 //	smtpd <= 7.6 (Header68): u32 type | u16 len | u16 flags | u32 peerid | u32 pid
 //	smtpd >= 7.7 (Header77): u32 type | u32 len            | u32 peerid | u32 pid
@@ -21,6 +20,23 @@
 // carries its first bytes; Header68 marks it with flags bit 0, Header77 with
 // bit 31 of len. Without a descriptor the two layouts are the same bytes.
 // peerid is always 0, and each side writes its own pid.
+//
+// Serve reads requests in either layout, but the layout of its own
+// replies must be known before the first one that carries a descriptor
+// (MESSAGE_FD_R), which after a restart with mail queued comes before
+// smtpd sent any: one in the wrong layout makes smtpd >= 7.7 exit. It is
+// therefore set (ServeOptions.HeaderFormat) or read from the version of
+// the smtpd at the other end of the socket (IdentifyPeer), never guessed
+// from traffic.
+//
+// # smtpd versions
+//
+// The queue protocol has been version 2 with the same message numbers
+// since smtpd 6.4. Releases 7.5.0 to 7.9.0 cannot read a message body from
+// any external queue (Smtpd.FdRBug): they close the descriptor of the
+// MESSAGE_FD_R reply before they take it. The one-line fix is in this
+// repository's opensmtpd/patches directory, and docs/opensmtpd.md says how
+// to build a fixed smtpd.
 //
 // # Requests and replies
 //
