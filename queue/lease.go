@@ -181,23 +181,22 @@ func (s *Store) ensureAlive(ctx context.Context) error {
 	return s.heartbeat(ctx, true)
 }
 
-// node returns the heartbeat of the named node and whether it came from
-// the cache. A heartbeat that showed the node alive is trusted for up to a
-// second, or a quarter of the margin between heartbeats and their expiry
-// if that is shorter; a node is only ever found expired on a fresh read.
-// With fresh, the cache is not consulted.
-func (s *Store) node(ctx context.Context, name string, fresh bool) (*nodeRecord, bool, error) {
+// node returns the heartbeat of the named node. A heartbeat that showed
+// the node alive is trusted for up to a second, or a quarter of the margin
+// between heartbeats and their expiry if that is shorter; a heartbeat is
+// only ever found expired on a fresh read.
+func (s *Store) node(ctx context.Context, name string) (*nodeRecord, error) {
 	now := s.now()
 	s.nodes.mu.Lock()
 	c, ok := s.nodes.m[name]
 	s.nodes.mu.Unlock()
 	keep := min(time.Second, (s.opts.NodeTTL-s.opts.HeartbeatInterval)/4)
-	if !fresh && ok && c.rec != nil && now.Before(c.rec.Expires) && now.Sub(c.fetched) < keep && now.Sub(c.fetched) >= 0 {
-		return c.rec, true, nil
+	if ok && c.rec != nil && now.Before(c.rec.Expires) && now.Sub(c.fetched) < keep && now.Sub(c.fetched) >= 0 {
+		return c.rec, nil
 	}
 	rec, _, err := s.readNode(ctx, name)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	s.nodes.mu.Lock()
 	if s.nodes.m == nil {
@@ -205,7 +204,7 @@ func (s *Store) node(ctx context.Context, name string, fresh bool) (*nodeRecord,
 	}
 	s.nodes.m[name] = cachedNode{rec: rec, fetched: now}
 	s.nodes.mu.Unlock()
-	return rec, false, nil
+	return rec, nil
 }
 
 // readNode reads the heartbeat of node n and its version; a missing one is
@@ -232,15 +231,23 @@ func (s *Store) readNode(ctx context.Context, n string) (*nodeRecord, Version, e
 //
 // A claim is judged by its session against the holder's heartbeat, which
 // may be older than the claim: cached, or read before a new process of the
-// node wrote its first heartbeat. So a different session never means dead
-// by itself:
-//   - the same session: alive while the heartbeat has not expired;
-//   - an earlier session: a later process of the node has started, so the
-//     claim's process is dead (one live process per node name);
-//   - a later session than a cached heartbeat: read it again; later than a
-//     fresh one too, or no heartbeat at all (a survivor that forgot the
-//     node removed it just as a new process started, which an
-//     unconditional delete cannot rule out): held until the lease expires.
+// node wrote its first heartbeat. So a different session alone never
+// means dead:
+//   - an earlier session than the heartbeat's: a later process of the node
+//     has started, so the claim's process is dead (one live process per
+//     node name);
+//   - the same or a later session: held while the heartbeat has not
+//     expired, and a heartbeat is only ever found expired on a fresh read.
+//     A live process keeps its node's heartbeat unexpired and at its own
+//     session: its first heartbeat comes before its first claim, and each
+//     of its heartbeats replaces an earlier session's record. The only
+//     other writer, a survivor that writes back a forgotten node's
+//     heartbeat (see forget), writes it unexpired for one NodeTTL. So an
+//     expired heartbeat of an earlier session means that the claim's
+//     process has not heartbeated for a NodeTTL;
+//   - no heartbeat at all (a survivor that forgot the node removed it just
+//     as a new process started, which an unconditional delete cannot rule
+//     out): held until the lease expires.
 func (s *Store) held(ctx context.Context, h *envHeader) (bool, error) {
 	if h.Holder == "" || !s.now().Before(time.Unix(0, h.Expires)) {
 		return false, nil
@@ -253,24 +260,16 @@ func (s *Store) held(ctx context.Context, h *envHeader) (bool, error) {
 			return false, nil // an earlier process of this node
 		}
 	}
-	rec, cached, err := s.node(ctx, h.Holder, false)
-	if err != nil {
-		return false, err
-	}
-	if cached && h.Session > rec.Session {
-		if rec, _, err = s.node(ctx, h.Holder, true); err != nil {
-			return false, err
-		}
-	}
+	rec, err := s.node(ctx, h.Holder)
 	switch {
+	case err != nil:
+		return false, err
 	case rec == nil:
 		return true, nil
-	case h.Session == rec.Session:
-		return s.now().Before(rec.Expires), nil
 	case h.Session < rec.Session:
 		return false, nil
 	default:
-		return true, nil
+		return s.now().Before(rec.Expires), nil
 	}
 }
 
@@ -813,7 +812,7 @@ func (s *Store) Takeover(ctx context.Context) ([]EvpID, error) {
 	var taken []EvpID
 	now := s.now()
 	for _, n := range names {
-		rec, _, err := s.node(ctx, n, false)
+		rec, err := s.node(ctx, n)
 		if err != nil {
 			return taken, s.wrap("takeover", n, err, nil)
 		}
@@ -910,9 +909,10 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 // heartbeat as held until their leases expire, and the new process writes
 // its heartbeat again at its next beat. Should it die before that, its
 // claim pointers would be left with no heartbeat to lead survivors to
-// them; so when the node has pointers again after the delete, the dead
-// heartbeat is written back (create-only) and survivors keep watching the
-// node.
+// them; so when the node has pointers again after the delete, the
+// heartbeat is written back (create-only), unexpired for one NodeTTL as if
+// the new process had written it: survivors keep watching the node, and
+// take its envelopes over once it has not heartbeated for a NodeTTL.
 func (s *Store) forget(ctx context.Context, n string, rec *nodeRecord) {
 	cur, _, err := s.readNode(ctx, n)
 	if err != nil || cur == nil || cur.Session != rec.Session || s.now().Before(cur.Expires) {
@@ -931,7 +931,10 @@ func (s *Store) forget(ctx context.Context, n string, rec *nodeRecord) {
 	if err == nil && len(keys) == 0 {
 		return
 	}
-	b, _ := json.Marshal(cur)
+	now := s.now()
+	back := *cur
+	back.Beat, back.Expires = now.UTC(), now.Add(max(cur.Expires.Sub(cur.Beat), s.opts.NodeTTL)).UTC()
+	b, _ := json.Marshal(&back)
 	s.putBytes(ctx, key, b, PutOptions{IfNoneMatch: true})
 }
 
