@@ -16,7 +16,11 @@ import (
 // Options configure a Store. The zero value gives the defaults.
 type Options struct {
 	// Node names this Store's node in leases and heartbeats. It must pass
-	// ValidNodeName. Default: "node-" and 8 random hex digits.
+	// ValidNodeName. At most one live process may use a name at a time: a
+	// process that starts under a name supersedes the earlier ones, whose
+	// claims other nodes may then take over (see Heartbeat). A process
+	// restarted after its predecessor died keeps the name and should run
+	// Owned. Default: "node-" and 8 random hex digits.
 	Node string
 	// Grace is how old an uncommitted transaction must be before Sweep
 	// aborts it. It must exceed the longest transaction, including its
