@@ -21,6 +21,7 @@ func runLeaseTests(t *testing.T, mk HarnessMaker) {
 	t.Run("NodeTakeover", func(t *testing.T) { testNodeTakeover(t, mk) })
 	t.Run("DeleteInterrupted", func(t *testing.T) { testDeleteInterrupted(t, mk) })
 	t.Run("NothingStranded", func(t *testing.T) { testNothingStranded(t, mk) })
+	t.Run("RestartUnderName", func(t *testing.T) { testRestartUnderName(t, mk) })
 }
 
 func (e *env) node(name string) *queue.Store {

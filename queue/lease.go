@@ -43,65 +43,160 @@ type cachedNode struct {
 	fetched time.Time
 }
 
+// beatState is this process's side of its node's heartbeat.
+type beatState struct {
+	mu         sync.Mutex
+	at         time.Time // when the last heartbeat was written
+	version    Version   // its version, which the next heartbeat swaps
+	superseded error     // set for good once a later process of the node is found
+}
+
+// maxBeatAttempts bounds the rounds of one heartbeat whose write keeps
+// finding the record changed.
+const maxBeatAttempts = 8
+
 // Heartbeat announces that this node is alive for Options.NodeTTL. One
-// write, whatever the size of the queue. RunNode calls it every
-// Options.HeartbeatInterval; Claim and Tx.Claim write the first one.
+// conditional write, whatever the size of the queue; the first heartbeat
+// of a process also reads the record, to start a session later than every
+// earlier process of the node. RunNode calls it every
+// Options.HeartbeatInterval; Claim, Tx.Claim and Owned write the first
+// one. If a later process of this node has started (two live processes
+// under one name), the result is ErrConflict, and this process, superseded
+// for good, claims nothing more.
 func (s *Store) Heartbeat(ctx context.Context) error {
 	if err := s.check("heartbeat"); err != nil {
 		return err
 	}
-	return s.wrap("heartbeat", s.opts.Node, s.heartbeat(ctx), nil)
+	return s.wrap("heartbeat", s.opts.Node, s.heartbeat(ctx, false), nil)
 }
 
-func (s *Store) heartbeat(ctx context.Context) error {
-	now := s.now()
-	rec := nodeRecord{Name: s.opts.Node, Session: s.session, Expires: now.Add(s.opts.NodeTTL).UTC(), Beat: now.UTC()}
-	b, _ := json.Marshal(&rec)
-	if _, err := s.putBytes(ctx, Key(Handle{Kind: KindNode, Node: s.opts.Node}), b, PutOptions{}); err != nil {
+// heartbeat writes this node's record; with ifStale, only if the last one
+// is not recent.
+//
+// Sessions order the processes of one node. The first heartbeat of a
+// process reads the record and picks a session above the one recorded
+// (and at least its start time in nanoseconds, so that sessions grow even
+// after a dead node's record was removed), then writes it with a
+// conditional write, read and retried if another write came between.
+// Every later heartbeat is a compare-and-swap on the version of this
+// process's last one. So the record's session only grows while the record
+// exists, a late write of a dead process never replaces its successor's,
+// and a process finds out when a later one has started. The session is
+// set only once written, and every claim waits for ensureAlive, so no
+// claim carries a session that is not in the record.
+func (s *Store) heartbeat(ctx context.Context, ifStale bool) error {
+	// One heartbeat at a time, each swapping the last one's version; a
+	// caller whose ctx ends while another's heartbeat hangs gives up.
+	select {
+	case s.beatMu <- struct{}{}:
+		defer func() { <-s.beatMu }()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if fresh, err := s.alive(); err != nil || fresh && ifStale {
 		return err
 	}
-	s.beatMu.Lock()
-	s.beatAt = now
-	s.beatMu.Unlock()
-	return nil
-}
-
-// ensureAlive writes a heartbeat unless a recent one is still good.
-func (s *Store) ensureAlive(ctx context.Context) error {
-	s.beatMu.Lock()
-	at := s.beatAt
-	s.beatMu.Unlock()
-	if !at.IsZero() && s.now().Sub(at) < s.opts.NodeTTL/2 {
+	key := Key(Handle{Kind: KindNode, Node: s.opts.Node})
+	session := s.session.Load()
+	s.beat.mu.Lock()
+	ver := s.beat.version
+	s.beat.mu.Unlock()
+	var floor uint64 // the highest session seen in the record
+	for range maxBeatAttempts {
+		put := PutOptions{IfMatch: ver}
+		if session == 0 || ver == "" {
+			rec, v, err := s.readNode(ctx, s.opts.Node)
+			if errors.Is(err, ErrCorrupt) && v != "" {
+				rec, err = &nodeRecord{}, nil // unreadable: replace it
+			}
+			if err != nil {
+				return err
+			}
+			// A missing record was removed by a survivor that forgot the
+			// node; an earlier session's is a dead process's. Either way
+			// this process writes its own.
+			put = PutOptions{IfNoneMatch: true}
+			if rec != nil {
+				put = PutOptions{IfMatch: v}
+				floor = max(floor, rec.Session)
+				if session != 0 && rec.Session > session {
+					return s.supersede(rec.Session)
+				}
+			}
+		}
+		now := s.now()
+		sess := session
+		if sess == 0 {
+			sess = max(uint64(max(now.UnixNano(), 0)), floor+1)
+		}
+		b, _ := json.Marshal(&nodeRecord{Name: s.opts.Node, Session: sess, Expires: now.Add(s.opts.NodeTTL).UTC(), Beat: now.UTC()})
+		v, err := s.putBytes(ctx, key, b, put)
+		if s.isPrecondition(err) || s.isNotFound(err) {
+			ver = "" // another write or a removal came between: read again
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		s.session.Store(sess)
+		s.beat.mu.Lock()
+		s.beat.at, s.beat.version = now, v
+		s.beat.mu.Unlock()
 		return nil
 	}
-	return s.heartbeat(ctx)
+	return errorf("heartbeat", s.opts.Node, ErrConflict, "the heartbeat record changed under each of %d attempts to write it", maxBeatAttempts)
+}
+
+// supersede records, for good, that a later process of this node (with
+// the session later) has started.
+func (s *Store) supersede(later uint64) error {
+	err := errorf("heartbeat", s.opts.Node, ErrConflict,
+		"a later process of node %s (session %d) has started, so this one (session %d) is superseded: it claims nothing more, and other nodes may take over its claims; every live process needs a node name of its own",
+		s.opts.Node, later, s.session.Load())
+	s.beat.mu.Lock()
+	defer s.beat.mu.Unlock()
+	if s.beat.superseded == nil {
+		s.beat.superseded = err
+	}
+	return s.beat.superseded
+}
+
+// alive reports whether this process's last heartbeat is recent enough to
+// claim under, or the error that ends its claims.
+func (s *Store) alive() (bool, error) {
+	s.beat.mu.Lock()
+	defer s.beat.mu.Unlock()
+	if s.beat.superseded != nil {
+		return false, s.beat.superseded
+	}
+	return !s.beat.at.IsZero() && s.now().Sub(s.beat.at) < s.opts.NodeTTL/2, nil
+}
+
+// ensureAlive writes a heartbeat unless a recent one is still good. Every
+// claim calls it first, so no claim is made before the session is set.
+func (s *Store) ensureAlive(ctx context.Context) error {
+	if fresh, err := s.alive(); fresh || err != nil {
+		return err
+	}
+	return s.heartbeat(ctx, true)
 }
 
 // node returns the heartbeat of the named node. A heartbeat that showed
 // the node alive is trusted for up to a second, or a quarter of the margin
-// between heartbeats and their expiry if that is shorter; a node is only
-// ever found dead on a fresh read.
+// between heartbeats and their expiry if that is shorter; a heartbeat is
+// only ever found expired on a fresh read.
 func (s *Store) node(ctx context.Context, name string) (*nodeRecord, error) {
 	now := s.now()
 	s.nodes.mu.Lock()
 	c, ok := s.nodes.m[name]
 	s.nodes.mu.Unlock()
-	fresh := min(time.Second, (s.opts.NodeTTL-s.opts.HeartbeatInterval)/4)
-	if ok && c.rec != nil && now.Before(c.rec.Expires) && now.Sub(c.fetched) < fresh && now.Sub(c.fetched) >= 0 {
+	keep := min(time.Second, (s.opts.NodeTTL-s.opts.HeartbeatInterval)/4)
+	if ok && c.rec != nil && now.Before(c.rec.Expires) && now.Sub(c.fetched) < keep && now.Sub(c.fetched) >= 0 {
 		return c.rec, nil
 	}
-	key := Key(Handle{Kind: KindNode, Node: name})
-	b, _, err := s.getBytes(ctx, key, 4096)
-	var rec *nodeRecord
-	switch {
-	case s.isNotFound(err):
-	case err != nil:
+	rec, _, err := s.readNode(ctx, name)
+	if err != nil {
 		return nil, err
-	default:
-		rec = new(nodeRecord)
-		if err := json.Unmarshal(b, rec); err != nil {
-			return nil, fmt.Errorf("%w: heartbeat %s does not parse: %v", ErrCorrupt, key, err)
-		}
 	}
 	s.nodes.mu.Lock()
 	if s.nodes.m == nil {
@@ -112,24 +207,75 @@ func (s *Store) node(ctx context.Context, name string) (*nodeRecord, error) {
 	return rec, nil
 }
 
-// held reports whether the lease in h is held: not expired, and its holder
-// alive in the same session.
+// readNode reads the heartbeat of node n and its version; a missing one is
+// nil, without error. A record that does not parse is ErrCorrupt, with its
+// version.
+func (s *Store) readNode(ctx context.Context, n string) (*nodeRecord, Version, error) {
+	key := Key(Handle{Kind: KindNode, Node: n})
+	b, a, err := s.getBytes(ctx, key, 4096)
+	if s.isNotFound(err) {
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	rec := new(nodeRecord)
+	if err := json.Unmarshal(b, rec); err != nil {
+		return nil, a.Version, fmt.Errorf("%w: heartbeat %s does not parse: %v", ErrCorrupt, key, err)
+	}
+	return rec, a.Version, nil
+}
+
+// held reports whether the lease in h is held: not expired, and its
+// holder's process alive.
+//
+// A claim is judged by its session against the holder's heartbeat, which
+// may be older than the claim: cached, or read before a new process of the
+// node wrote its first heartbeat. So a different session alone never
+// means dead:
+//   - an earlier session than the heartbeat's: a later process of the node
+//     has started, so the claim's process is dead (one live process per
+//     node name);
+//   - the same or a later session: held while the heartbeat has not
+//     expired, and a heartbeat is only ever found expired on a fresh read.
+//     A live process keeps its node's heartbeat unexpired and at its own
+//     session: its first heartbeat comes before its first claim, and each
+//     of its heartbeats replaces an earlier session's record. The only
+//     other writer, a survivor that writes back a forgotten node's
+//     heartbeat (see forget), writes it unexpired for one NodeTTL. So an
+//     expired heartbeat of an earlier session means that the claim's
+//     process has not heartbeated for a NodeTTL;
+//   - no heartbeat at all (a survivor that forgot the node removed it just
+//     as a new process started, which an unconditional delete cannot rule
+//     out): held until the lease expires.
 func (s *Store) held(ctx context.Context, h *envHeader) (bool, error) {
 	if h.Holder == "" || !s.now().Before(time.Unix(0, h.Expires)) {
 		return false, nil
 	}
-	if h.Holder == s.opts.Node && h.Session == s.session {
-		return true, nil
+	if own := s.session.Load(); h.Holder == s.opts.Node && own != 0 {
+		switch {
+		case h.Session == own:
+			return true, nil
+		case h.Session < own:
+			return false, nil // an earlier process of this node
+		}
 	}
 	rec, err := s.node(ctx, h.Holder)
-	if err != nil {
+	switch {
+	case err != nil:
 		return false, err
+	case rec == nil:
+		return true, nil
+	case h.Session < rec.Session:
+		return false, nil
+	default:
+		return s.now().Before(rec.Expires), nil
 	}
-	return rec != nil && rec.Session == h.Session && s.now().Before(rec.Expires), nil
 }
 
+// mine reports whether this process holds the lease in h.
 func (s *Store) mine(h *envHeader) bool {
-	return h.Holder == s.opts.Node && h.Session == s.session
+	return h.Holder == s.opts.Node && h.Session != 0 && h.Session == s.session.Load()
 }
 
 // Claim is this node's hold on an envelope: the handle through which the
@@ -178,17 +324,19 @@ func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (
 	if d <= 0 {
 		d = s.opts.LeaseDuration
 	}
+	// The heartbeat first: it sets this process's session, which tells
+	// the claims of this node's earlier processes from its own.
+	if err := s.ensureAlive(ctx); err != nil {
+		return nil, s.wrap("claim", id, err, nil)
+	}
 	if ok, err := s.held(ctx, &e.hdr); err != nil {
 		return nil, s.wrap("claim", id, err, nil)
 	} else if ok && !s.mine(&e.hdr) {
 		return nil, errorf("claim", id, ErrConflict, "held by node %s until %s", e.hdr.Holder, time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
 	}
-	if err := s.ensureAlive(ctx); err != nil {
-		return nil, s.wrap("claim", id, err, nil)
-	}
 	h := e.hdr
 	h.Pending = 0
-	h.Holder, h.Session, h.Expires = s.opts.Node, s.session, s.now().Add(d).UnixNano()
+	h.Holder, h.Session, h.Expires = s.opts.Node, s.session.Load(), s.now().Add(d).UnixNano()
 	h.Token++
 	c := &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, hdr: e.hdr, loaded: true}}
 	// A pointer from this node to the envelope lets survivors find it
@@ -619,9 +767,14 @@ func (s *Store) reclaim(ctx context.Context, id EvpID) (bool, error) {
 	if s.mine(&e.hdr) {
 		return true, nil
 	}
+	if e.hdr.Session > s.session.Load() {
+		// A later process of this node holds it, so this one is
+		// superseded; the pointer is the later one's.
+		return false, nil
+	}
 	h := e.hdr
 	h.Pending = 0
-	h.Session = s.session
+	h.Session = s.session.Load()
 	h.Token++
 	_, err = s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(&h, e.Data), PutOptions{IfMatch: e.Version})
 	if s.isPrecondition(err) || s.isNotFound(err) {
@@ -640,6 +793,9 @@ func (s *Store) reclaim(ctx context.Context, id EvpID) (bool, error) {
 func (s *Store) Takeover(ctx context.Context) ([]EvpID, error) {
 	if err := s.check("takeover"); err != nil {
 		return nil, err
+	}
+	if _, err := s.alive(); err != nil {
+		return nil, err // superseded: this process claims nothing more
 	}
 	var names []string
 	err := s.list(ctx, Key(Handle{Kind: KindNode, Node: ""}), func(keys []string) error {
@@ -688,7 +844,7 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 			return true, nil // released, or taken by someone else
 		}
 		if held, err := s.held(ctx, &e.hdr); err != nil || held {
-			return false, err // a newer process of n holds it
+			return false, err // a later process of n holds it
 		}
 		c, err := s.ClaimLoaded(ctx, e, s.opts.LeaseDuration)
 		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
@@ -739,21 +895,47 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 		return taken, err
 	}
 	if remaining == 0 && rec != nil {
-		// Forget the node, unless it came back meanwhile.
-		if cur, err := s.readNode(ctx, n); err == nil && cur != nil && cur.Session == rec.Session && !s.now().Before(cur.Expires) {
-			s.del(ctx, Key(Handle{Kind: KindNode, Node: n}))
-		}
+		s.forget(ctx, n, rec)
 	}
 	return taken, nil
 }
 
-func (s *Store) readNode(ctx context.Context, n string) (*nodeRecord, error) {
-	b, _, err := s.getBytes(ctx, Key(Handle{Kind: KindNode, Node: n}), 4096)
-	if err != nil {
-		return nil, err
+// forget removes the heartbeat of the dead node n, whose envelopes are all
+// taken, unless n came back meanwhile, so that n costs nothing more.
+//
+// A delete cannot be conditional, so a new process of n may write its
+// first heartbeat between the read here and the delete, and claim: the
+// delete removes its heartbeat. held treats the claims of a node without
+// heartbeat as held until their leases expire, and the new process writes
+// its heartbeat again at its next beat. Should it die before that, its
+// claim pointers would be left with no heartbeat to lead survivors to
+// them; so when the node has pointers again after the delete, the
+// heartbeat is written back (create-only), unexpired for one NodeTTL as if
+// the new process had written it: survivors keep watching the node, and
+// take its envelopes over once it has not heartbeated for a NodeTTL.
+func (s *Store) forget(ctx context.Context, n string, rec *nodeRecord) {
+	cur, _, err := s.readNode(ctx, n)
+	if err != nil || cur == nil || cur.Session != rec.Session || s.now().Before(cur.Expires) {
+		return
 	}
-	var rec nodeRecord
-	return &rec, json.Unmarshal(b, &rec)
+	key := Key(Handle{Kind: KindNode, Node: n})
+	if s.del(ctx, key) != nil {
+		return
+	}
+	var keys []string
+	err = s.retry(ctx, func() error {
+		var err error
+		keys, _, err = s.b.List(ctx, Key(Handle{Kind: KindClaim, Node: n}), "", 1)
+		return err
+	})
+	if err == nil && len(keys) == 0 {
+		return
+	}
+	now := s.now()
+	back := *cur
+	back.Beat, back.Expires = now.UTC(), now.Add(max(cur.Expires.Sub(cur.Beat), s.opts.NodeTTL)).UTC()
+	b, _ := json.Marshal(&back)
+	s.putBytes(ctx, key, b, PutOptions{IfNoneMatch: true})
 }
 
 // NodeOptions configure RunNode.
@@ -803,6 +985,9 @@ func (s *Store) RunNode(ctx context.Context, opts *NodeOptions) error {
 		case <-beat.C:
 			report(s.Heartbeat(ctx))
 		case <-scan.C:
+			if _, err := s.alive(); err != nil {
+				continue // superseded: the heartbeats report it
+			}
 			ids, err := s.Takeover(ctx)
 			report(err)
 			if len(ids) > 0 && o.OnTakeover != nil {

@@ -1,7 +1,12 @@
 package queue_test
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"io"
+	"maps"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -88,5 +93,114 @@ func TestClaimHeld(t *testing.T) {
 	}
 	if got := string(load().Data); got != "two" {
 		t.Fatalf("data %q, want %q", got, "two")
+	}
+}
+
+// counted counts the requests a Backend serves, by operation.
+type counted struct {
+	queue.Backend
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *counted) add(op string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = make(map[string]int)
+	}
+	c.n[op]++
+}
+
+func (c *counted) counts() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.n)
+}
+
+func (c *counted) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+	c.add("get")
+	return c.Backend.Get(ctx, key)
+}
+
+func (c *counted) Put(ctx context.Context, key string, r io.Reader, o *queue.PutOptions) (queue.Version, error) {
+	switch {
+	case o.IfMatch != "":
+		c.add("put if-match")
+	case o.IfNoneMatch:
+		c.add("put if-none-match")
+	default:
+		c.add("put")
+	}
+	return c.Backend.Put(ctx, key, r, o)
+}
+
+func (c *counted) Delete(ctx context.Context, key string) error {
+	c.add("delete")
+	return c.Backend.Delete(ctx, key)
+}
+
+func (c *counted) List(ctx context.Context, p, a string, l int) ([]string, bool, error) {
+	c.add("list")
+	return c.Backend.List(ctx, p, a, l)
+}
+
+// TestHeartbeatSessions: the first heartbeat of a process reads the
+// node's record and starts a session above the recorded one, even on a
+// clock an hour behind; every later heartbeat is one compare-and-swap.
+// The request counts are exact.
+func TestHeartbeatSessions(t *testing.T) {
+	ctx := t.Context()
+	name := "lease-test-sessions"
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	session := func() uint64 {
+		t.Helper()
+		rc, _, err := mem.OpenBackend(name).Get(ctx, "node/n")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rc.Close()
+		var rec struct{ Session uint64 }
+		if err := json.NewDecoder(rc).Decode(&rec); err != nil {
+			t.Fatal(err)
+		}
+		return rec.Session
+	}
+	var sessions []uint64
+	for i, skew := range []time.Duration{0, -time.Hour, time.Hour, -2 * time.Hour} {
+		c := &counted{Backend: mem.OpenBackend(name)}
+		s, err := queue.New(c, &queue.Options{Node: "n", Clock: func() time.Time { return now.Add(skew) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		for range 3 {
+			if err := s.Heartbeat(ctx); err != nil {
+				t.Fatalf("process %d: Heartbeat: %v", i, err)
+			}
+		}
+		first := map[string]int{"get": 1, "put if-match": 3}
+		if i == 0 {
+			first = map[string]int{"get": 1, "put if-none-match": 1, "put if-match": 2}
+		}
+		if got := c.counts(); !maps.Equal(got, first) {
+			t.Errorf("process %d: three heartbeats made %v, want %v", i, got, first)
+		}
+		sessions = append(sessions, session())
+	}
+	if !slices.IsSorted(sessions) || len(slices.Compact(slices.Clone(sessions))) != len(sessions) {
+		t.Fatalf("the sessions of successive processes %v do not grow", sessions)
+	}
+	// A record that does not parse does not stop a new process.
+	if _, err := mem.OpenBackend(name).Put(ctx, "node/n", strings.NewReader("{"), &queue.PutOptions{Size: 1}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := queue.New(mem.OpenBackend(name), &queue.Options{Node: "n", Clock: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Heartbeat(ctx); err != nil {
+		t.Fatalf("Heartbeat over a corrupt record: %v", err)
 	}
 }

@@ -9,13 +9,18 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // Options configure a Store. The zero value gives the defaults.
 type Options struct {
 	// Node names this Store's node in leases and heartbeats. It must pass
-	// ValidNodeName. Default: "node-" and 8 random hex digits.
+	// ValidNodeName. At most one live process may use a name at a time: a
+	// process that starts under a name supersedes the earlier ones, whose
+	// claims other nodes may then take over (see Heartbeat). A process
+	// restarted after its predecessor died keeps the name and should run
+	// Owned. Default: "node-" and 8 random hex digits.
 	Node string
 	// Grace is how old an uncommitted transaction must be before Sweep
 	// aborts it. It must exceed the longest transaction, including its
@@ -72,16 +77,18 @@ type Store struct {
 	committed cache // messages known to be committed
 	pool      *pool // reserved message IDs, if Options.Prealloc > 0
 
-	session uint64 // this process's incarnation of the node
+	// session is this process's incarnation of the node, 0 until its
+	// first heartbeat is written; see heartbeat.
+	session atomic.Uint64
 	nodes   nodeCache
-	beatMu  sync.Mutex
-	beatAt  time.Time // when the last heartbeat was written
+	beatMu  chan struct{} // a lock held across a heartbeat's requests
+	beat    beatState
 }
 
 // New returns a Store over b. opts may be nil. The Store owns b and closes
 // it in Close.
 func New(b Backend, opts *Options) (*Store, error) {
-	s := &Store{b: b}
+	s := &Store{b: b, beatMu: make(chan struct{}, 1)}
 	if opts != nil {
 		s.opts = *opts
 	}
@@ -124,10 +131,6 @@ func New(b Backend, opts *Options) (*Store, error) {
 		return nil, &Error{Op: "new", Kind: ErrInvalid, Err: err}
 	}
 	s.committed.max = 1 << 14
-	var err error
-	if s.session, err = s.rand64(); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 

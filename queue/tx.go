@@ -242,7 +242,7 @@ func (tx *Tx) flush(ctx context.Context) error {
 		if err := s.ensureAlive(ctx); err != nil {
 			return err
 		}
-		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session, 1, now.Add(tx.claim).UnixNano()
+		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session.Load(), 1, now.Add(tx.claim).UnixNano()
 		h.Claimer = s.opts.Node
 		pointers = append(pointers, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Msg: tx.id}))
 	} else if !s.opts.SelfScheduled {

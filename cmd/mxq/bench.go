@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"flag"
@@ -36,7 +37,9 @@ ratio. It writes to the queue: use a scratch queue. Everything it writes is
 removed at the end. Targets: commit p50 at most 1.5x the floor, 64
 concurrent commits at least 0.8x its throughput, a walk at most 1.2x a
 listing of the same keys, a claim one conditional request, and a 100 MiB
-message in and out with a peak RSS under 64 MiB.`,
+message in and out with a peak RSS under 64 MiB. Unless --node is given, bench
+runs as a node of its own (the host name, -bench- and a random suffix), so
+that it never supersedes a node running on the same host.`,
 		flags: func(fs *flag.FlagSet) {
 			fs.IntVar(&benchFlags.n, "n", 200, "operations per measurement")
 			fs.IntVar(&benchFlags.walk, "walk", 10000, "envelopes in the queue for the walk")
@@ -61,6 +64,11 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 	}
 	if benchFlags.n < 10 {
 		return usagef("-n must be at least 10")
+	}
+	if c.node == "" {
+		// bench claims, so it is a node; under the host's name it would
+		// supersede the node of an mxq serve or opensmtpd on this host.
+		c.node = benchNode()
 	}
 	s, err := c.open(ctx)
 	if err != nil {
@@ -277,4 +285,14 @@ func removeBenchMessages(ctx context.Context, s *queue.Store) error {
 		}
 	}
 	return nil
+}
+
+// benchNode is the default node name of bench: the host's, with -bench-
+// and a random suffix, at most 64 characters.
+func benchNode() string {
+	var b [4]byte
+	rand.Read(b[:])
+	suffix := fmt.Sprintf("-bench-%x", b)
+	n := defaultNode()
+	return n[:min(len(n), 64-len(suffix))] + suffix
 }

@@ -1,7 +1,9 @@
 // Package multiproc proves the shared queue with separate OS processes:
-// several workers drain one queue while one of them is killed with
-// SIGKILL, and the claim log shows that no envelope was held by two live
-// workers at once and that none was lost.
+// several workers drain one queue while one of them is killed with SIGKILL
+// (TestMultiProcess), or while many are, each replaced by a new process
+// under the killed one's node name (TestRestartStorm); the workers' logs
+// show that no envelope was held by two live workers at once and that none
+// was lost. The workers are the test binary itself, run again.
 package multiproc
 
 import (
