@@ -34,7 +34,7 @@ func (mx *MX) run(ctx, dctx context.Context) {
 	for ctx.Err() == nil {
 		// Due and not held by anyone, in random order so that instances
 		// asking at once spread over the work. No scheduler, no lock.
-		due, err := mx.q.Due(ctx, mx.cfg.Workers)
+		due, err := mx.q.Due(ctx, 4*mx.cfg.Workers)
 		if err != nil && ctx.Err() == nil {
 			mx.log.Warn("due", "err", err)
 		}

@@ -154,7 +154,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cfg, log); err != nil {
+	if err := serve(ctx, queue.DefaultURLMux(), cfg, log); err != nil {
 		fmt.Fprintf(stderr, "mx: %v\n", err)
 		if errors.Is(err, queue.ErrInvalid) {
 			return 2
@@ -164,11 +164,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// serve runs the MX until ctx is done, then shuts it down gracefully.
-func serve(ctx context.Context, cfg config, log *slog.Logger) error {
+// serve runs the MX on the queue that mux opens for cfg.Queue until ctx is
+// done, then shuts it down gracefully.
+func serve(ctx context.Context, mux *queue.URLMux, cfg config, log *slog.Logger) error {
 	// Open the queue and prove the store answers, so that a wrong
 	// endpoint or missing credentials fail now, in one line.
-	st, err := queue.DefaultURLMux().OpenOptions(ctx, cfg.Queue, &queue.Options{
+	st, err := mux.OpenOptions(ctx, cfg.Queue, &queue.Options{
 		Node:              cfg.Node,
 		LeaseDuration:     cfg.Lease,
 		HeartbeatInterval: cfg.Heartbeat,
