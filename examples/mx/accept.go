@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -103,7 +104,14 @@ type session struct {
 }
 
 func (s *session) Mail(from string, _ *smtp.MailOptions) error { s.from = from; return nil }
+
+// Rcpt accepts the recipients of --domains only: an MX that takes mail for
+// anyone is an open relay.
 func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	_, domain, _ := strings.Cut(to, "@")
+	if len(s.mx.cfg.Domains) > 0 && !slices.Contains(s.mx.cfg.Domains, strings.ToLower(domain)) {
+		return &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 1}, Message: "relaying denied"}
+	}
 	s.to = append(s.to, to)
 	return nil
 }

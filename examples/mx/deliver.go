@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -116,9 +117,13 @@ func (mx *MX) deliver(ctx context.Context, claims []*queue.Claim) {
 		}
 		rs[i] = &rcpt{c: c, e: e}
 	}
-	mx.send(ctx, m, rs)
-	if errors.Is(rs[0].err, queue.ErrCorrupt) {
-		mx.quarantine(ctx, m, rs[0].err.Error())
+	// The attempt must end while the claims hold: past its lease, another
+	// instance may claim an envelope and deliver it again.
+	sctx, cancel := context.WithDeadline(ctx, claims[0].Lease().Expires.Add(-mx.cfg.Lease/10))
+	mx.send(sctx, m, rs)
+	cancel()
+	if i := slices.IndexFunc(rs, func(r *rcpt) bool { return errors.Is(r.err, queue.ErrCorrupt) }); i >= 0 {
+		mx.quarantine(ctx, m, rs[i].err.Error()) // the content failed its checksum
 		return
 	}
 	// The outcome must reach the queue even if ctx was cut short: an

@@ -39,6 +39,7 @@ import (
 type config struct {
 	Listen, HTTP, Queue, Relay  string
 	Hostname, Node              string
+	Domains                     []string
 	Workers, MaxRcpts           int
 	MaxSize                     int64
 	RetryMin, RetryMax, Expire  time.Duration
@@ -61,7 +62,7 @@ instances.
 
 Examples:
   mx                                              ./spool, SMTP on 127.0.0.1:2525
-  mx --queue s3://bucket/mx --relay mail.internal:25 --listen :25 --node mx1
+  mx --queue s3://bucket/mx --relay mail.internal:25 --listen :25 --domains example.org --node mx1
 
 Flags:
 `
@@ -80,6 +81,10 @@ func flagSet(c *config) *flag.FlagSet {
 	fs.StringVar(&c.Queue, "queue", queueURL, "queue `URL`: file://, s3://, minio://, gs://, datastore://, http(s)://; $MXQ_QUEUE sets the default")
 	fs.StringVar(&c.Relay, "relay", "127.0.0.1:25", "`host:port` of the relay (smarthost) every message is delivered to")
 	fs.StringVar(&c.Hostname, "hostname", host, "`name` in the SMTP greeting, HELO, Received and bounces")
+	fs.Func("domains", "comma-separated `domains` to accept mail for (default: any, an open relay: only behind a firewall)", func(v string) error {
+		c.Domains = strings.Split(strings.ToLower(strings.ReplaceAll(v, " ", "")), ",")
+		return nil
+	})
 	fs.StringVar(&c.Node, "node", "", "this instance's node `name` in the queue, unique per instance (default: the host name)")
 	fs.IntVar(&c.Workers, "workers", 16, "deliveries in parallel")
 	fs.IntVar(&c.MaxRcpts, "max-rcpts", 100, "recipients per message")
@@ -88,7 +93,7 @@ func flagSet(c *config) *flag.FlagSet {
 	fs.DurationVar(&c.RetryMax, "retry-max", 2*time.Hour, "longest wait between retries, before a random extra of up to half")
 	fs.DurationVar(&c.Expire, "expire", 5*24*time.Hour, "bounce a message still undelivered this long after it was accepted")
 	fs.DurationVar(&c.Poll, "poll", time.Second, "how often an idle instance asks the queue for due mail")
-	fs.DurationVar(&c.Lease, "lease", 5*time.Minute, "longest a delivery may hold its envelopes (a dead instance loses them sooner, see --node-ttl)")
+	fs.DurationVar(&c.Lease, "lease", 15*time.Minute, "how long a delivery attempt holds its envelopes; it gives up before (a dead instance loses them sooner, see --node-ttl)")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", 10*time.Second, "how often this instance tells the queue it is alive")
 	fs.DurationVar(&c.TTL, "node-ttl", 30*time.Second, "how long after its last heartbeat a silent instance's mail is taken over")
 	fs.DurationVar(&c.Shutdown, "shutdown-timeout", 30*time.Second, "on SIGTERM, how long sessions and deliveries in flight may take to finish")
@@ -232,6 +237,9 @@ func serve(ctx context.Context, mux *queue.URLMux, cfg config, log *slog.Logger)
 		hs = &http.Server{Handler: mx.opsHandler(), ReadHeaderTimeout: 10 * time.Second}
 		go hs.Serve(hln)
 		httpAddr = hln.Addr().String()
+	}
+	if len(cfg.Domains) == 0 {
+		log.Warn("no --domains: accepting mail for any recipient")
 	}
 	log.Info("started", "smtp", smtpLn.Addr(), "http", httpAddr, "node", st.Node(),
 		"queue", queue.RedactURL(cfg.Queue), "relay", cfg.Relay, "workers", cfg.Workers)

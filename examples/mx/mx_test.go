@@ -312,7 +312,21 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 // message streams through, and the queue is empty afterwards.
 func testDeliver(t *testing.T, u string) {
 	s := newSink(t)
-	mx := startMX(t, "mx1", u, s)
+	mx := startMX(t, "mx1", u, s, "--domains", "dst.test")
+
+	// Not an open relay: other domains are refused at RCPT.
+	c, err := smtp.Dial(mx.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var se *smtp.SMTPError
+	if err := c.Mail("alice@src.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("eve@elsewhere.test", nil); !errors.As(err, &se) || se.Code != 550 {
+		t.Errorf("RCPT to another domain: %v, want 550", err)
+	}
+	c.Close()
 
 	text := mailText("alice@src.test", "three")
 	to := []string{"a@dst.test", "b@dst.test", "c@dst.test"}
