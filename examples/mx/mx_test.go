@@ -52,9 +52,9 @@ func TestMain(m *testing.M) {
 // always, and the MinIO of scripts/services when its variables are set
 // (with MXQ_REQUIRE_SERVICES=1, when they are not, the test fails). Each
 // test gets a prefix of its own.
-func targets(t *testing.T) map[string]func(t *testing.T) string {
-	m := map[string]func(t *testing.T) string{
-		"file": func(t *testing.T) string { return "file://" + t.TempDir() },
+func targets(t testing.TB) map[string]func(t testing.TB) string {
+	m := map[string]func(t testing.TB) string{
+		"file": func(t testing.TB) string { return "file://" + t.TempDir() },
 	}
 	for _, env := range []string{"MXQ_TEST_S3_URL", "MXQ_TEST_MINIO_URL"} {
 		raw := os.Getenv(env)
@@ -65,7 +65,7 @@ func targets(t *testing.T) map[string]func(t *testing.T) string {
 		if err != nil {
 			t.Fatalf("%s: %v", env, err)
 		}
-		m["minio"] = func(t *testing.T) string {
+		m["minio"] = func(t testing.TB) string {
 			v := *u
 			v.Path = path.Join("/", u.Path, "mx-"+randHex(6)) + "/"
 			return v.String()
@@ -101,7 +101,7 @@ func TestMX(t *testing.T) {
 
 // instance is an MX running as a child process.
 type instance struct {
-	t          *testing.T
+	t          testing.TB
 	name       string
 	cmd        *exec.Cmd
 	smtp, http string
@@ -115,7 +115,7 @@ var startedRE = regexp.MustCompile(`msg=started smtp=(\S+) http=(\S+)`)
 
 // startMX starts an instance named name on the queue, delivering to the
 // sink, with short intervals; extra flags override the defaults.
-func startMX(t *testing.T, name, queueURL string, s *sink, extra ...string) *instance {
+func startMX(t testing.TB, name, queueURL string, s *sink, extra ...string) *instance {
 	t.Helper()
 	args := append([]string{
 		"--queue", queueURL, "--relay", s.addr, "--node", name, "--hostname", name,
@@ -225,20 +225,27 @@ func (in *instance) waitMetric(name, labels string, want float64) {
 }
 
 // send submits a message to an instance and requires its 250.
-func send(t *testing.T, addr, from string, to []string, content io.Reader) {
+func send(t testing.TB, addr, from string, to []string, content io.Reader) {
 	t.Helper()
+	if err := submit(addr, from, to, content); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// submit submits a message to an instance and returns unless it got 250.
+func submit(addr, from string, to []string, content io.Reader) error {
 	c, err := smtp.Dial(addr)
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	defer c.Close()
 	if err := c.Hello("client.test"); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := c.SendMail(from, to, content); err != nil {
-		t.Fatalf("send to %s: %v", addr, err)
+		return fmt.Errorf("send to %s: %v", addr, err)
 	}
-	c.Quit()
+	return c.Quit()
 }
 
 // mailText is a small message with the given subject.

@@ -25,7 +25,7 @@ const waitBound = 2 * time.Minute
 // or hold), can hold the DATA of one client on demand, and records every
 // RCPT and every message it received.
 type sink struct {
-	t    *testing.T
+	t    testing.TB
 	addr string
 
 	mu       sync.Mutex
@@ -56,7 +56,7 @@ type message struct {
 	held       bool     // recorded, then held: the client never saw its 250
 }
 
-func newSink(t *testing.T) *sink {
+func newSink(t testing.TB) *sink {
 	s := &sink{t: t, changed: make(chan struct{}), scripts: make(map[string][]int), release: make(chan struct{})}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
 		return &sinkSession{s: s, conn: c}, nil
