@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -68,6 +69,7 @@ func targets(t testing.TB) map[string]func(t testing.TB) string {
 		m["minio"] = func(t testing.TB) string {
 			v := *u
 			v.Path = path.Join("/", u.Path, "mx-"+randHex(6)) + "/"
+			t.Cleanup(func() { removeAll(t, v.String()) })
 			return v.String()
 		}
 		return m // one S3-compatible run is enough
@@ -77,6 +79,36 @@ func targets(t testing.TB) map[string]func(t testing.TB) string {
 	}
 	t.Log("MinIO not configured (scripts/services env): file:// only")
 	return m
+}
+
+// removeAll deletes every object of the queue at u, so that the shared
+// bucket keeps nothing of the test.
+func removeAll(t testing.TB, u string) {
+	ctx := context.Background()
+	st, err := queue.DefaultURLMux().Open(ctx, u)
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	defer st.Close()
+	b := st.Backend()
+	for after := ""; ; {
+		keys, more, err := b.List(ctx, "", after, 1000)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		for _, k := range keys {
+			if err := b.Delete(ctx, k); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+		if !more || len(keys) == 0 {
+			return
+		}
+		after = keys[len(keys)-1]
+	}
 }
 
 func randHex(n int) string {
@@ -121,7 +153,7 @@ func startMX(t testing.TB, name, queueURL string, s *sink, extra ...string) *ins
 		"--queue", queueURL, "--relay", s.addr, "--node", name, "--hostname", name,
 		"--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--workers", "4",
 		"--poll", "50ms", "--retry-min", "300ms", "--retry-max", "2s",
-		"--heartbeat", "200ms", "--node-ttl", "1s", "--shutdown-timeout", "5s", "--log-level", "debug",
+		"--heartbeat", "200ms", "--node-ttl", "2s", "--shutdown-timeout", "5s", "--log-level", "debug",
 	}, extra...)
 	in := &instance{t: t, name: name, done: make(chan struct{})}
 	in.cmd = exec.Command(os.Args[0], args...)
@@ -712,7 +744,7 @@ func testTakeover(t *testing.T, u string) {
 		t.Errorf("%d duplicates of held transactions, want %d", heldDups, heldPairs)
 	}
 	t.Logf("%d messages to %d recipients by 3 instances; the victim was killed holding %d transactions at the relay (%d recipients): "+
-		"%d duplicates, %d of them those transactions, %d sent just before the kill; a survivor took over %v after the kill (node TTL 1s); "+
+		"%d duplicates, %d of them those transactions, %d sent just before the kill; a survivor took over %v after the kill (node TTL 2s); "+
 		"accepted %.0f messages/s over SMTP, delivered %.0f envelopes/s overall",
 		messages, len(to), held, heldPairs, dups, heldDups, dups-heldDups, takeover.Round(time.Millisecond), acceptRate, deliverRate)
 	mx2.stop()
