@@ -59,22 +59,30 @@ func (mx *MX) enqueue(ctx context.Context, from string, rcpts []string, content 
 	if err != nil {
 		return 0, err
 	}
-	now := time.Now().UTC()
-	for _, to := range rcpts {
-		e := envelope{From: from, To: to, Received: now}
-		if _, err := tx.AddEnvelope(e.encode()); err != nil { // no I/O yet
-			tx.Rollback(context.WithoutCancel(ctx))
+	err = func() error {
+		now := time.Now().UTC()
+		for _, to := range rcpts {
+			e := envelope{From: from, To: to, Received: now}
+			if _, err := tx.AddEnvelope(e.encode()); err != nil { // no I/O yet
+				return err
+			}
+		}
+		// The content streams to the store, the envelopes beside it;
+		// nothing of the message is visible before Commit.
+		if _, err := tx.WriteContent(ctx, content(tx.ID())); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	}()
+	if err != nil {
+		// Rollback removes what was written. It also tells a commit whose
+		// answer was lost but which landed: it never undoes a committed
+		// message, and says so with ErrConflict.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if !errors.Is(tx.Rollback(rctx), queue.ErrConflict) {
 			return 0, err
 		}
-	}
-	// The content streams to the store with the envelopes beside it;
-	// nothing of the message is visible before Commit.
-	if _, err := tx.WriteContent(ctx, content(tx.ID())); err != nil {
-		tx.Rollback(context.WithoutCancel(ctx))
-		return 0, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, err
 	}
 	mx.m.accepted.Inc()
 	return tx.ID(), nil
@@ -133,8 +141,11 @@ func (s *session) Data(r io.Reader) error {
 	})
 	if err != nil {
 		var se *smtp.SMTPError
-		if errors.As(err, &se) { // the reader's own error, such as 552 too large
+		switch {
+		case errors.As(err, &se): // the reader's own, such as 552 too large
 			return se
+		case errors.Is(err, smtp.ErrTooLongLine): // a retry will not help
+			return &smtp.SMTPError{Code: 500, EnhancedCode: smtp.EnhancedCode{5, 5, 2}, Message: "line too long"}
 		}
 		s.mx.log.Error("queue", "from", s.from, "rcpts", len(s.to), "err", err)
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "queue unavailable, try again later"}

@@ -111,7 +111,7 @@ func parseFlags(args []string) (config, error) {
 		if errors.Is(err, flag.ErrHelp) {
 			return c, err
 		}
-		return c, fmt.Errorf("%v", strings.TrimSpace(err.Error()))
+		return c, err
 	}
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
@@ -132,8 +132,10 @@ func parseFlags(args []string) (config, error) {
 		return c, fmt.Errorf("--max-rcpts and --max-size must be positive")
 	case c.RetryMin <= 0 || c.RetryMax < c.RetryMin:
 		return c, fmt.Errorf("--retry-min must be positive and at most --retry-max")
-	case c.Expire <= 0 || c.Poll <= 0 || c.Lease <= 0 || c.Shutdown < 0:
+	case c.Expire <= 0 || c.Poll <= 0 || c.Lease <= 0:
 		return c, fmt.Errorf("--expire, --poll and --lease must be positive")
+	case c.Shutdown < 0:
+		return c, fmt.Errorf("--shutdown-timeout must not be negative")
 	case c.Heartbeat <= 0 || c.TTL <= c.Heartbeat:
 		return c, fmt.Errorf("--node-ttl (%v) must exceed --heartbeat (%v)", c.TTL, c.Heartbeat)
 	}
@@ -194,6 +196,13 @@ func serve(ctx context.Context, mux *queue.URLMux, cfg config, log *slog.Logger)
 	if err != nil {
 		return err
 	}
+	var httpLn net.Listener
+	if cfg.HTTP != "" {
+		if httpLn, err = net.Listen("tcp", cfg.HTTP); err != nil {
+			smtpLn.Close()
+			return err
+		}
+	}
 	mx := newMX(cfg, st, log)
 
 	// The node: a heartbeat every --heartbeat, and takeover of the
@@ -228,15 +237,10 @@ func serve(ctx context.Context, mux *queue.URLMux, cfg config, log *slog.Logger)
 	go srv.Serve(smtpLn)
 	var hs *http.Server
 	httpAddr := "off"
-	if cfg.HTTP != "" {
-		hln, err := net.Listen("tcp", cfg.HTTP)
-		if err != nil {
-			srv.Close()
-			return err
-		}
+	if httpLn != nil {
 		hs = &http.Server{Handler: mx.opsHandler(), ReadHeaderTimeout: 10 * time.Second}
-		go hs.Serve(hln)
-		httpAddr = hln.Addr().String()
+		go hs.Serve(httpLn)
+		httpAddr = httpLn.Addr().String()
 	}
 	if len(cfg.Domains) == 0 {
 		log.Warn("no --domains: accepting mail for any recipient")

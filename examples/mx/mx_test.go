@@ -122,6 +122,7 @@ func TestMX(t *testing.T) {
 	for name, newQueue := range targets(t) {
 		t.Run(name, func(t *testing.T) {
 			t.Run("Deliver", func(t *testing.T) { testDeliver(t, newQueue(t)) })
+			t.Run("Refuse", func(t *testing.T) { testRefuse(t, newQueue(t)) })
 			t.Run("Retry", func(t *testing.T) { testRetry(t, newQueue(t)) })
 			t.Run("Bounce", func(t *testing.T) { testBounce(t, newQueue(t)) })
 			t.Run("Expire", func(t *testing.T) { testExpire(t, newQueue(t)) })
@@ -351,21 +352,7 @@ func (r *repeatReader) Read(p []byte) (int, error) {
 // message streams through, and the queue is empty afterwards.
 func testDeliver(t *testing.T, u string) {
 	s := newSink(t)
-	mx := startMX(t, "mx1", u, s, "--domains", "dst.test")
-
-	// Not an open relay: other domains are refused at RCPT.
-	c, err := smtp.Dial(mx.smtp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var se *smtp.SMTPError
-	if err := c.Mail("alice@src.test", nil); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Rcpt("eve@elsewhere.test", nil); !errors.As(err, &se) || se.Code != 550 {
-		t.Errorf("RCPT to another domain: %v, want 550", err)
-	}
-	c.Close()
+	mx := startMX(t, "mx1", u, s)
 
 	text := mailText("alice@src.test", "three")
 	to := []string{"a@dst.test", "b@dst.test", "c@dst.test"}
@@ -412,6 +399,57 @@ func testDeliver(t *testing.T, u string) {
 		t.Errorf("/healthz: %s", resp.Status)
 	}
 	mx.stop()
+}
+
+// testRefuse: recipients outside --domains get 550 at RCPT (no open
+// relay), a message over --max-size 552, a line over SMTP's limit 500, and
+// none of them is queued.
+func testRefuse(t *testing.T, u string) {
+	s := newSink(t)
+	mx := startMX(t, "mx1", u, s, "--domains", "dst.test", "--max-size", "4096")
+	c, err := smtp.Dial(mx.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Mail("alice@src.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	var se *smtp.SMTPError
+	if err := c.Rcpt("eve@elsewhere.test", nil); !errors.As(err, &se) || se.Code != 550 {
+		t.Errorf("RCPT to another domain: %v, want 550", err)
+	}
+	if err := c.Rcpt("bob@DST.test", nil); err != nil {
+		t.Errorf("RCPT to a domain of --domains: %v", err)
+	}
+	w, err := c.Data()
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, mailText("alice@src.test", "too big")+strings.Repeat(strings.Repeat("x", 76)+"\r\n", 64))
+	if err := w.Close(); !errors.As(err, &se) || se.Code != 552 {
+		t.Errorf("a message over --max-size: %v, want 552", err)
+	}
+	// A line over SMTP's limit is refused for good, not deferred.
+	if err := c.Mail("alice@src.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("bob@dst.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if w, err = c.Data(); err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(w, mailText("alice@src.test", "long line")+strings.Repeat("x", 2500)+"\r\n")
+	if err := w.Close(); !errors.As(err, &se) || se.Code != 500 {
+		t.Errorf("a line too long: %v, want 500", err)
+	}
+	if es := envelopes(t, openQueue(t, u)); len(es) != 0 {
+		t.Errorf("%d envelopes queued, want none", len(es))
+	}
+	if got := mx.metric("mx_accepted_messages_total", ""); got != 0 {
+		t.Errorf("%v messages accepted, want none", got)
+	}
 }
 
 // testRetry: a 451 defers the recipient, with the attempt recorded in its
