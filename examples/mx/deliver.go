@@ -153,7 +153,8 @@ func (mx *MX) deliver(ctx context.Context, claims []*queue.Claim) {
 func (mx *MX) deferRcpt(ctx context.Context, r *rcpt) {
 	r.e.Attempts++
 	r.e.LastTry, r.e.LastError = time.Now().UTC(), r.err.Error()
-	mx.settle(r, "deferred", r.c.Defer(ctx, r.e.encode(), r.e.LastTry.Add(mx.backoff(r.e.Attempts))))
+	due := r.e.LastTry.Add(mx.backoff(r.e.Attempts))
+	mx.settle(r, "deferred", r.c.Defer(ctx, r.e.encode(), due), "retry", due.Format(time.RFC3339))
 }
 
 // backoff is the wait after n failed attempts: --retry-min, doubled for
@@ -241,7 +242,7 @@ func (mx *MX) send(ctx context.Context, m queue.MsgID, rs []*rcpt) {
 }
 
 // settle counts and logs what became of one envelope.
-func (mx *MX) settle(r *rcpt, result string, err error) {
+func (mx *MX) settle(r *rcpt, result string, err error, attrs ...any) {
 	id := r.c.Envelope().ID
 	switch {
 	case errors.Is(err, queue.ErrLeaseLost):
@@ -254,7 +255,7 @@ func (mx *MX) settle(r *rcpt, result string, err error) {
 		mx.log.Error(result, "evp", id, "to", r.e.To, "err", err)
 		result = "error"
 	default:
-		mx.log.Info(result, "evp", id, "to", r.e.To, "attempts", r.e.Attempts, "reply", r.err)
+		mx.log.Info(result, append([]any{"evp", id, "to", r.e.To, "attempts", r.e.Attempts, "reply", r.err}, attrs...)...)
 	}
 	mx.m.settled.WithLabelValues(result).Inc()
 }
