@@ -2,6 +2,7 @@ package queue
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -36,8 +37,15 @@ func TestKey(t *testing.T) {
 		{"due prefix", Handle{Kind: KindDue}, "due/"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if got := Key(c.h); got != c.want {
+			got := Key(c.h)
+			if got != c.want {
 				t.Fatalf("Key(%+v) = %q, want %q", c.h, got, c.want)
+			}
+			// Every key, and every prefix without its final "/", passes
+			// the rule that adapters and the REST server apply.
+			k, prefix := strings.CutSuffix(got, "/")
+			if err := ValidKey(k); err != nil && (!prefix || strings.Contains(k, "/")) {
+				t.Fatalf("ValidKey(%q): %v", got, err)
 			}
 		})
 	}
@@ -73,6 +81,20 @@ func TestValidNodeName(t *testing.T) {
 		err := ValidNodeName(c.name)
 		if (err == nil) != c.ok || err != nil && !errors.Is(err, ErrInvalid) {
 			t.Errorf("ValidNodeName(%q) = %v", c.name, err)
+		}
+	}
+}
+
+func TestValidKey(t *testing.T) {
+	for _, k := range []string{"inc/ab12cd34", "node/mx1.example", "a/b", "a/b.c/d_e-f", strings.Repeat("a/", 511) + "ab"} {
+		if err := ValidKey(k); err != nil {
+			t.Errorf("ValidKey(%q): %v", k, err)
+		}
+	}
+	for _, k := range []string{"", "foo", ".tmp/x", ".hidden/x", "a/.b", "a//b", "a/b/", "/a/b", "a/./b", "a/../b",
+		"A/b", "a/b,c", "a/b c", "a/b\x00", "a/é", strings.Repeat("a/", 512) + "ab"} {
+		if err := ValidKey(k); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ValidKey(%q) = %v, want ErrInvalid", k, err)
 		}
 	}
 }

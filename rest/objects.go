@@ -13,43 +13,34 @@ import (
 	"github.com/mxqueue/mxq/queue"
 )
 
-// MaxKeyLength bounds an object key, in bytes.
-const MaxKeyLength = 1024
+// MaxKeyLength bounds an object key, in bytes: queue.MaxKeyLength.
+const MaxKeyLength = queue.MaxKeyLength
 
-// ValidKey reports whether key can name an object: 1 to MaxKeyLength
-// bytes of a-z 0-9 . _ - and "/", without empty, "." or ".." segments.
-// Every key that queue.Key produces is valid. The error wraps
+// ValidKey reports whether key can name an object, by the rule every
+// adapter applies too (queue.ValidKey): 1 to MaxKeyLength bytes of a-z
+// 0-9 . _ - and "/", in at least two segments, none empty or starting with
+// a dot. Every key that queue.Key produces is valid. The error wraps
 // queue.ErrInvalid.
 func ValidKey(key string) error {
 	return validKey(key, false)
 }
 
 // validKey checks a key, or with prefix set, a listing prefix, which may
-// be empty and may end in "/".
+// also be empty, one segment, or end in "/".
 func validKey(key string, prefix bool) error {
-	if key == "" {
-		if prefix {
+	check := key
+	if prefix {
+		if key == "" {
 			return nil
 		}
-		return errf(CodeInvalid, "empty object key")
-	}
-	if len(key) > MaxKeyLength {
-		return errf(CodeInvalid, "object key of %d bytes exceeds %d", len(key), MaxKeyLength)
-	}
-	for i := 0; i < len(key); i++ {
-		c := key[i]
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-' || c == '/') {
-			return errf(CodeInvalid, "object key %q: byte %q not allowed; want a-z 0-9 . _ - /", key, c)
+		// A prefix is valid when some valid key could start with it.
+		check = strings.TrimSuffix(key, "/")
+		if !strings.Contains(check, "/") {
+			check += "/x"
 		}
 	}
-	segs := strings.Split(key, "/")
-	if prefix && segs[len(segs)-1] == "" {
-		segs = segs[:len(segs)-1]
-	}
-	for _, s := range segs {
-		if s == "" || s == "." || s == ".." {
-			return errf(CodeInvalid, "object key %q: empty, \".\" or \"..\" segment", key)
-		}
+	if err := queue.ValidKey(check); err != nil {
+		return &apiError{code: CodeInvalid, msg: "object " + strings.TrimPrefix(err.Error(), queue.ErrInvalid.Error()+": ")}
 	}
 	return nil
 }

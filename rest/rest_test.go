@@ -34,7 +34,11 @@ func TestBadKeys(t *testing.T) {
 		{"escaped slash", "/v1/objects/inc%2F00000001"},
 		{"unicode", "/v1/objects/inc/%C3%A9"},
 		{"control byte", "/v1/objects/inc/%00"},
-		{"too long", "/v1/objects/" + strings.Repeat("a", rest.MaxKeyLength+1)},
+		{"too long", "/v1/objects/a/" + strings.Repeat("a", rest.MaxKeyLength-1)},
+		{"one segment", "/v1/objects/foo"},
+		{"leading dot", "/v1/objects/.tmp/x"},
+		{"hidden", "/v1/objects/.hidden/x"},
+		{"inner leading dot", "/v1/objects/inc/.x"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -52,7 +56,7 @@ func TestBadKeys(t *testing.T) {
 		})
 	}
 	// A valid key longest allowed works.
-	long := strings.Repeat("a", rest.MaxKeyLength)
+	long := "a/" + strings.Repeat("a", rest.MaxKeyLength-2)
 	e.do("PUT", "/v1/objects/"+long, strings.NewReader("x")).ok(t, 204, nil)
 }
 

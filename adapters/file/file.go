@@ -103,10 +103,12 @@ func isShard(s string) bool {
 
 // path maps a key to its directory and file name.
 func (b *backend) path(key string) (dir, name string, err error) {
-	comps := strings.Split(key, "/")
-	if len(comps) < 2 || slices.Contains(comps, "") || slices.Contains(comps, ".") || slices.Contains(comps, "..") || strings.ContainsAny(key, ",\\\x00") || strings.HasPrefix(key, ".") {
-		return "", "", fmt.Errorf("file: invalid key %q", key)
+	// The shared rule keeps ",", the separator below, and leading dots,
+	// the temporary files, out of keys.
+	if err := queue.ValidKey(key); err != nil {
+		return "", "", fmt.Errorf("file: %w", err)
 	}
+	comps := strings.Split(key, "/")
 	d := comps[0]
 	rest := comps[1:]
 	if len(rest) >= 2 && isShard(rest[0]) {
@@ -455,6 +457,8 @@ func (b *backend) ErrorCode(err error) queue.Code {
 		return queue.CodeNotFound
 	case errors.Is(err, errPrecondition):
 		return queue.CodePrecondition
+	case errors.Is(err, queue.ErrInvalid):
+		return queue.CodeInvalid
 	}
 	return queue.CodeUnknown
 }

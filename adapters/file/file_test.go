@@ -111,3 +111,36 @@ func childIncrement(t *testing.T, dir, evp string) {
 		}
 	}
 }
+
+// TestInvalidKeys: keys outside the shared rule (queue.ValidKey) are
+// refused as invalid, never as an internal error, and touch nothing.
+func TestInvalidKeys(t *testing.T) {
+	root := t.TempDir()
+	b, err := openBackend(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for _, key := range []string{"foo", ".tmp/x", ".hidden/x", "inc/.x", "inc/a,b", "inc//a", "../x/y"} {
+		_, err := b.Put(ctx, key, bytes.NewReader([]byte("x")), &queue.PutOptions{})
+		if c := b.ErrorCode(err); c != queue.CodeInvalid {
+			t.Errorf("Put %q: %v (code %v), want CodeInvalid", key, err, c)
+		}
+		_, _, err = b.Get(ctx, key)
+		if c := b.ErrorCode(err); c != queue.CodeInvalid {
+			t.Errorf("Get %q: %v (code %v), want CodeInvalid", key, err, c)
+		}
+		if c := b.ErrorCode(b.Delete(ctx, key)); c != queue.CodeInvalid {
+			t.Errorf("Delete %q: code %v, want CodeInvalid", key, c)
+		}
+	}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() != ".tmp" {
+			t.Errorf("invalid keys left %s in the queue directory", e.Name())
+		}
+	}
+}
