@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/mxqueue/mxq/queue"
 )
@@ -177,12 +178,33 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, op string, err er
 		level = slog.LevelDebug
 	}
 	h.log.Log(r.Context(), level, "request failed", "op", op, "method", r.Method, "path", r.URL.Path, "status", st, "code", code, "err", err)
+	if st == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="mxq"`)
+	}
+	if earlyRefusal(st) && r.ContentLength != 0 {
+		// The body was not read, and need not be: answer now and close,
+		// rather than let the server read what the client still owes.
+		// The past read deadline stops the server's own attempt to
+		// drain a small body after the handler returns.
+		w.Header().Set("Connection", "close")
+		defer http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
 	if r.Method == http.MethodHead {
 		w.WriteHeader(st)
 		return string(code)
 	}
 	writeJSON(w, st, &b)
 	return string(code)
+}
+
+// earlyRefusal reports whether status refuses a request before its body
+// is read.
+func earlyRefusal(status int) bool {
+	switch status {
+	case http.StatusBadRequest, http.StatusUnauthorized, http.StatusMethodNotAllowed, http.StatusRequestEntityTooLarge:
+		return true
+	}
+	return false
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) error {

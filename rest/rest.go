@@ -43,6 +43,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -70,6 +71,12 @@ type Options struct {
 	// MaxInFlight bounds the requests served at once; more get 503 with
 	// code "unavailable". /healthz and /metrics do not count. Default: 256.
 	MaxInFlight int
+	// BodyIdleTimeout bounds the wait for each piece of a request body:
+	// a client that sends nothing for this long has its request failed
+	// and its connection closed, whatever the body's size. The server's
+	// whole-request timeout (http.Server.ReadTimeout) still bounds the
+	// total. Default: 1 minute.
+	BodyIdleTimeout time.Duration
 	// TxIdleTimeout is how long a transaction opened through the queue
 	// layer may stay without a request before it is rolled back.
 	// Default: 5 minutes.
@@ -121,6 +128,9 @@ func New(st *queue.Store, opts *Options) *Handler {
 	if o.TxIdleTimeout <= 0 {
 		o.TxIdleTimeout = 5 * time.Minute
 	}
+	if o.BodyIdleTimeout <= 0 {
+		o.BodyIdleTimeout = time.Minute
+	}
 	h.log = o.Logger
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -139,6 +149,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// The mux would redirect a path with "..", "." or "//" to its clean
 	// form; in this API such a path is always a mistake.
 	if !cleanPath(r.URL.Path) {
+		// Without the token, not even the path's fault is told.
+		if r.URL.Path != "/healthz" && !h.authorized(r) {
+			h.fail(w, r, "invalid", errf(CodeUnauthorized, "missing or wrong bearer token"))
+			return
+		}
 		h.fail(w, r, "invalid", errf(CodeInvalid, "path %q is not clean: no empty, \".\" or \"..\" segments", r.URL.Path))
 		return
 	}
@@ -265,7 +280,6 @@ func (h *Handler) wrap(rt route) http.Handler {
 		}()
 		if !rt.open {
 			if !h.authorized(r) {
-				sw.Header().Set("WWW-Authenticate", `Bearer realm="mxq"`)
 				code = h.fail(sw, r, rt.op, errf(CodeUnauthorized, "missing or wrong bearer token"))
 				return
 			}
@@ -280,6 +294,9 @@ func (h *Handler) wrap(rt route) http.Handler {
 			h.m.inflight.Inc()
 			defer h.m.inflight.Dec()
 		}
+		if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
+			r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(sw), idle: h.opts.BodyIdleTimeout}
+		}
 		if err := rt.fn(sw, r); err != nil {
 			if sw.wrote {
 				// Headers went out already: the body is cut short, which
@@ -291,6 +308,24 @@ func (h *Handler) wrap(rt route) http.Handler {
 			code = h.fail(sw, r, rt.op, err)
 		}
 	})
+}
+
+// idleBody fails a read of a request body that waits longer than idle
+// for the client, by moving the connection's read deadline before each
+// read.
+type idleBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF {
+		b.rc.SetReadDeadline(time.Time{}) // all read: the server's own timeouts again
+	}
+	return n, err
 }
 
 // authorized reports whether r carries the token. The comparison takes the

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/net/netutil"
 
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/rest"
@@ -28,6 +29,8 @@ var serveFlags struct {
 	maxBody     sizeFlag
 	maxEnvelope sizeFlag
 	maxInFlight int
+	maxConns    int
+	bodyTimeout time.Duration
 	txTimeout   time.Duration
 	drain       time.Duration
 }
@@ -51,7 +54,13 @@ it; GET /metrics (Prometheus) needs it when there is one.
 
 On SIGTERM or SIGINT the server stops accepting connections, lets the
 requests in flight finish (at most --drain), rolls back the transactions
-that clients left open, and closes the store.`,
+that clients left open, and closes the store.
+
+A request refused before its body is read (401, 400, 405, 413) is answered
+at once and its connection closed. A body that stalls for --body-timeout
+fails its request; headers must arrive within 10 seconds, a whole request
+within 30 minutes. At most --max-conns connections are open at once; more
+wait to be accepted.`,
 		flags: func(fs *flag.FlagSet) {
 			serveFlags.maxBody = 1 << 30
 			serveFlags.maxEnvelope = 64 << 10
@@ -62,6 +71,8 @@ that clients left open, and closes the store.`,
 			fs.Var(&serveFlags.maxBody, "max-body", "largest message content or object accepted, in `bytes` (suffixes K, M, G)")
 			fs.Var(&serveFlags.maxEnvelope, "max-envelope", "largest envelope accepted, in `bytes`; the store's limit is 64K")
 			fs.IntVar(&serveFlags.maxInFlight, "max-inflight", 256, "requests served at once; more get 503")
+			fs.IntVar(&serveFlags.maxConns, "max-conns", 1024, "connections open at once; more wait to be accepted")
+			fs.DurationVar(&serveFlags.bodyTimeout, "body-timeout", time.Minute, "fail a request whose body sends nothing for this long")
 			fs.DurationVar(&serveFlags.txTimeout, "tx-timeout", 5*time.Minute, "roll back a transaction idle this long")
 			fs.DurationVar(&serveFlags.drain, "drain", time.Minute, "at shutdown, wait this long for requests in flight")
 		},
@@ -143,6 +154,12 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return usagef("--tls-cert and --tls-key go together")
 	}
+	if f.maxConns <= 0 {
+		return usagef("--max-conns must be positive")
+	}
+	if f.bodyTimeout <= 0 {
+		return usagef("--body-timeout must be positive")
+	}
 	if f.maxInFlight <= 0 {
 		return usagef("--max-inflight must be positive")
 	}
@@ -193,6 +210,7 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 		MaxBodySize:     int64(f.maxBody),
 		MaxEnvelopeSize: int64(f.maxEnvelope),
 		MaxInFlight:     f.maxInFlight,
+		BodyIdleTimeout: f.bodyTimeout,
 		TxIdleTimeout:   f.txTimeout,
 		Logger:          log,
 		Metrics:         reg,
@@ -213,6 +231,7 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
+	ln = netutil.LimitListener(ln, f.maxConns)
 	scheme := "http"
 	if f.tlsCert != "" {
 		scheme = "https"

@@ -156,6 +156,8 @@ func TestServeRefuses(t *testing.T) {
 		{"cert without key", []string{"--tls-cert", "c.pem"}, "go together"},
 		{"bad address", []string{"--listen", "8025"}, "host:port"},
 		{"bad size", []string{"--max-body", "lots"}, "size"},
+		{"no connections", []string{"--max-conns", "0"}, "--max-conns must be positive"},
+		{"no body time", []string{"--body-timeout", "0s"}, "--body-timeout must be positive"},
 		{"argument", []string{"extra"}, "unexpected argument"},
 	}
 	for _, c := range cases {
