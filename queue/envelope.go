@@ -84,7 +84,7 @@ func (e *Envelope) fill() {
 // at e.Version: a compare-and-swap. A stale version is ErrConflict; of
 // concurrent updaters of one envelope exactly one wins. If another node
 // holds an unexpired lease on the envelope, Update fails with ErrConflict
-// without writing; lease holders update through Lease.Update. On success
+// without writing; lease holders update through Claim.Update. On success
 // e.Version is the new version.
 func (s *Store) Update(ctx context.Context, e *Envelope) error {
 	if err := s.check("update"); err != nil {
@@ -208,7 +208,7 @@ func (s *Store) requireMessage(ctx context.Context, m MsgID) error {
 // DeleteEnvelope removes the envelope id. When it was the last envelope of
 // its message, the message's content is removed too. Deleting a missing
 // envelope is not an error. It is not fenced; lease holders delete through
-// Lease.Delete.
+// Claim.Delete.
 func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 	if err := s.check("delete envelope"); err != nil {
 		return err
