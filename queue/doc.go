@@ -71,8 +71,8 @@
 //
 // # Keys
 //
-// Key computes every storage key from a Handle; Key documents the
-// layout. Keys consist of [a-z0-9._-] and "/"
+// Key computes every storage key from a Handle, and ParseKey is its
+// inverse; Key documents the layout. Keys consist of [a-z0-9._-] and "/"
 // only, so no store needs escaping. A URL's ?prefix= is applied once, by
 // Prefixed.
 //

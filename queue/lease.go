@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"iter"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"time"
 )
@@ -552,21 +551,16 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	errStop := errors.New("stop")
 	err := s.list(ctx, Key(Handle{Kind: KindDue}), func(keys []string) error {
 		for _, k := range keys {
-			rest := strings.TrimPrefix(k, "due/")
-			i := strings.IndexByte(rest, '/')
-			if i < 0 {
+			h, err := ParseKey(k)
+			if err != nil || h.Kind != KindDue {
 				continue
 			}
-			var bucket int64
-			if _, err := fmt.Sscanf(rest[:i], "%d", &bucket); err != nil {
-				continue
-			}
+			bucket := h.Due
 			if bucket > nowBucket {
 				return errStop
 			}
-			name := rest[i+1:]
-			if m, err := ParseMsgID(name); err == nil {
-				more, err := s.dueMessage(ctx, k, bucket, m, now, &out)
+			if h.Msg != 0 {
+				more, err := s.dueMessage(ctx, k, bucket, h.Msg, now, &out)
 				if err != nil {
 					return err
 				}
@@ -575,10 +569,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 				}
 				continue
 			}
-			id, err := ParseEvpID(name)
-			if err != nil {
-				continue
-			}
+			id := h.Evp
 			e, err := s.load(ctx, id)
 			if s.isNotFound(err) {
 				// Gone, or written by a transaction not committed yet,
@@ -718,8 +709,11 @@ func (s *Store) Owned(ctx context.Context) iter.Seq2[EvpID, error] {
 		prefix := Key(Handle{Kind: KindClaim, Node: s.opts.Node})
 		err := s.list(ctx, prefix, func(keys []string) error {
 			for _, k := range keys {
-				name := strings.TrimPrefix(k, prefix)
-				if m, err := ParseMsgID(name); err == nil {
+				h, err := ParseKey(k)
+				if err != nil || h.Kind != KindClaim {
+					continue
+				}
+				if m := h.Msg; m != 0 {
 					ids, err := s.Envelopes(ctx, m)
 					if err != nil {
 						return err
@@ -734,10 +728,8 @@ func (s *Store) Owned(ctx context.Context) iter.Seq2[EvpID, error] {
 					}
 					continue
 				}
-				if id, err := ParseEvpID(name); err == nil {
-					if err := emit(id); err != nil {
-						return err
-					}
+				if err := emit(h.Evp); err != nil {
+					return err
 				}
 			}
 			return nil
@@ -800,8 +792,8 @@ func (s *Store) Takeover(ctx context.Context) ([]EvpID, error) {
 	var names []string
 	err := s.list(ctx, Key(Handle{Kind: KindNode, Node: ""}), func(keys []string) error {
 		for _, k := range keys {
-			if n := strings.TrimPrefix(k, "node/"); n != s.opts.Node && ValidNodeName(n) == nil {
-				names = append(names, n)
+			if h, err := ParseKey(k); err == nil && h.Kind == KindNode && h.Node != s.opts.Node {
+				names = append(names, h.Node)
 			}
 		}
 		return nil
@@ -859,21 +851,24 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 	remaining := 0
 	err := s.list(ctx, prefix, func(keys []string) error {
 		for _, k := range keys {
-			name := strings.TrimPrefix(k, prefix)
+			h, err := ParseKey(k)
 			var ids []EvpID
-			if m, err := ParseMsgID(name); err == nil {
-				if ids, err = s.Envelopes(ctx, m); err != nil {
+			switch {
+			case err != nil || h.Kind != KindClaim:
+				// Not a claim pointer: nothing to take, and removed below.
+			case h.Msg != 0:
+				if ids, err = s.Envelopes(ctx, h.Msg); err != nil {
 					return err
 				}
 				if len(ids) == 0 {
 					// Its transaction may still be open: keep the pointer.
-					if st, err := s.reservationState(ctx, m); err != nil || st == stateOpen {
+					if st, err := s.reservationState(ctx, h.Msg); err != nil || st == stateOpen {
 						remaining++
 						continue
 					}
 				}
-			} else if id, err := ParseEvpID(name); err == nil {
-				ids = []EvpID{id}
+			default:
+				ids = []EvpID{h.Evp}
 			}
 			done := true
 			for _, id := range ids {

@@ -34,8 +34,8 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 	var ids []MsgID
 	err := s.list(ctx, Key(Handle{Kind: KindReservation}), func(keys []string) error {
 		for _, k := range keys {
-			if m, err := ParseMsgID(strings.TrimPrefix(k, "inc/")); err == nil {
-				ids = append(ids, m)
+			if h, err := ParseKey(k); err == nil && h.Kind == KindReservation {
+				ids = append(ids, h.Msg)
 			}
 		}
 		return nil
