@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Claim is this node's hold on an envelope: the handle through which the
@@ -74,7 +76,7 @@ func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (
 	pointer := Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: e.ID})
 	perr := make(chan error, 1)
 	go func() {
-		_, err := s.putBytes(ctx, pointer, nil, PutOptions{})
+		_, err := s.putBytes(ctx, pointer, nil, driver.PutOptions{})
 		perr <- err
 	}()
 	err := c.write(ctx, "claim", &h, c.e.Data, ErrConflict)
@@ -138,7 +140,7 @@ func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte,
 	if len(data) > s.opts.MaxEnvelopeSize {
 		return errorf(op, id.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(data), s.opts.MaxEnvelopeSize)
 	}
-	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(h, data), PutOptions{IfMatch: c.e.Version})
+	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(h, data), driver.PutOptions{IfMatch: c.e.Version})
 	if err != nil {
 		if !s.isPrecondition(err) && !s.isNotFound(err) {
 			return s.wrap(op, id.String(), err, nil)
@@ -224,7 +226,7 @@ func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Ti
 	h.Due, h.ByMsg = due.Unix(), false
 	// The pointer goes first, so that the envelope is never due without
 	// one; the old pointer is garbage after the swap.
-	if _, err := s.putBytes(ctx, dueKey(h.Due, c.e.ID), nil, PutOptions{}); err != nil {
+	if _, err := s.putBytes(ctx, dueKey(h.Due, c.e.ID), nil, driver.PutOptions{}); err != nil {
 		return s.wrap(op, c.e.ID.String(), err, nil)
 	}
 	if err := c.write(ctx, op, &h, data, ErrLeaseLost); err != nil {

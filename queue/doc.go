@@ -1,7 +1,7 @@
 // Package queue puts a mail transfer agent's queue into a cloud store: a
 // *Store holds messages (content plus envelopes) in any storage that an
-// adapter reaches through the small Backend interface, and any number of
-// Stores in any number of processes may share one storage.
+// adapter reaches through the small driver.Backend interface, and any
+// number of Stores in any number of processes may share one storage.
 //
 // An MTA opens a Store by URL and uses only this package:
 //
@@ -74,15 +74,14 @@
 // Key computes every storage key from a Handle, and ParseKey is its
 // inverse; Key documents the layout. Keys consist of [a-z0-9._-] and "/"
 // only, so no store needs escaping. A URL's ?prefix= is applied once, by
-// Prefixed.
+// driver.Prefixed.
 //
 // # For adapter authors
 //
-// A store is added by implementing Backend (Get, Put with the conditions
-// of PutOptions, Delete, List, ErrorCode, Close) and, where the store can,
-// the optional Stater and Pinger; by registering a URLOpener under a scheme
-// with URLMux.Register; and by running the conformance suite
-// (package conformance) from the adapter's tests. adapters/mem is the
-// reference adapter, and ReadChunk, UploadParts, URLParams and ParseBool
-// are helpers for adapters.
+// The contract a store implements, driver.Backend, and the helpers for
+// adapters are in package queue/driver, whose doc explains how to write an
+// adapter. An adapter registers a URLOpener under its scheme with
+// URLMux.Register, parses its query with URLParams and ParseBool, and runs
+// the conformance suite (package conformance) from its tests.
+// adapters/mem is the reference adapter.
 package queue

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Envelope is one recipient of a message: opaque data that the MTA
@@ -107,7 +109,7 @@ func (s *Store) Update(ctx context.Context, e *Envelope) error {
 	}
 	h := e.hdr
 	h.Pending = 0
-	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID}), encodeRecord(&h, e.Data), PutOptions{IfMatch: e.Version})
+	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
 	if err != nil {
 		if s.isPrecondition(err) {
 			// Some stores answer a swap on a missing key with a failed
@@ -169,11 +171,11 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 			// Due at once, like a committed envelope; the pointer first,
 			// so that the envelope is never without one.
 			h.Due = s.now().Unix()
-			if _, err := s.putBytes(ctx, dueKey(h.Due, id), nil, PutOptions{}); err != nil {
+			if _, err := s.putBytes(ctx, dueKey(h.Due, id), nil, driver.PutOptions{}); err != nil {
 				return 0, s.wrap("add envelope", id.String(), err, nil)
 			}
 		}
-		_, err = s.putBytes(ctx, key, encodeRecord(&h, data), PutOptions{IfNoneMatch: true})
+		_, err = s.putBytes(ctx, key, encodeRecord(&h, data), driver.PutOptions{IfNoneMatch: true})
 		if s.isPrecondition(err) {
 			continue
 		}
@@ -370,3 +372,8 @@ func (s *Store) DeleteMessage(ctx context.Context, m MsgID) error {
 	s.committed.remove(m)
 	return s.wrap("delete message", m.String(), s.removeMessageData(ctx, m), nil)
 }
+
+// Version identifies one stored version of an object, such as an
+// envelope's: an ETag, a GCS generation, a counter. It is opaque; compare
+// it only for equality. The empty Version means "no version".
+type Version = driver.Version

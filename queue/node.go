@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // nodeRecord is the heartbeat at KindNode.
@@ -88,7 +90,7 @@ func (s *Store) heartbeat(ctx context.Context, ifStale bool) error {
 	s.beat.mu.Unlock()
 	var floor uint64 // the highest session seen in the record
 	for range maxBeatAttempts {
-		put := PutOptions{IfMatch: ver}
+		put := driver.PutOptions{IfMatch: ver}
 		if session == 0 || ver == "" {
 			rec, v, err := s.readNode(ctx, s.opts.Node)
 			if errors.Is(err, ErrCorrupt) && v != "" {
@@ -100,9 +102,9 @@ func (s *Store) heartbeat(ctx context.Context, ifStale bool) error {
 			// A missing record was removed by a survivor that forgot the
 			// node; an earlier session's is a dead process's. Either way
 			// this process writes its own.
-			put = PutOptions{IfNoneMatch: true}
+			put = driver.PutOptions{IfNoneMatch: true}
 			if rec != nil {
-				put = PutOptions{IfMatch: v}
+				put = driver.PutOptions{IfMatch: v}
 				floor = max(floor, rec.Session)
 				if session != 0 && rec.Session > session {
 					return s.supersede(rec.Session)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Quarantined describes a quarantined message.
@@ -65,7 +67,7 @@ func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
 		return notFound("quarantine", m)
 	}
 	b, _ := json.Marshal(&q)
-	if _, err := s.putBytes(ctx, Key(Handle{Kind: KindQuarantine, Msg: m}), b, PutOptions{}); err != nil {
+	if _, err := s.putBytes(ctx, Key(Handle{Kind: KindQuarantine, Msg: m}), b, driver.PutOptions{}); err != nil {
 		return err
 	}
 	s.committed.remove(m)
@@ -78,7 +80,7 @@ func (s *Store) copyObject(ctx context.Context, from, to string) error {
 		return err
 	}
 	defer rc.Close()
-	_, err = s.b.Put(ctx, to, rc, &PutOptions{Size: a.Size})
+	_, err = s.b.Put(ctx, to, rc, &driver.PutOptions{Size: a.Size})
 	return err
 }
 

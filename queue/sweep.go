@@ -2,6 +2,8 @@ package queue
 
 import (
 	"context"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // SweepStats reports what a Sweep did.
@@ -71,7 +73,7 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 			a := *r
 			a.State = stateAborted
 			a.Changed = now
-			if _, err := s.putBytes(ctx, key, a.encode(), PutOptions{IfMatch: v}); err != nil {
+			if _, err := s.putBytes(ctx, key, a.encode(), driver.PutOptions{IfMatch: v}); err != nil {
 				if s.isPrecondition(err) || s.isNotFound(err) {
 					continue // committed or aborted meanwhile
 				}

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"iter"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Owned yields the envelopes this node holds, grouped by message, as
@@ -108,7 +110,7 @@ func (s *Store) reclaim(ctx context.Context, id EvpID) (bool, error) {
 	h.Pending = 0
 	h.Session = s.session.Load()
 	h.Token++
-	_, err = s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(&h, e.Data), PutOptions{IfMatch: e.Version})
+	_, err = s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
 	if s.isPrecondition(err) || s.isNotFound(err) {
 		return false, nil // another node was quicker
 	}
@@ -270,5 +272,5 @@ func (s *Store) forget(ctx context.Context, n string, rec *nodeRecord) {
 	back := *cur
 	back.Beat, back.Expires = now.UTC(), now.Add(max(cur.Expires.Sub(cur.Beat), s.opts.NodeTTL)).UTC()
 	b, _ := json.Marshal(&back)
-	s.putBytes(ctx, key, b, PutOptions{IfNoneMatch: true})
+	s.putBytes(ctx, key, b, driver.PutOptions{IfNoneMatch: true})
 }

@@ -8,7 +8,7 @@
 //
 // The API under /v1 has two layers.
 //
-// The object layer, /v1/objects, is the queue.Backend of the store: get,
+// The object layer, /v1/objects, is the driver.Backend of the store: get,
 // put with a precondition, delete and list of opaque objects by key. The
 // Go client speaks only this layer, so that the whole portable queue logic
 // (commit protocol, walk, sweep, leases) runs in the client exactly as it
@@ -53,6 +53,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Options configure a Handler. The zero value gives the defaults.
@@ -86,7 +87,7 @@ type Options struct {
 // for concurrent use.
 type Handler struct {
 	st    *queue.Store
-	be    queue.Backend
+	be    driver.Backend
 	opts  Options
 	log   *slog.Logger
 	mux   *http.ServeMux

@@ -11,13 +11,14 @@ import (
 
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 type harness struct{ root string }
 
-func (h *harness) MakeBackend(context.Context) (queue.Backend, error) { return openBackend(h.root) }
+func (h *harness) MakeBackend(context.Context) (driver.Backend, error) { return openBackend(h.root) }
 func (h *harness) Capabilities() conformance.Capabilities {
-	return conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}
+	return conformance.Capabilities{IfMatchMissing: driver.CodeNotFound}
 }
 func (h *harness) Close() {}
 
