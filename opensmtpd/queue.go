@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // QueueOptions configure NewQueue. The zero value gives the defaults.
@@ -437,7 +438,7 @@ func (q *Queue) MessageFdR(ctx context.Context, msgid uint32) (*os.File, error) 
 		return nil, err
 	}
 	os.Remove(f.Name())
-	_, err = io.Copy(f, ctxReader{ctx, rc})
+	_, err = io.Copy(f, driver.ContextReader(ctx, rc))
 	if err == nil {
 		_, err = f.Seek(0, io.SeekStart)
 	}
@@ -452,19 +453,6 @@ func (q *Queue) MessageFdR(ctx context.Context, msgid uint32) (*os.File, error) 
 		return nil, err
 	}
 	return f, nil
-}
-
-// ctxReader stops reading once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
 
 // EnvelopeCreate implements Handler.EnvelopeCreate.

@@ -273,13 +273,8 @@ func pointers(id EvpID, h *envHeader) (own, ofMsg []string) {
 	return own, ofMsg
 }
 
-// collect removes the content of m if m has no envelope left.
-func (s *Store) collect(ctx context.Context, m MsgID) error {
-	_, err := s.collected(ctx, m)
-	return err
-}
-
-// collected is collect, and reports whether the message is gone.
+// collected removes the content of m if m has no envelope left, and
+// reports whether the message is gone.
 func (s *Store) collected(ctx context.Context, m MsgID) (bool, error) {
 	var keys []string
 	err := s.retry(ctx, func() error {

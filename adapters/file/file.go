@@ -135,23 +135,11 @@ func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.At
 		f.Close()
 		return nil, driver.Attrs{}, err
 	}
-	return &ctxReader{ctx: ctx, f: f}, attrs(fi), nil
+	return struct {
+		io.Reader
+		io.Closer
+	}{driver.ContextReader(ctx, f), f}, attrs(fi), nil
 }
-
-// ctxReader stops reading once its context is done.
-type ctxReader struct {
-	ctx context.Context
-	f   *os.File
-}
-
-func (r *ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.f.Read(p)
-}
-
-func (r *ctxReader) Close() error { return r.f.Close() }
 
 func attrs(fi fs.FileInfo) driver.Attrs {
 	var ino uint64
@@ -237,7 +225,7 @@ func (b *backend) writeTemp(ctx context.Context, r io.Reader) (string, fs.FileIn
 		os.Remove(path)
 		return "", nil, err
 	}
-	if _, err := io.Copy(f, &ctxReader2{ctx: ctx, r: r}); err != nil {
+	if _, err := io.Copy(f, driver.ContextReader(ctx, r)); err != nil {
 		return fail(err)
 	}
 	if err := f.Sync(); err != nil {
@@ -252,19 +240,6 @@ func (b *backend) writeTemp(ctx context.Context, r io.Reader) (string, fs.FileIn
 		return "", nil, err
 	}
 	return path, fi, nil
-}
-
-// ctxReader2 stops copying once its context is done.
-type ctxReader2 struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r *ctxReader2) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
 
 // locked runs fn holding an exclusive flock on dir, creating dir first if

@@ -17,8 +17,9 @@
 // Store falls back to Get when a Backend is not a Stater.
 //
 // The helpers are for adapters too: ReadChunk, ReadFull and UploadParts
-// stream content in bounded memory, and Prefixed places every key under the
-// path of a URL, so that many queues share one bucket. URL openers
+// stream content in bounded memory, ContextReader stops a copy that has no
+// context of its own, and Prefixed places every key under the path of a
+// URL, so that many queues share one bucket. URL openers
 // register with queue.URLMux and parse their query with queue.URLParams and
 // queue.ParseBool.
 //
