@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -285,7 +286,7 @@ func query(r *http.Request, allowed ...string) (map[string]string, error) {
 	}
 	out := make(map[string]string)
 	for k, v := range vals {
-		if !contains(allowed, k) {
+		if !slices.Contains(allowed, k) {
 			if len(allowed) == 0 {
 				return nil, errf(CodeInvalid, "unknown query parameter %q: none are allowed here", k)
 			}

@@ -45,6 +45,7 @@ import (
 	"crypto/subtle"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -222,7 +223,7 @@ func (h *Handler) routes() {
 	// mux alone would answer in plain text.
 	for _, p := range order {
 		methods := allow[p]
-		if contains(methods, "GET") && !contains(methods, "HEAD") {
+		if slices.Contains(methods, "GET") && !slices.Contains(methods, "HEAD") {
 			methods = append(methods, "HEAD")
 		}
 		allowed := strings.Join(methods, ", ")
@@ -243,15 +244,6 @@ func (h *Handler) routes() {
 		}
 		h.fail(w, r, "not_found", errf(CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // wrap adds authentication, the in-flight limit, error responses, logs

@@ -224,7 +224,7 @@ func (c *cli) open(ctx context.Context) (*queue.Store, error) {
 	// missing bucket apart before any work.
 	if err := s.Ping(ctx); err != nil {
 		s.Close()
-		return nil, err
+		return nil, fmt.Errorf("the store does not answer: %w", err)
 	}
 	return s, nil
 }
