@@ -223,7 +223,7 @@ func (h *hook) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs
 	return h.Backend.Get(ctx, key)
 }
 
-func (h *hook) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (h *hook) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	h.fn("put", key)
 	return h.Backend.Put(ctx, key, r, opts)
 }

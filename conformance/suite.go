@@ -54,7 +54,7 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 	e := newEnv(t, mk)
 	b := e.backend()
 	ctx := e.ctx
-	put := func(key, data string, o driver.PutOptions) (queue.Version, error) {
+	put := func(key, data string, o driver.PutOptions) (driver.Version, error) {
 		o.Size = int64(len(data))
 		return b.Put(ctx, key, strings.NewReader(data), &o)
 	}
@@ -1135,7 +1135,7 @@ type lostAnswer struct{ driver.Backend }
 
 var errLostAnswer = errors.New("conformance: the answer was lost")
 
-func (l lostAnswer) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (l lostAnswer) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	v, err := l.Backend.Put(ctx, key, r, opts)
 	if err == nil && opts.IfMatch != "" {
 		return "", errLostAnswer

@@ -289,7 +289,7 @@ func (c *crashing) dead() bool {
 // Writes within the budget run to completion even when the caller gives
 // up on them, as a request already sent does: a cancelled write that
 // lands later would race the checks that follow the crash.
-func (c *crashing) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (c *crashing) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	if err := c.spend(); err != nil {
 		return "", err
 	}

@@ -47,7 +47,7 @@ func (f *flaky) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attr
 	return f.Backend.Get(ctx, key)
 }
 
-func (f *flaky) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (f *flaky) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	if err := f.fail(ctx); err != nil {
 		return "", err
 	}

@@ -124,7 +124,7 @@ func (c *counted) Get(ctx context.Context, key string) (io.ReadCloser, driver.At
 	return c.Backend.Get(ctx, key)
 }
 
-func (c *counted) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (queue.Version, error) {
+func (c *counted) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
 	switch {
 	case o.IfMatch != "":
 		c.add("put if-match")

@@ -196,7 +196,7 @@ type gate struct {
 	release chan struct{}
 }
 
-func (g *gate) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (g *gate) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	g.mu.Lock()
 	hold := g.armed && strings.HasPrefix(key, "inc/") && opts.IfMatch != ""
 	if hold {

@@ -23,7 +23,7 @@
 // An object's data is cut into chunks of 1000 KiB, so that every entity
 // stays under Datastore's 1 MiB. The head holds the first chunk, the
 // number of chunks, the size, and a random generation, which is the
-// object's queue.Version. Every further chunk n is an entity of kind
+// object's driver.Version. Every further chunk n is an entity of kind
 // MxqChunk named "<key>#<generation>#<n>".
 //
 // # Writes
@@ -262,7 +262,7 @@ func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.At
 		return nil, driver.Attrs{}, ctxErr(ctx, err)
 	}
 	r := &reader{ctx: ctx, b: b, key: key, h: h, buf: h.Data, next: 1, read: int64(len(h.Data))}
-	return r, driver.Attrs{Version: queue.Version(h.Gen), Size: h.Size}, nil
+	return r, driver.Attrs{Version: driver.Version(h.Gen), Size: h.Size}, nil
 }
 
 type reader struct {
@@ -324,7 +324,7 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	if err != nil {
 		return driver.Attrs{}, ctxErr(ctx, err)
 	}
-	return driver.Attrs{Version: queue.Version(h.Gen), Size: h.Size}, nil
+	return driver.Attrs{Version: driver.Version(h.Gen), Size: h.Size}, nil
 }
 
 // readChunk reads up to chunkData bytes of r. It returns fewer only at the
@@ -354,7 +354,7 @@ func newGeneration() (string, error) {
 
 // Put implements driver.Backend.Put. See the package documentation for how
 // it streams and where it commits.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (_ queue.Version, err error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (_ driver.Version, err error) {
 	defer func() { err = ctxErr(ctx, err) }()
 	if err := b.check(); err != nil {
 		return "", err
@@ -418,7 +418,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver
 			cur, herr := b.getHead(rctx, key)
 			cancel()
 			if herr == nil && cur.Gen == gen {
-				return queue.Version(gen), nil
+				return driver.Version(gen), nil
 			}
 			if herr == nil || errors.Is(herr, datastore.ErrNoSuchEntity) {
 				b.cleanup(ctx, written)
@@ -429,7 +429,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver
 	if old != nil && old.N > 1 {
 		b.cleanup(ctx, b.chunkKeys(key, old))
 	}
-	return queue.Version(gen), nil
+	return driver.Version(gen), nil
 }
 
 // putHead writes the head h of key under the condition of opts, and
@@ -452,7 +452,7 @@ func (b *backend) putHead(ctx context.Context, key string, h *head, opts *driver
 			}
 		case err != nil:
 			return err
-		case opts.IfMatch != "" && queue.Version(old.Gen) != opts.IfMatch:
+		case opts.IfMatch != "" && driver.Version(old.Gen) != opts.IfMatch:
 			return errPrecondition
 		}
 		_, err = tx.Put(hk, h)
@@ -467,7 +467,7 @@ func (b *backend) putHead(ctx context.Context, key string, h *head, opts *driver
 		switch {
 		case errors.Is(gerr, datastore.ErrNoSuchEntity):
 			return nil, gerr
-		case gerr == nil && queue.Version(cur.Gen) != opts.IfMatch:
+		case gerr == nil && driver.Version(cur.Gen) != opts.IfMatch:
 			return nil, fmt.Errorf("%w (after %w)", errPrecondition, err)
 		}
 	}

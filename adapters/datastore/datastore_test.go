@@ -117,7 +117,7 @@ func testBackend(t testing.TB) *backend {
 	return b
 }
 
-func put(t testing.TB, b driver.Backend, key, data string, opts driver.PutOptions) (queue.Version, error) {
+func put(t testing.TB, b driver.Backend, key, data string, opts driver.PutOptions) (driver.Version, error) {
 	t.Helper()
 	if opts.Size == 0 {
 		opts.Size = int64(len(data))
@@ -303,7 +303,7 @@ func TestPutGetVersions(t *testing.T) {
 			t.Fatalf("refused create wrote %q", data)
 		}
 	})
-	var v2 queue.Version
+	var v2 driver.Version
 	t.Run("compare-and-swap", func(t *testing.T) {
 		var err error
 		v2, err = put(t, b, "inc/00000001", "two", driver.PutOptions{IfMatch: v1})
@@ -479,7 +479,7 @@ func (p *pattern) Read(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func checkRoundTrip(t *testing.T, b driver.Backend, key string, size, sizeOpt int64, opts driver.PutOptions) queue.Version {
+func checkRoundTrip(t *testing.T, b driver.Backend, key string, size, sizeOpt int64, opts driver.PutOptions) driver.Version {
 	t.Helper()
 	h := sha256.New()
 	io.Copy(h, &pattern{n: size})

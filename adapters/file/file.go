@@ -147,7 +147,7 @@ func attrs(fi fs.FileInfo) driver.Attrs {
 		ino = st.Ino
 	}
 	return driver.Attrs{
-		Version: queue.Version(fmt.Sprintf("%x.%x.%x", ino, fi.ModTime().UnixNano(), fi.Size())),
+		Version: driver.Version(fmt.Sprintf("%x.%x.%x", ino, fi.ModTime().UnixNano(), fi.Size())),
 		Size:    fi.Size(),
 	}
 }
@@ -169,7 +169,7 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 }
 
 // Put implements driver.Backend.Put.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	dir, name, err := b.path(key)
 	if err != nil {
 		return "", err

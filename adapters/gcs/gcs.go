@@ -20,7 +20,7 @@
 //
 // # Versions and writes
 //
-// An object's generation, in decimal, is its queue.Version. A create-only
+// An object's generation, in decimal, is its driver.Version. A create-only
 // write sends ifGenerationMatch=0 and a compare-and-swap
 // ifGenerationMatch=<generation>. GCS refuses a compare-and-swap of a
 // missing object with the same 412 as a stale one; Put then reads the
@@ -157,7 +157,7 @@ func (b *backend) check() error {
 	return nil
 }
 
-func version(gen int64) queue.Version { return queue.Version(strconv.FormatInt(gen, 10)) }
+func version(gen int64) driver.Version { return driver.Version(strconv.FormatInt(gen, 10)) }
 
 // Get implements driver.Backend.Get. ctx is used for the lifetime of the
 // reader, which reads the generation it opened even if the object is
@@ -186,7 +186,7 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 }
 
 // Put implements driver.Backend.Put.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	if err := b.check(); err != nil {
 		return "", err
 	}

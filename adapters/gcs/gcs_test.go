@@ -115,7 +115,7 @@ func TestConformance(t *testing.T) { conformance.Run(t, newHarness) }
 
 func BenchmarkConformance(b *testing.B) { conformance.RunBenchmarks(b, newHarness) }
 
-func put(t testing.TB, b driver.Backend, key, data string, opts driver.PutOptions) (queue.Version, error) {
+func put(t testing.TB, b driver.Backend, key, data string, opts driver.PutOptions) (driver.Version, error) {
 	t.Helper()
 	if opts.Size == 0 {
 		opts.Size = int64(len(data))
@@ -243,7 +243,7 @@ func TestPutGetVersions(t *testing.T) {
 			t.Fatalf("refused create wrote %q", data)
 		}
 	})
-	var v2 queue.Version
+	var v2 driver.Version
 	t.Run("compare-and-swap", func(t *testing.T) {
 		var err error
 		v2, err = put(t, b, "inc/00000001", "two", driver.PutOptions{IfMatch: v1})

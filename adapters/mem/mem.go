@@ -48,7 +48,7 @@ type storage struct {
 
 type object struct {
 	data    []byte
-	version queue.Version
+	version driver.Version
 }
 
 type backend struct {
@@ -136,7 +136,7 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 }
 
 // Put implements driver.Backend.Put.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	if err := b.check(); err != nil {
 		return "", err
 	}
@@ -163,7 +163,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver
 		}
 	}
 	st.seq++
-	v := queue.Version(strconv.FormatUint(st.seq, 10))
+	v := driver.Version(strconv.FormatUint(st.seq, 10))
 	st.objects[key] = object{data: data, version: v}
 	if !exists {
 		i, _ := slices.BinarySearch(st.keys, key)

@@ -26,7 +26,7 @@
 // PutObject would buffer parts of 16 MiB or more, and drops conditions
 // from multipart uploads.) A create-only write is If-None-Match: * and a
 // compare-and-swap If-Match: <etag>, on the PUT or on the
-// CompleteMultipartUpload. The ETag, without quotes, is the queue.Version.
+// CompleteMultipartUpload. The ETag, without quotes, is the driver.Version.
 //
 // A conditional PUT is sent exactly once: its body is handed to minio-go
 // as a plain reader, which minio-go does not retry. A retried
@@ -166,7 +166,7 @@ var errNoSuchBucket = errors.New("bucket does not exist")
 // onlyReader hides the Seek of a body, so that minio-go sends it once.
 type onlyReader struct{ io.Reader }
 
-func version(etag string) queue.Version { return queue.Version(strings.Trim(etag, `"`)) }
+func version(etag string) driver.Version { return driver.Version(strings.Trim(etag, `"`)) }
 
 // Get implements driver.Backend.Get.
 func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
@@ -216,7 +216,7 @@ func conditions(opts *driver.PutOptions) (po minio.PutObjectOptions, conditional
 
 // Put implements driver.Backend.Put. Up to partSize bytes go up in one
 // PUT; more in a multipart upload.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	first, last, err := driver.ReadChunk(r, nil, b.partSize, opts.Size)
 	if err != nil {
 		return "", err
@@ -240,7 +240,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver
 // driver.UploadParts, which holds two buffers of partSize bytes, and
 // completes the upload under the conditions of opts. A failed upload is
 // aborted.
-func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *driver.PutOptions) (driver.Version, error) {
 	id, err := b.core.NewMultipartUpload(ctx, b.bucket, key, minio.PutObjectOptions{})
 	if err != nil {
 		return "", err

@@ -269,12 +269,12 @@ func (t *trackedBody) sent() bool {
 func objectPath(key string) string { return "/v1/objects/" + key }
 
 // version reads the ETag of a response.
-func version(resp *http.Response) (queue.Version, error) {
+func version(resp *http.Response) (driver.Version, error) {
 	tag := resp.Header.Get("ETag")
 	if len(tag) < 3 || tag[0] != '"' || tag[len(tag)-1] != '"' {
 		return "", fmt.Errorf("rest: %s %s: the response has no strong ETag (%q)", resp.Request.Method, resp.Request.URL.Path, tag)
 	}
-	return queue.Version(tag[1 : len(tag)-1]), nil
+	return driver.Version(tag[1 : len(tag)-1]), nil
 }
 
 // Get implements driver.Backend.Get.
@@ -307,7 +307,7 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 
 // Put implements driver.Backend.Put. The body streams: with an unknown
 // size it is sent chunked.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	hdr := make(http.Header)
 	if opts.IfNoneMatch {
 		hdr.Set("If-None-Match", "*")

@@ -19,7 +19,7 @@
 // multipart upload that holds at most two parts in memory. A create-only
 // write is If-None-Match: * and a compare-and-swap is If-Match: <etag>, on
 // PutObject or on CompleteMultipartUpload. The ETag, quotes included, is
-// the queue.Version. A failed multipart upload is aborted; should that
+// the driver.Version. A failed multipart upload is aborted; should that
 // fail too, a bucket lifecycle rule AbortIncompleteMultipartUpload removes
 // the parts.
 //
@@ -188,7 +188,7 @@ func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.At
 	if err != nil {
 		return nil, driver.Attrs{}, err
 	}
-	return out.Body, driver.Attrs{Version: queue.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
+	return out.Body, driver.Attrs{Version: driver.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
 }
 
 func size(n *int64) int64 {
@@ -204,7 +204,7 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	if err != nil {
 		return driver.Attrs{}, err
 	}
-	return driver.Attrs{Version: queue.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
+	return driver.Attrs{Version: driver.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
 }
 
 // Ping implements driver.Pinger with HeadBucket. A missing bucket is an
@@ -224,7 +224,7 @@ func (b *backend) Ping(ctx context.Context) error {
 
 // Put implements driver.Backend.Put. Up to partSize bytes go up in one
 // PutObject; more in a multipart upload.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	first, last, err := driver.ReadChunk(r, nil, b.partSize, opts.Size)
 	if err != nil {
 		return "", err
@@ -250,7 +250,7 @@ func conditions(opts *driver.PutOptions) (ifNoneMatch, ifMatch *string, optFns [
 	return ifNoneMatch, ifMatch, optFns
 }
 
-func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *driver.PutOptions) (driver.Version, error) {
 	in := &awss3.PutObjectInput{
 		Bucket:        &b.bucket,
 		Key:           &key,
@@ -263,14 +263,14 @@ func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *
 	if err != nil {
 		return "", err
 	}
-	return queue.Version(aws.ToString(out.ETag)), nil
+	return driver.Version(aws.ToString(out.ETag)), nil
 }
 
 // putMultipart uploads first and the rest of r as parts with
 // driver.UploadParts, which holds two buffers of partSize bytes, and
 // completes the upload under the conditions of opts. A failed upload is
 // aborted.
-func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *driver.PutOptions) (queue.Version, error) {
+func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *driver.PutOptions) (driver.Version, error) {
 	create := &awss3.CreateMultipartUploadInput{Bucket: &b.bucket, Key: &key}
 	if b.checksum {
 		create.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
@@ -314,7 +314,7 @@ func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, fir
 		in.IfNoneMatch, in.IfMatch, optFns = conditions(opts)
 		var out *awss3.CompleteMultipartUploadOutput
 		if out, err = b.client.CompleteMultipartUpload(ctx, in, optFns...); err == nil {
-			return queue.Version(aws.ToString(out.ETag)), nil
+			return driver.Version(aws.ToString(out.ETag)), nil
 		}
 	}
 	// Abort even when ctx is done, but not for long.

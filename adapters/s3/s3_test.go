@@ -273,7 +273,7 @@ func TestFindings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(key, data string, o driver.PutOptions) (queue.Version, error) {
+	put := func(key, data string, o driver.PutOptions) (driver.Version, error) {
 		o.Size = int64(len(data))
 		return b.Put(ctx, key, strings.NewReader(data), &o)
 	}

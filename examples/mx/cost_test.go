@@ -42,7 +42,7 @@ func (c counting) Get(ctx context.Context, key string) (io.ReadCloser, driver.At
 	return c.Backend.Get(ctx, key)
 }
 
-func (c counting) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (queue.Version, error) {
+func (c counting) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
 	c.add("put", key)
 	return c.Backend.Put(ctx, key, r, o)
 }

@@ -25,7 +25,7 @@ func (c *counting) Get(ctx context.Context, key string) (io.ReadCloser, driver.A
 	return c.Backend.Get(ctx, key)
 }
 
-func (c *counting) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (queue.Version, error) {
+func (c *counting) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
 	c.n.Add(1)
 	return c.Backend.Put(ctx, key, r, o)
 }

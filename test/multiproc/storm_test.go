@@ -668,7 +668,7 @@ type claimLog struct {
 	logf func(kind string, id queue.EvpID, token uint64)
 }
 
-func (c *claimLog) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (queue.Version, error) {
+func (c *claimLog) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	i := strings.LastIndex(key, "evp/")
 	if i < 0 || opts.IfMatch == "" {
 		return c.Backend.Put(ctx, key, r, opts)
