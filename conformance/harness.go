@@ -9,9 +9,19 @@
 //		})
 //	}
 //
+// # Harness
+//
 // Every subtest gets a fresh Harness. Subtests that need several nodes
 // call MakeBackend several times; all backends of one Harness must share
-// one storage. The suite depends only on queue and the standard library.
+// one storage. Capabilities tells the suite where adapters may differ.
+//
+// # Benchmarks
+//
+// RunBenchmarks takes the same HarnessMaker and measures the Store on the
+// adapter against the adapter's raw floor (package bench).
+//
+// The suite depends only on queue, queue/driver, bench and the standard
+// library; it imports no adapter.
 package conformance
 
 import (
