@@ -30,15 +30,9 @@ func (c *Claim) Lease() Lease { return c.e.Lease }
 // exactly one wins. A claim lasts while this node heartbeats: run RunNode,
 // or call Heartbeat every Options.HeartbeatInterval.
 func (s *Store) Claim(ctx context.Context, id EvpID, d time.Duration) (*Claim, error) {
-	if err := s.check("claim"); err != nil {
-		return nil, err
-	}
-	if err := id.Valid(); err != nil {
-		return nil, &Error{Op: "claim", ID: id.String(), Kind: ErrInvalid, Err: err}
-	}
-	e, err := s.load(ctx, id)
+	e, err := s.loadToClaim(ctx, id)
 	if err != nil {
-		return nil, s.wrap("claim", id.String(), err, nil)
+		return nil, err
 	}
 	return s.ClaimLoaded(ctx, e, d)
 }
@@ -95,15 +89,9 @@ func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (
 // for instance one committed with Tx.Claim. If it does not, the result is
 // ErrLeaseLost.
 func (s *Store) ClaimOf(ctx context.Context, id EvpID) (*Claim, error) {
-	if err := s.check("claim"); err != nil {
-		return nil, err
-	}
-	if err := id.Valid(); err != nil {
-		return nil, &Error{Op: "claim", ID: id.String(), Kind: ErrInvalid, Err: err}
-	}
-	e, err := s.load(ctx, id)
+	e, err := s.loadToClaim(ctx, id)
 	if err != nil {
-		return nil, s.wrap("claim", id.String(), err, nil)
+		return nil, err
 	}
 	if !s.mine(&e.hdr) {
 		return nil, errorf("claim", id.String(), ErrLeaseLost, "held by %q, not this node", e.hdr.Holder)
@@ -254,4 +242,20 @@ func (c *Claim) Delete(ctx context.Context) error {
 		return err
 	}
 	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h), nil)
+}
+
+// loadToClaim checks the Store and id, and loads the envelope id, for
+// Claim and ClaimOf; errors are those of the "claim" operation.
+func (s *Store) loadToClaim(ctx context.Context, id EvpID) (*Envelope, error) {
+	if err := s.check("claim"); err != nil {
+		return nil, err
+	}
+	if err := id.Valid(); err != nil {
+		return nil, &Error{Op: "claim", ID: id.String(), Kind: ErrInvalid, Err: err}
+	}
+	e, err := s.load(ctx, id)
+	if err != nil {
+		return nil, s.wrap("claim", id.String(), err, nil)
+	}
+	return e, nil
 }

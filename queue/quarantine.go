@@ -34,11 +34,7 @@ func (s *Store) Quarantine(ctx context.Context, m MsgID, reason string) error {
 }
 
 func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
-	var keys []string
-	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(page []string) error {
-		keys = append(keys, page...)
-		return nil
-	})
+	keys, err := s.envelopeKeys(ctx, m)
 	if err != nil {
 		return err
 	}

@@ -362,11 +362,7 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 // they name, then, only if all of them went, its content: the content is
 // what makes a message ID taken, so it must not go first.
 func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
-	var keys []string
-	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(page []string) error {
-		keys = append(keys, page...)
-		return nil
-	})
+	keys, err := s.envelopeKeys(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -458,4 +454,14 @@ func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 func notFound(op string, id fmt.Stringer) error {
 	return &Error{Op: op, ID: id.String(), Kind: ErrNotFound}
+}
+
+// envelopeKeys lists the keys of every envelope of m, committed or not.
+func (s *Store) envelopeKeys(ctx context.Context, m MsgID) ([]string, error) {
+	var keys []string
+	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(page []string) error {
+		keys = append(keys, page...)
+		return nil
+	})
+	return keys, err
 }
