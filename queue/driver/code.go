@@ -13,7 +13,8 @@ const (
 	// CodeNotFound: the key does not exist.
 	CodeNotFound
 	// CodePrecondition: a conditional write (PutOptions.IfNoneMatch or
-	// IfMatch) was refused. The Store maps it to ErrExists or ErrConflict.
+	// IfMatch) was refused. The Store maps it to queue.ErrExists or
+	// queue.ErrConflict.
 	CodePrecondition
 	// CodeInvalid: the service rejected the request as malformed.
 	CodeInvalid
