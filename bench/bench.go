@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Op is one operation to measure.
@@ -94,7 +95,7 @@ func Commit(s *queue.Store, content []byte, rcpts int) Op {
 
 // RawCommit is the floor of Commit: the content and one object per
 // recipient written in parallel, unconditionally, under keys of their own.
-func RawCommit(b queue.Backend, content []byte, rcpts int) Op {
+func RawCommit(b driver.Backend, content []byte, rcpts int) Op {
 	return func(ctx context.Context) error {
 		base := "raw/" + randHex(8)
 		var wg sync.WaitGroup
@@ -107,7 +108,7 @@ func RawCommit(b queue.Backend, content []byte, rcpts int) Op {
 				if i > 0 {
 					data = fmt.Appendf(nil, "rcpt%d@example.org", i)
 				}
-				_, errs[i] = b.Put(ctx, fmt.Sprintf("%s-%d", base, i), bytes.NewReader(data), &queue.PutOptions{Size: int64(len(data))})
+				_, errs[i] = b.Put(ctx, fmt.Sprintf("%s-%d", base, i), bytes.NewReader(data), &driver.PutOptions{Size: int64(len(data))})
 			}()
 		}
 		wg.Wait()
@@ -133,7 +134,7 @@ func Walk(s *queue.Store) Op {
 }
 
 // RawList is the floor of Walk: one listing of every key under prefix.
-func RawList(b queue.Backend, prefix string) Op {
+func RawList(b driver.Backend, prefix string) Op {
 	return func(ctx context.Context) error {
 		after := ""
 		for {
@@ -173,17 +174,17 @@ func ClaimRelease(s *queue.Store, ids []queue.EvpID) Op {
 
 // RawCAS is the floor of a claim: one read and one compare-and-swap of a
 // small object, twice (claim and release).
-func RawCAS(b queue.Backend) (Op, error) {
+func RawCAS(b driver.Backend) (Op, error) {
 	key := "raw/" + randHex(8)
 	return func(ctx context.Context) error {
 		for range 2 {
 			rc, a, err := b.Get(ctx, key)
-			if err != nil && b.ErrorCode(err) != queue.CodeNotFound {
+			if err != nil && b.ErrorCode(err) != driver.CodeNotFound {
 				return err
 			}
-			o := &queue.PutOptions{Size: 16, IfMatch: a.Version}
+			o := &driver.PutOptions{Size: 16, IfMatch: a.Version}
 			if err != nil {
-				o = &queue.PutOptions{Size: 16, IfNoneMatch: true}
+				o = &driver.PutOptions{Size: 16, IfNoneMatch: true}
 			} else {
 				rc.Close()
 			}
@@ -196,7 +197,7 @@ func RawCAS(b queue.Backend) (Op, error) {
 }
 
 // CleanRaw removes the objects the raw floors wrote.
-func CleanRaw(ctx context.Context, b queue.Backend) error {
+func CleanRaw(ctx context.Context, b driver.Backend) error {
 	for {
 		keys, _, err := b.List(ctx, "raw/", "", 1000)
 		if err != nil || len(keys) == 0 {

@@ -1,5 +1,5 @@
 // Package conformance is the suite that proves an adapter meets the
-// contract of queue.Backend and, through it, that a queue.Store on that
+// contract of driver.Backend and, through it, that a queue.Store on that
 // adapter meets every line of the queue's contract. An adapter's test is a
 // short Harness plus one call to Run:
 //
@@ -9,16 +9,26 @@
 //		})
 //	}
 //
+// # Harness
+//
 // Every subtest gets a fresh Harness. Subtests that need several nodes
 // call MakeBackend several times; all backends of one Harness must share
-// one storage. The suite depends only on queue and the standard library.
+// one storage. Capabilities tells the suite where adapters may differ.
+//
+// # Benchmarks
+//
+// RunBenchmarks takes the same HarnessMaker and measures the Store on the
+// adapter against the adapter's raw floor (package bench).
+//
+// The suite depends only on queue, queue/driver, bench and the standard
+// library; it imports no adapter.
 package conformance
 
 import (
 	"context"
 	"testing"
 
-	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Harness gives the suite access to one adapter's storage.
@@ -26,7 +36,7 @@ type Harness interface {
 	// MakeBackend returns a new Backend over the harness's storage. Every
 	// call returns a Backend over the same storage, as if opened by
 	// another node.
-	MakeBackend(ctx context.Context) (queue.Backend, error)
+	MakeBackend(ctx context.Context) (driver.Backend, error)
 	// Capabilities tells the suite what to expect of the adapter.
 	Capabilities() Capabilities
 	// Close releases the harness; the storage may be discarded.
@@ -43,7 +53,7 @@ type Capabilities struct {
 	// test allows for it.
 	ContentInMemory bool
 	// IfMatchMissing is the code a compare-and-swap Put on a missing key
-	// fails with: queue.CodeNotFound or queue.CodePrecondition. The zero
+	// fails with: driver.CodeNotFound or driver.CodePrecondition. The zero
 	// value accepts either.
-	IfMatchMissing queue.Code
+	IfMatchMissing driver.Code
 }

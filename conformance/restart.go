@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // testRestartUnderName: a node whose process dies and restarts under the
@@ -213,16 +214,16 @@ func (e *env) behind(d time.Duration) func() time.Time {
 // operation ("get", "put", "delete" or "list") and the key (for "list",
 // the prefix). It puts steps of other nodes inside one call of a Store.
 type hook struct {
-	queue.Backend
+	driver.Backend
 	fn func(op, key string)
 }
 
-func (h *hook) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+func (h *hook) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	h.fn("get", key)
 	return h.Backend.Get(ctx, key)
 }
 
-func (h *hook) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+func (h *hook) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	h.fn("put", key)
 	return h.Backend.Put(ctx, key, r, opts)
 }

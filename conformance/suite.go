@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Run runs the whole suite. Each subtest names the line of the contract it
@@ -53,11 +54,11 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 	e := newEnv(t, mk)
 	b := e.backend()
 	ctx := e.ctx
-	put := func(key, data string, o queue.PutOptions) (queue.Version, error) {
+	put := func(key, data string, o driver.PutOptions) (driver.Version, error) {
 		o.Size = int64(len(data))
 		return b.Put(ctx, key, strings.NewReader(data), &o)
 	}
-	get := func(key string) (string, queue.Attrs, error) {
+	get := func(key string) (string, driver.Attrs, error) {
 		rc, a, err := b.Get(ctx, key)
 		if err != nil {
 			return "", a, err
@@ -66,7 +67,7 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 		d, err := io.ReadAll(rc)
 		return string(d), a, err
 	}
-	code := func(what string, err error, want queue.Code) {
+	code := func(what string, err error, want driver.Code) {
 		t.Helper()
 		if err == nil {
 			t.Fatalf("%s: no error, want code %d", what, want)
@@ -78,17 +79,17 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 
 	t.Run("GetMissing", func(t *testing.T) {
 		_, _, err := b.Get(ctx, "msg/00/00000001")
-		code("Get missing", err, queue.CodeNotFound)
+		code("Get missing", err, driver.CodeNotFound)
 	})
 	t.Run("PutGet", func(t *testing.T) {
-		v, err := put("inc/00000002", "hello", queue.PutOptions{})
+		v, err := put("inc/00000002", "hello", driver.PutOptions{})
 		wantErr(t, "Put", err, nil)
 		d, a, err := get("inc/00000002")
 		wantErr(t, "Get", err, nil)
 		if d != "hello" || a.Version != v {
 			t.Fatalf("Get = %q version %q, want %q version %q", d, a.Version, "hello", v)
 		}
-		if st, ok := b.(queue.Stater); ok {
+		if st, ok := b.(driver.Stater); ok {
 			a, err := st.Stat(ctx, "inc/00000002")
 			wantErr(t, "Stat", err, nil)
 			if a.Version != v || a.Size != 5 {
@@ -97,10 +98,10 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 		}
 	})
 	t.Run("CreateOnly", func(t *testing.T) {
-		_, err := put("inc/00000003", "one", queue.PutOptions{IfNoneMatch: true})
+		_, err := put("inc/00000003", "one", driver.PutOptions{IfNoneMatch: true})
 		wantErr(t, "first create", err, nil)
-		_, err = put("inc/00000003", "two", queue.PutOptions{IfNoneMatch: true})
-		code("second create", err, queue.CodePrecondition)
+		_, err = put("inc/00000003", "two", driver.PutOptions{IfNoneMatch: true})
+		code("second create", err, driver.CodePrecondition)
 		if d, _, _ := get("inc/00000003"); d != "one" {
 			t.Fatalf("after a refused create the object is %q, want %q", d, "one")
 		}
@@ -113,12 +114,12 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err := put("inc/00000004", fmt.Sprint(i), queue.PutOptions{IfNoneMatch: true})
+				_, err := put("inc/00000004", fmt.Sprint(i), driver.PutOptions{IfNoneMatch: true})
 				mu.Lock()
 				defer mu.Unlock()
 				if err == nil {
 					wins++
-				} else if b.ErrorCode(err) == queue.CodePrecondition {
+				} else if b.ErrorCode(err) == driver.CodePrecondition {
 					losses++
 				} else {
 					t.Errorf("create: %v", err)
@@ -131,28 +132,28 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 		}
 	})
 	t.Run("CompareAndSwap", func(t *testing.T) {
-		v1, err := put("inc/00000005", "v1", queue.PutOptions{})
+		v1, err := put("inc/00000005", "v1", driver.PutOptions{})
 		wantErr(t, "Put", err, nil)
-		v2, err := put("inc/00000005", "v2", queue.PutOptions{IfMatch: v1})
+		v2, err := put("inc/00000005", "v2", driver.PutOptions{IfMatch: v1})
 		wantErr(t, "CAS with the current version", err, nil)
 		if v2 == v1 {
 			t.Fatalf("CAS kept version %q", v1)
 		}
-		_, err = put("inc/00000005", "v3", queue.PutOptions{IfMatch: v1})
-		code("CAS with a stale version", err, queue.CodePrecondition)
+		_, err = put("inc/00000005", "v3", driver.PutOptions{IfMatch: v1})
+		code("CAS with a stale version", err, driver.CodePrecondition)
 		if d, _, _ := get("inc/00000005"); d != "v2" {
 			t.Fatalf("after a refused CAS the object is %q, want v2", d)
 		}
-		_, err = put("inc/00000006", "x", queue.PutOptions{IfMatch: v2})
+		_, err = put("inc/00000006", "x", driver.PutOptions{IfMatch: v2})
 		if err == nil {
 			t.Fatal("CAS on a missing key succeeded")
 		}
 		c := b.ErrorCode(err)
 		want := e.h.Capabilities().IfMatchMissing
-		if c != queue.CodeNotFound && c != queue.CodePrecondition || want != 0 && c != want {
+		if c != driver.CodeNotFound && c != driver.CodePrecondition || want != 0 && c != want {
 			t.Fatalf("CAS on a missing key: code %d (%v)", c, err)
 		}
-		if _, _, err := b.Get(ctx, "inc/00000006"); b.ErrorCode(err) != queue.CodeNotFound {
+		if _, _, err := b.Get(ctx, "inc/00000006"); b.ErrorCode(err) != driver.CodeNotFound {
 			t.Fatalf("a refused CAS on a missing key created it: %v", err)
 		}
 	})
@@ -162,21 +163,21 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 		// io.ErrUnexpectedEOF, which io.ReadFull cannot tell from an end.
 		for _, size := range []int64{-1, 8} { // unknown, or more than arrives
 			r := io.MultiReader(strings.NewReader("part"), brokenReader{})
-			_, err := b.Put(ctx, "inc/00000008", r, &queue.PutOptions{IfNoneMatch: true, Size: size})
+			_, err := b.Put(ctx, "inc/00000008", r, &driver.PutOptions{IfNoneMatch: true, Size: size})
 			if err == nil {
 				t.Fatalf("Put from a reader that broke off (size %d) succeeded", size)
 			}
-			if _, _, err := b.Get(ctx, "inc/00000008"); b.ErrorCode(err) != queue.CodeNotFound {
+			if _, _, err := b.Get(ctx, "inc/00000008"); b.ErrorCode(err) != driver.CodeNotFound {
 				t.Fatalf("Put from a reader that broke off (size %d) stored something: %v", size, err)
 			}
 		}
 	})
 	t.Run("Delete", func(t *testing.T) {
-		_, err := put("inc/00000007", "x", queue.PutOptions{})
+		_, err := put("inc/00000007", "x", driver.PutOptions{})
 		wantErr(t, "Put", err, nil)
 		wantErr(t, "Delete", b.Delete(ctx, "inc/00000007"), nil)
 		_, _, err = b.Get(ctx, "inc/00000007")
-		code("Get after Delete", err, queue.CodeNotFound)
+		code("Get after Delete", err, driver.CodeNotFound)
 		wantErr(t, "Delete missing", b.Delete(ctx, "inc/00000007"), nil)
 	})
 	t.Run("List", func(t *testing.T) {
@@ -184,11 +185,11 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 		for i := range 25 {
 			k := fmt.Sprintf("own/lister/%016x", i+1)
 			want = append(want, k)
-			if _, err := put(k, "x", queue.PutOptions{}); err != nil {
+			if _, err := put(k, "x", driver.PutOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if _, err := put("own/listers", "x", queue.PutOptions{}); err != nil {
+		if _, err := put("own/listers", "x", driver.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		var got []string
@@ -875,7 +876,7 @@ func testChecksum(t *testing.T, mk HarnessMaker) {
 			stored, _ := io.ReadAll(rc)
 			rc.Close()
 			bad := c.mangle(stored)
-			if _, err := raw.Put(e.ctx, key, bytes.NewReader(bad), &queue.PutOptions{Size: int64(len(bad))}); err != nil {
+			if _, err := raw.Put(e.ctx, key, bytes.NewReader(bad), &driver.PutOptions{Size: int64(len(bad))}); err != nil {
 				t.Fatal(err)
 			}
 			_, err = e.readContent(a, m)
@@ -923,7 +924,7 @@ func testCorruptEnvelope(t *testing.T, mk HarnessMaker) {
 		{"empty", ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			if _, err := raw.Put(e.ctx, key, strings.NewReader(c.data), &queue.PutOptions{Size: int64(len(c.data))}); err != nil {
+			if _, err := raw.Put(e.ctx, key, strings.NewReader(c.data), &driver.PutOptions{Size: int64(len(c.data))}); err != nil {
 				t.Fatal(err)
 			}
 			_, err := a.Load(e.ctx, ids[0])
@@ -931,7 +932,7 @@ func testCorruptEnvelope(t *testing.T, mk HarnessMaker) {
 		})
 	}
 	// A stray object under the envelope prefix is skipped by walks.
-	if _, err := raw.Put(e.ctx, "evp/zz/stray", strings.NewReader("x"), &queue.PutOptions{Size: 1}); err != nil {
+	if _, err := raw.Put(e.ctx, "evp/zz/stray", strings.NewReader("x"), &driver.PutOptions{Size: 1}); err != nil {
 		t.Fatal(err)
 	}
 	if w := e.walk(a); len(w) != 1 || w[0] != ids[0] {
@@ -1130,11 +1131,11 @@ func testPrealloc(t *testing.T, mk HarnessMaker) {
 
 // lostAnswer is a Backend whose compare-and-swap writes land but whose
 // answers are lost, as over a network that fails at the wrong moment.
-type lostAnswer struct{ queue.Backend }
+type lostAnswer struct{ driver.Backend }
 
 var errLostAnswer = errors.New("conformance: the answer was lost")
 
-func (l lostAnswer) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+func (l lostAnswer) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	v, err := l.Backend.Put(ctx, key, r, opts)
 	if err == nil && opts.IfMatch != "" {
 		return "", errLostAnswer
@@ -1181,7 +1182,7 @@ func testCommitAnswerLost(t *testing.T, mk HarnessMaker) {
 
 // failDelete is a Backend whose deletes of keys ending in suffix fail.
 type failDelete struct {
-	queue.Backend
+	driver.Backend
 	suffix string
 }
 

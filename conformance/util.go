@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // env is the world of one subtest: a harness and the Stores over it.
@@ -41,7 +42,7 @@ func newEnv(t testing.TB, mk HarnessMaker) *env {
 
 // backend returns a new Backend over the harness's storage, closed at the
 // end of the test.
-func (e *env) backend() queue.Backend {
+func (e *env) backend() driver.Backend {
 	e.t.Helper()
 	b, err := e.h.MakeBackend(e.ctx)
 	if err != nil {
@@ -57,7 +58,7 @@ func (e *env) store(opts *queue.Options) *queue.Store {
 	return e.storeOn(e.backend(), opts)
 }
 
-func (e *env) storeOn(b queue.Backend, opts *queue.Options) *queue.Store {
+func (e *env) storeOn(b driver.Backend, opts *queue.Options) *queue.Store {
 	e.t.Helper()
 	var o queue.Options
 	if opts != nil {
@@ -100,7 +101,7 @@ func (e *env) commit(s *queue.Store, content []byte, envs ...string) (queue.MsgI
 }
 
 // rawKeys lists every key under prefix straight from a backend.
-func (e *env) rawKeys(b queue.Backend, prefix string) []string {
+func (e *env) rawKeys(b driver.Backend, prefix string) []string {
 	e.t.Helper()
 	var out []string
 	after := ""
@@ -261,7 +262,7 @@ func mib(n uint64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 // crashing is a Backend that fails every call once its budget of writes
 // (Put and Delete) is spent: a process that died at that point.
 type crashing struct {
-	queue.Backend
+	driver.Backend
 	mu     sync.Mutex
 	budget int
 	writes int
@@ -288,7 +289,7 @@ func (c *crashing) dead() bool {
 // Writes within the budget run to completion even when the caller gives
 // up on them, as a request already sent does: a cancelled write that
 // lands later would race the checks that follow the crash.
-func (c *crashing) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+func (c *crashing) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	if err := c.spend(); err != nil {
 		return "", err
 	}
@@ -302,9 +303,9 @@ func (c *crashing) Delete(ctx context.Context, key string) error {
 	return c.Backend.Delete(context.WithoutCancel(ctx), key)
 }
 
-func (c *crashing) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+func (c *crashing) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	if c.dead() {
-		return nil, queue.Attrs{}, errCrashed
+		return nil, driver.Attrs{}, errCrashed
 	}
 	return c.Backend.Get(ctx, key)
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 var errDown = errors.New("injected: store down")
@@ -23,7 +24,7 @@ var errDown = errors.New("injected: store down")
 // flaky wraps a Backend: while down, every call fails as unavailable;
 // while hang, every call blocks until its ctx is done.
 type flaky struct {
-	queue.Backend
+	driver.Backend
 	down atomic.Bool
 	hang atomic.Bool
 }
@@ -39,14 +40,14 @@ func (f *flaky) fail(ctx context.Context) error {
 	return nil
 }
 
-func (f *flaky) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+func (f *flaky) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	if err := f.fail(ctx); err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
 	return f.Backend.Get(ctx, key)
 }
 
-func (f *flaky) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+func (f *flaky) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	if err := f.fail(ctx); err != nil {
 		return "", err
 	}
@@ -67,9 +68,9 @@ func (f *flaky) List(ctx context.Context, prefix, after string, limit int) ([]st
 	return f.Backend.List(ctx, prefix, after, limit)
 }
 
-func (f *flaky) ErrorCode(err error) queue.Code {
+func (f *flaky) ErrorCode(err error) driver.Code {
 	if errors.Is(err, errDown) {
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
 	return f.Backend.ErrorCode(err)
 }
@@ -412,7 +413,7 @@ func TestQueueCorruptBody(t *testing.T) {
 	raw, _ := io.ReadAll(rc)
 	rc.Close()
 	raw = []byte(strings.Replace(string(raw), "intact", "broken", 1))
-	if _, err := b.Put(opCtx(t), key, bytes.NewReader(raw), &queue.PutOptions{Size: int64(len(raw))}); err != nil {
+	if _, err := b.Put(opCtx(t), key, bytes.NewReader(raw), &driver.PutOptions{Size: int64(len(raw))}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := q.MessageFdR(opCtx(t), msgid); !errors.Is(err, queue.ErrCorrupt) {

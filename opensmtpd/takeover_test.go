@@ -13,6 +13,7 @@ import (
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -45,7 +46,7 @@ func TestWalkSkipsCorruptRecord(t *testing.T) {
 	q1.Shutdown(context.Background())
 	// corrupt e1's record
 	key := queue.Key(queue.Handle{Kind: queue.KindEnvelope, Evp: queue.EvpID(e1)})
-	if _, err := b.Put(context.Background(), key, bytes.NewReader([]byte("garbage")), &queue.PutOptions{}); err != nil {
+	if _, err := b.Put(context.Background(), key, bytes.NewReader([]byte("garbage")), &driver.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	s2, _ := queue.New(b, &queue.Options{Node: "n", SelfScheduled: true})
@@ -71,7 +72,7 @@ func TestWalkSkipsCorruptRecord(t *testing.T) {
 }
 
 type sharedEnv struct {
-	b          queue.Backend
+	b          driver.Backend
 	a, sb      *queue.Store
 	q          *Queue
 	mu         sync.Mutex

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Envelope is one recipient of a message: opaque data that the MTA
@@ -84,7 +86,7 @@ func (e *Envelope) fill() {
 // at e.Version: a compare-and-swap. A stale version is ErrConflict; of
 // concurrent updaters of one envelope exactly one wins. If another node
 // holds an unexpired lease on the envelope, Update fails with ErrConflict
-// without writing; lease holders update through Lease.Update. On success
+// without writing; lease holders update through Claim.Update. On success
 // e.Version is the new version.
 func (s *Store) Update(ctx context.Context, e *Envelope) error {
 	if err := s.check("update"); err != nil {
@@ -107,7 +109,7 @@ func (s *Store) Update(ctx context.Context, e *Envelope) error {
 	}
 	h := e.hdr
 	h.Pending = 0
-	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID}), encodeRecord(&h, e.Data), PutOptions{IfMatch: e.Version})
+	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
 	if err != nil {
 		if s.isPrecondition(err) {
 			// Some stores answer a swap on a missing key with a failed
@@ -169,11 +171,11 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 			// Due at once, like a committed envelope; the pointer first,
 			// so that the envelope is never without one.
 			h.Due = s.now().Unix()
-			if _, err := s.putBytes(ctx, dueKey(h.Due, id), nil, PutOptions{}); err != nil {
+			if _, err := s.putBytes(ctx, dueKey(h.Due, id), nil, driver.PutOptions{}); err != nil {
 				return 0, s.wrap("add envelope", id.String(), err, nil)
 			}
 		}
-		_, err = s.putBytes(ctx, key, encodeRecord(&h, data), PutOptions{IfNoneMatch: true})
+		_, err = s.putBytes(ctx, key, encodeRecord(&h, data), driver.PutOptions{IfNoneMatch: true})
 		if s.isPrecondition(err) {
 			continue
 		}
@@ -208,7 +210,7 @@ func (s *Store) requireMessage(ctx context.Context, m MsgID) error {
 // DeleteEnvelope removes the envelope id. When it was the last envelope of
 // its message, the message's content is removed too. Deleting a missing
 // envelope is not an error. It is not fenced; lease holders delete through
-// Lease.Delete.
+// Claim.Delete.
 func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 	if err := s.check("delete envelope"); err != nil {
 		return err
@@ -271,13 +273,8 @@ func pointers(id EvpID, h *envHeader) (own, ofMsg []string) {
 	return own, ofMsg
 }
 
-// collect removes the content of m if m has no envelope left.
-func (s *Store) collect(ctx context.Context, m MsgID) error {
-	_, err := s.collected(ctx, m)
-	return err
-}
-
-// collected is collect, and reports whether the message is gone.
+// collected removes the content of m if m has no envelope left, and
+// reports whether the message is gone.
 func (s *Store) collected(ctx context.Context, m MsgID) (bool, error) {
 	var keys []string
 	err := s.retry(ctx, func() error {
@@ -370,3 +367,8 @@ func (s *Store) DeleteMessage(ctx context.Context, m MsgID) error {
 	s.committed.remove(m)
 	return s.wrap("delete message", m.String(), s.removeMessageData(ctx, m), nil)
 }
+
+// Version identifies one stored version of an object, such as an
+// envelope's: an ETag, a GCS generation, a counter. It is opaque; compare
+// it only for equality. The empty Version means "no version".
+type Version = driver.Version

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // The sentinel errors. Every error returned by a *Store that is not a
@@ -34,44 +36,20 @@ var (
 	ErrLeaseLost = errors.New("lease lost")
 )
 
-// Code classifies a backend's raw error. Adapters map their service's
-// errors onto codes in Backend.ErrorCode; the Store turns codes into
-// sentinels.
-type Code int
-
-// The codes a Backend's ErrorCode may return.
-const (
-	// CodeUnknown is for errors the adapter does not recognise. They are
-	// reported as they are, wrapped without a sentinel.
-	CodeUnknown Code = iota
-	// CodeNotFound: the key does not exist.
-	CodeNotFound
-	// CodePrecondition: a conditional write (PutOptions.IfNoneMatch or
-	// IfMatch) was refused. The Store maps it to ErrExists or ErrConflict.
-	CodePrecondition
-	// CodeInvalid: the service rejected the request as malformed.
-	CodeInvalid
-	// CodeUnsupported: the service does not implement the request.
-	CodeUnsupported
-	// CodeUnavailable: a transient failure (network, throttling, 5xx).
-	CodeUnavailable
-	// CodeCorrupt: the service returned data that does not parse.
-	CodeCorrupt
-)
-
-func (c Code) sentinel() error {
+// sentinel returns the sentinel that the Store reports for c, or nil.
+func sentinel(c driver.Code) error {
 	switch c {
-	case CodeNotFound:
+	case driver.CodeNotFound:
 		return ErrNotFound
-	case CodePrecondition:
+	case driver.CodePrecondition:
 		return ErrConflict
-	case CodeInvalid:
+	case driver.CodeInvalid:
 		return ErrInvalid
-	case CodeUnsupported:
+	case driver.CodeUnsupported:
 		return ErrUnsupported
-	case CodeUnavailable:
+	case driver.CodeUnavailable:
 		return ErrUnavailable
-	case CodeCorrupt:
+	case driver.CodeCorrupt:
 		return ErrCorrupt
 	}
 	return nil
@@ -134,8 +112,8 @@ func (s *Store) wrap(op, id string, err error, pre error) error {
 		}
 	}
 	code := s.b.ErrorCode(err)
-	kind := code.sentinel()
-	if code == CodePrecondition && pre != nil {
+	kind := sentinel(code)
+	if code == driver.CodePrecondition && pre != nil {
 		kind = pre
 	}
 	return &Error{Op: op, ID: id, Kind: kind, Err: err}

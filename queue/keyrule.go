@@ -14,7 +14,7 @@ const MaxKeyLength = 1024
 // starting with a dot (so no "." or "..", and names such as ".tmp" stay
 // free for an adapter's own use). Every key that Key produces is valid. A
 // store never sees an invalid key: adapters refuse it with an error their
-// ErrorCode maps to CodeInvalid, and the error wraps ErrInvalid.
+// ErrorCode maps to driver.CodeInvalid, and the error wraps ErrInvalid.
 func ValidKey(key string) error {
 	switch {
 	case key == "":

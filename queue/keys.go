@@ -1,6 +1,10 @@
 package queue
 
-import "fmt"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+)
 
 // Kind names a family of stored objects.
 type Kind int
@@ -142,18 +146,87 @@ func ValidNodeName(name string) error {
 	return nil
 }
 
-// parseEnvelopeKey returns the envelope ID of an envelope key, checking
-// that the key is exactly what Key would produce for it: evp/hh/m/e where
-// m is the first half of e and hh the first two digits of m.
+// ParseKey is the inverse of Key: it returns the Handle of the object
+// stored at key. It accepts exactly the keys that Key computes for one
+// object, never a prefix, so that Key(h) == key whenever it succeeds. The
+// Handle has the fields Key reads for that key set, and only those: Evp
+// for a key of one envelope, Msg for a key of a message (or of all of its
+// envelopes, for claim and due pointers), Node for KindNode and KindClaim,
+// Due for KindDue. Any other key is an error wrapping ErrInvalid.
+func ParseKey(key string) (Handle, error) {
+	h, ok := parseKey(key)
+	if !ok || Key(h) != key {
+		return Handle{}, fmt.Errorf("%w: %q is not a queue key", ErrInvalid, key)
+	}
+	return h, nil
+}
+
+// parseKey splits key by the layout that Key documents; ParseKey checks
+// the result by computing its key again.
+func parseKey(key string) (Handle, bool) {
+	top, rest, _ := strings.Cut(key, "/")
+	parts := strings.Split(rest, "/")
+	msg := func(s string) (MsgID, bool) {
+		m, err := ParseMsgID(s)
+		return m, err == nil
+	}
+	evp := func(s string) (EvpID, bool) {
+		e, err := ParseEvpID(s)
+		return e, err == nil
+	}
+	// msgOrEvp fills h from the last element of a claim or due pointer.
+	msgOrEvp := func(h Handle, s string) (Handle, bool) {
+		var ok bool
+		if len(s) == 8 {
+			h.Msg, ok = msg(s)
+		} else {
+			h.Evp, ok = evp(s)
+		}
+		return h, ok
+	}
+	switch {
+	case top == "inc" && len(parts) == 1:
+		m, ok := msg(parts[0])
+		return Handle{Kind: KindReservation, Msg: m}, ok
+	case top == "msg" && len(parts) == 2:
+		m, ok := msg(parts[1])
+		return Handle{Kind: KindContent, Msg: m}, ok
+	case top == "evp" && len(parts) == 3:
+		e, ok := evp(parts[2])
+		return Handle{Kind: KindEnvelope, Evp: e}, ok
+	case top == "bad" && len(parts) == 2 && parts[1] == "info":
+		m, ok := msg(parts[0])
+		return Handle{Kind: KindQuarantine, Msg: m}, ok
+	case top == "bad" && len(parts) == 2 && parts[1] == "msg":
+		m, ok := msg(parts[0])
+		return Handle{Kind: KindQuarantineContent, Msg: m}, ok
+	case top == "bad" && len(parts) == 3 && parts[1] == "evp":
+		e, ok := evp(parts[2])
+		return Handle{Kind: KindQuarantineEnvelope, Evp: e}, ok
+	case top == "node" && len(parts) == 1:
+		return Handle{Kind: KindNode, Node: parts[0]}, ValidNodeName(parts[0]) == nil
+	case top == "own" && len(parts) == 2:
+		if ValidNodeName(parts[0]) != nil {
+			return Handle{}, false
+		}
+		return msgOrEvp(Handle{Kind: KindClaim, Node: parts[0]}, parts[1])
+	case top == "due" && len(parts) == 2:
+		b, err := strconv.ParseInt(parts[0], 10, 64)
+		if err != nil || b <= 0 {
+			return Handle{}, false
+		}
+		return msgOrEvp(Handle{Kind: KindDue, Due: b}, parts[1])
+	}
+	return Handle{}, false
+}
+
+// parseEnvelopeKey returns the envelope ID of an envelope key, one that
+// Key computes for KindEnvelope. Any other key is ErrCorrupt: it was
+// listed where only envelopes are stored.
 func parseEnvelopeKey(key string) (EvpID, error) {
-	const n = len("evp/hh/01234567/0123456789abcdef")
-	if len(key) != n || key[:4] != "evp/" || key[6] != '/' || key[15] != '/' ||
-		key[4:6] != key[16:18] || key[7:15] != key[16:24] {
+	h, err := ParseKey(key)
+	if err != nil || h.Kind != KindEnvelope {
 		return 0, fmt.Errorf("%w: unexpected key %q under evp/", ErrCorrupt, key)
 	}
-	e, err := ParseEvpID(key[16:])
-	if err != nil || e.String() != key[16:] {
-		return 0, fmt.Errorf("%w: unexpected key %q under evp/", ErrCorrupt, key)
-	}
-	return e, nil
+	return h.Evp, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // TestClaimHeld: a Claim rebuilt from a loaded envelope and a token writes
@@ -98,7 +99,7 @@ func TestClaimHeld(t *testing.T) {
 
 // counted counts the requests a Backend serves, by operation.
 type counted struct {
-	queue.Backend
+	driver.Backend
 	mu sync.Mutex
 	n  map[string]int
 }
@@ -118,12 +119,12 @@ func (c *counted) counts() map[string]int {
 	return maps.Clone(c.n)
 }
 
-func (c *counted) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+func (c *counted) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	c.add("get")
 	return c.Backend.Get(ctx, key)
 }
 
-func (c *counted) Put(ctx context.Context, key string, r io.Reader, o *queue.PutOptions) (queue.Version, error) {
+func (c *counted) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
 	switch {
 	case o.IfMatch != "":
 		c.add("put if-match")
@@ -192,7 +193,7 @@ func TestHeartbeatSessions(t *testing.T) {
 		t.Fatalf("the sessions of successive processes %v do not grow", sessions)
 	}
 	// A record that does not parse does not stop a new process.
-	if _, err := mem.OpenBackend(name).Put(ctx, "node/n", strings.NewReader("{"), &queue.PutOptions{Size: 1}); err != nil {
+	if _, err := mem.OpenBackend(name).Put(ctx, "node/n", strings.NewReader("{"), &driver.PutOptions{Size: 1}); err != nil {
 		t.Fatal(err)
 	}
 	s, err := queue.New(mem.OpenBackend(name), &queue.Options{Node: "n", Clock: func() time.Time { return now }})

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Options configure a Store. The zero value gives the defaults.
@@ -67,7 +69,7 @@ type Options struct {
 // may share one storage: every operation that must be exclusive is a
 // conditional write.
 type Store struct {
-	b      Backend
+	b      driver.Backend
 	opts   Options
 	mu     sync.Mutex
 	closed bool
@@ -87,7 +89,7 @@ type Store struct {
 
 // New returns a Store over b. opts may be nil. The Store owns b and closes
 // it in Close.
-func New(b Backend, opts *Options) (*Store, error) {
+func New(b driver.Backend, opts *Options) (*Store, error) {
 	s := &Store{b: b, beatMu: make(chan struct{}, 1)}
 	if opts != nil {
 		s.opts = *opts
@@ -142,7 +144,7 @@ func (s *Store) Node() string { return s.opts.Node }
 
 // Backend returns the Backend under s, for tools and tests that need raw
 // access to the storage.
-func (s *Store) Backend() Backend { return s.b }
+func (s *Store) Backend() driver.Backend { return s.b }
 
 // Close waits for background work and closes the backend. Calls after
 // Close return ErrClosed.
@@ -178,7 +180,7 @@ func (s *Store) Ping(ctx context.Context) error {
 		return err
 	}
 	err := s.retry(ctx, func() error {
-		if p, ok := s.b.(Pinger); ok {
+		if p, ok := s.b.(driver.Pinger); ok {
 			return p.Ping(ctx)
 		}
 		_, _, err := s.b.List(ctx, Key(Handle{Kind: KindReservation}), "", 1)
@@ -221,7 +223,7 @@ func (s *Store) retry(ctx context.Context, fn func() error) error {
 		if err == nil || i >= s.opts.Retries || ctx.Err() != nil {
 			return err
 		}
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || s.b.ErrorCode(err) != CodeUnavailable {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || s.b.ErrorCode(err) != driver.CodeUnavailable {
 			return err
 		}
 		last = err
@@ -237,9 +239,9 @@ func (s *Store) retry(ctx context.Context, fn func() error) error {
 }
 
 // getBytes reads a small object whole.
-func (s *Store) getBytes(ctx context.Context, key string, max int64) ([]byte, Attrs, error) {
+func (s *Store) getBytes(ctx context.Context, key string, max int64) ([]byte, driver.Attrs, error) {
 	var data []byte
-	var attrs Attrs
+	var attrs driver.Attrs
 	err := s.retry(ctx, func() error {
 		rc, a, err := s.b.Get(ctx, key)
 		if err != nil {
@@ -260,7 +262,7 @@ func (s *Store) getBytes(ctx context.Context, key string, max int64) ([]byte, At
 }
 
 // putBytes writes a small object. Unconditional writes are retried.
-func (s *Store) putBytes(ctx context.Context, key string, data []byte, opts PutOptions) (Version, error) {
+func (s *Store) putBytes(ctx context.Context, key string, data []byte, opts driver.PutOptions) (Version, error) {
 	opts.Size = int64(len(data))
 	if opts.IfNoneMatch || opts.IfMatch != "" {
 		return s.b.Put(ctx, key, bytes.NewReader(data), &opts)
@@ -274,11 +276,11 @@ func (s *Store) putBytes(ctx context.Context, key string, data []byte, opts PutO
 	return v, err
 }
 
-func (s *Store) stat(ctx context.Context, key string) (Attrs, error) {
-	var a Attrs
+func (s *Store) stat(ctx context.Context, key string) (driver.Attrs, error) {
+	var a driver.Attrs
 	err := s.retry(ctx, func() error {
 		var err error
-		if st, ok := s.b.(Stater); ok {
+		if st, ok := s.b.(driver.Stater); ok {
 			a, err = st.Stat(ctx, key)
 			return err
 		}
@@ -326,11 +328,11 @@ func (s *Store) list(ctx context.Context, prefix string, fn func(keys []string) 
 }
 
 func (s *Store) isNotFound(err error) bool {
-	return err != nil && (errors.Is(err, ErrNotFound) || s.b.ErrorCode(err) == CodeNotFound)
+	return err != nil && (errors.Is(err, ErrNotFound) || s.b.ErrorCode(err) == driver.CodeNotFound)
 }
 
 func (s *Store) isPrecondition(err error) bool {
-	return err != nil && s.b.ErrorCode(err) == CodePrecondition
+	return err != nil && s.b.ErrorCode(err) == driver.CodePrecondition
 }
 
 // parallel runs fn for every index below n with at most the configured

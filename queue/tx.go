@@ -7,6 +7,8 @@ import (
 	"io"
 	"sync"
 	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // maxIDAttempts bounds the retries of an ID allocation that collides.
@@ -70,7 +72,7 @@ func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 		now := s.now()
 		tx := &Tx{s: s, id: id, res: reservation{State: stateOpen, Created: now, Changed: now, Node: s.opts.Node, Nonce: nonce}}
 		key := Key(Handle{Kind: KindReservation, Msg: id})
-		v, err := s.putBytes(ctx, key, tx.res.encode(), PutOptions{IfNoneMatch: true})
+		v, err := s.putBytes(ctx, key, tx.res.encode(), driver.PutOptions{IfNoneMatch: true})
 		if s.isPrecondition(err) {
 			continue // reserved by another transaction
 		}
@@ -189,7 +191,7 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 	}()
 	sr := newSealer(r)
 	key := Key(Handle{Kind: KindContent, Msg: tx.id})
-	_, err := tx.s.b.Put(ctx, key, sr, &PutOptions{IfNoneMatch: true, Size: -1})
+	_, err := tx.s.b.Put(ctx, key, sr, &driver.PutOptions{IfNoneMatch: true, Size: -1})
 	n = sr.n
 	if err == nil && (sr.err != nil || sr.trailer == nil || len(sr.trailer) != 0) {
 		// The store kept what it got, but the stream broke off: that is
@@ -252,11 +254,11 @@ func (tx *Tx) flush(ctx context.Context) error {
 	}
 	return s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
 		if j >= len(todo) {
-			_, err := s.putBytes(ctx, pointers[j-len(todo)], nil, PutOptions{})
+			_, err := s.putBytes(ctx, pointers[j-len(todo)], nil, driver.PutOptions{})
 			return err
 		}
 		e := &tx.envs[todo[j]]
-		_, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.id}), encodeRecord(&h, e.data), PutOptions{IfNoneMatch: true})
+		_, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.id}), encodeRecord(&h, e.data), driver.PutOptions{IfNoneMatch: true})
 		if err != nil {
 			return err
 		}
@@ -296,7 +298,7 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	res.State = stateCommitted
 	res.Changed = s.now()
 	key := Key(Handle{Kind: KindReservation, Msg: tx.id})
-	_, err := s.putBytes(ctx, key, res.encode(), PutOptions{IfMatch: tx.rver})
+	_, err := s.putBytes(ctx, key, res.encode(), driver.PutOptions{IfMatch: tx.rver})
 	if err != nil {
 		if s.isPrecondition(err) || s.isNotFound(err) {
 			// Someone else changed the reservation: Sweep aborted it.
@@ -334,7 +336,7 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 	res := tx.res
 	res.State = stateAborted
 	res.Changed = s.now()
-	if _, err := s.putBytes(ctx, key, res.encode(), PutOptions{IfMatch: tx.rver}); err != nil {
+	if _, err := s.putBytes(ctx, key, res.encode(), driver.PutOptions{IfMatch: tx.rver}); err != nil {
 		if !s.isPrecondition(err) && !s.isNotFound(err) {
 			tx.done = false // nothing changed; the caller may try again
 			return s.wrap("rollback", id, err, nil)
@@ -360,11 +362,7 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 // they name, then, only if all of them went, its content: the content is
 // what makes a message ID taken, so it must not go first.
 func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
-	var keys []string
-	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(page []string) error {
-		keys = append(keys, page...)
-		return nil
-	})
+	keys, err := s.envelopeKeys(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -456,4 +454,14 @@ func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
 
 func notFound(op string, id fmt.Stringer) error {
 	return &Error{Op: op, ID: id.String(), Kind: ErrNotFound}
+}
+
+// envelopeKeys lists the keys of every envelope of m, committed or not.
+func (s *Store) envelopeKeys(ctx context.Context, m MsgID) ([]string, error) {
+	var keys []string
+	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(page []string) error {
+		keys = append(keys, page...)
+		return nil
+	})
+	return keys, err
 }

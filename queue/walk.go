@@ -66,8 +66,8 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 	open := make(map[MsgID]bool)
 	err := s.list(ctx, Key(Handle{Kind: KindReservation}), func(ks []string) error {
 		for _, k := range ks {
-			if m, err := ParseMsgID(strings.TrimPrefix(k, "inc/")); err == nil {
-				open[m] = true
+			if h, err := ParseKey(k); err == nil && h.Kind == KindReservation {
+				open[h.Msg] = true
 			}
 		}
 		return nil

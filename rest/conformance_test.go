@@ -12,6 +12,7 @@ import (
 	restclient "github.com/mxqueue/mxq/adapters/rest"
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 	"github.com/mxqueue/mxq/rest"
 )
 
@@ -25,7 +26,7 @@ type harness struct {
 	caps conformance.Capabilities
 }
 
-func (h *harness) MakeBackend(ctx context.Context) (queue.Backend, error) {
+func (h *harness) MakeBackend(ctx context.Context) (driver.Backend, error) {
 	return restclient.OpenBackend(ctx, h.srv.URL, &restclient.Options{Token: testToken})
 }
 func (h *harness) Capabilities() conformance.Capabilities { return h.caps }
@@ -49,7 +50,7 @@ func TestConformance(t *testing.T) {
 		if err != nil {
 			return nil, err
 		}
-		return serve(st, conformance.Capabilities{ContentInMemory: true, IfMatchMissing: queue.CodeNotFound}), nil
+		return serve(st, conformance.Capabilities{ContentInMemory: true, IfMatchMissing: driver.CodeNotFound}), nil
 	})
 }
 
@@ -66,6 +67,6 @@ func TestConformanceFile(t *testing.T) {
 		if err != nil {
 			return nil, err
 		}
-		return serve(st, conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}), nil
+		return serve(st, conformance.Capabilities{IfMatchMissing: driver.CodeNotFound}), nil
 	})
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 	"github.com/mxqueue/mxq/rest"
 )
 
@@ -26,18 +27,18 @@ type env struct {
 	h      *rest.Handler
 	st     *queue.Store
 	name   string // of the mem storage
-	raw    queue.Backend
+	raw    driver.Backend
 	closed chan struct{} // a connection was closed by the server
 }
 
-func newEnv(t *testing.T, opts *rest.Options, wrap func(queue.Backend) queue.Backend) *env {
+func newEnv(t *testing.T, opts *rest.Options, wrap func(driver.Backend) driver.Backend) *env {
 	t.Helper()
 	return newEnvStore(t, opts, wrap, nil)
 }
 
 // newEnvStore is newEnv with the options of the Store (nil for the
 // defaults).
-func newEnvStore(t *testing.T, opts *rest.Options, wrap func(queue.Backend) queue.Backend, qopts *queue.Options) *env {
+func newEnvStore(t *testing.T, opts *rest.Options, wrap func(driver.Backend) driver.Backend, qopts *queue.Options) *env {
 	t.Helper()
 	name := fmt.Sprintf("rest-test-%d", harnesses.Add(1))
 	b := mem.OpenBackend(name)
@@ -188,14 +189,14 @@ func (e *env) begin(envs ...string) (string, []string) {
 // gate is a Backend whose conditional Puts on reservations (the commit
 // point) wait until released, once armed.
 type gate struct {
-	queue.Backend
+	driver.Backend
 	mu      sync.Mutex
 	armed   bool
 	entered chan struct{}
 	release chan struct{}
 }
 
-func (g *gate) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+func (g *gate) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	g.mu.Lock()
 	hold := g.armed && strings.HasPrefix(key, "inc/") && opts.IfMatch != ""
 	if hold {

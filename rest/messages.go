@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // commitTimeout bounds a commit or rollback, which goes on when the client
@@ -290,7 +291,7 @@ func (h *Handler) openContent(w http.ResponseWriter, r *http.Request) error {
 func stream(w http.ResponseWriter, rc io.Reader) error {
 	w.Header().Set("Content-Type", "application/octet-stream")
 	buf := make([]byte, 32<<10)
-	n, err := queue.ReadFull(rc, buf)
+	n, err := driver.ReadFull(rc, buf)
 	switch {
 	case err == io.EOF:
 		w.Header().Set("Content-Length", strconv.Itoa(n))

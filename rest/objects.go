@@ -7,10 +7,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // MaxKeyLength bounds an object key, in bytes: queue.MaxKeyLength.
@@ -102,20 +104,20 @@ func (h *Handler) backendErr(r *http.Request, key string, err error) error {
 	}
 	msg := "object " + key + ": " + err.Error()
 	switch h.be.ErrorCode(err) {
-	case queue.CodeNotFound:
+	case driver.CodeNotFound:
 		return &apiError{code: CodeNotFound, msg: msg}
-	case queue.CodePrecondition:
+	case driver.CodePrecondition:
 		if r.Header.Get("If-None-Match") != "" {
 			return &apiError{code: CodeExists, msg: msg}
 		}
 		return &apiError{code: CodeConflict, msg: msg}
-	case queue.CodeInvalid:
+	case driver.CodeInvalid:
 		return &apiError{code: CodeInvalid, msg: msg}
-	case queue.CodeUnsupported:
+	case driver.CodeUnsupported:
 		return &apiError{code: CodeUnsupported, msg: msg}
-	case queue.CodeUnavailable:
+	case driver.CodeUnavailable:
 		return &apiError{code: CodeUnavailable, msg: msg}
-	case queue.CodeCorrupt:
+	case driver.CodeCorrupt:
 		return &apiError{code: CodeCorrupt, msg: msg}
 	}
 	return &apiError{code: CodeInternal, msg: msg}
@@ -126,10 +128,10 @@ func (h *Handler) objectGet(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	var a queue.Attrs
+	var a driver.Attrs
 	var rc io.ReadCloser
 	if r.Method == http.MethodHead {
-		if st, ok := h.be.(queue.Stater); ok {
+		if st, ok := h.be.(driver.Stater); ok {
 			a, err = st.Stat(r.Context(), key)
 		} else if rc, a, err = h.be.Get(r.Context(), key); err == nil {
 			rc.Close()
@@ -181,7 +183,7 @@ func (h *Handler) objectPut(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	opts := &queue.PutOptions{Size: r.ContentLength}
+	opts := &driver.PutOptions{Size: r.ContentLength}
 	if opts.Size < 0 {
 		opts.Size = -1
 	}
@@ -275,7 +277,7 @@ func query(r *http.Request, allowed ...string) (map[string]string, error) {
 	}
 	out := make(map[string]string)
 	for k, v := range vals {
-		if !contains(allowed, k) {
+		if !slices.Contains(allowed, k) {
 			if len(allowed) == 0 {
 				return nil, errf(CodeInvalid, "unknown query parameter %q: none are allowed here", k)
 			}

@@ -8,7 +8,7 @@
 //
 // The API under /v1 has two layers.
 //
-// The object layer, /v1/objects, is the queue.Backend of the store: get,
+// The object layer, /v1/objects, is the driver.Backend of the store: get,
 // put with a precondition, delete and list of opaque objects by key. The
 // Go client speaks only this layer, so that the whole portable queue logic
 // (commit protocol, walk, sweep, leases) runs in the client exactly as it
@@ -46,6 +46,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -54,6 +55,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Options configure a Handler. The zero value gives the defaults.
@@ -93,7 +95,7 @@ type Options struct {
 // for concurrent use.
 type Handler struct {
 	st    *queue.Store
-	be    queue.Backend
+	be    driver.Backend
 	opts  Options
 	log   *slog.Logger
 	mux   *http.ServeMux
@@ -236,7 +238,7 @@ func (h *Handler) routes() {
 	// mux alone would answer in plain text.
 	for _, p := range order {
 		methods := allow[p]
-		if contains(methods, "GET") && !contains(methods, "HEAD") {
+		if slices.Contains(methods, "GET") && !slices.Contains(methods, "HEAD") {
 			methods = append(methods, "HEAD")
 		}
 		allowed := strings.Join(methods, ", ")
@@ -257,15 +259,6 @@ func (h *Handler) routes() {
 		}
 		h.fail(w, r, "not_found", errf(CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
 	})
-}
-
-func contains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // wrap adds authentication, the in-flight limit, error responses, logs

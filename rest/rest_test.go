@@ -16,6 +16,7 @@ import (
 
 	restclient "github.com/mxqueue/mxq/adapters/rest"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 	"github.com/mxqueue/mxq/rest"
 )
 
@@ -198,7 +199,7 @@ func TestTruncatedUpload(t *testing.T) {
 // content are there; nothing is half-written.
 func TestDisconnectMidCommit(t *testing.T) {
 	g := &gate{entered: make(chan struct{}), release: make(chan struct{})}
-	e := newEnv(t, nil, func(b queue.Backend) queue.Backend { g.Backend = b; return g })
+	e := newEnv(t, nil, func(b driver.Backend) driver.Backend { g.Backend = b; return g })
 	m, ids := e.begin("one", "two", "three")
 	e.do("PUT", "/v1/messages/"+m+"/content", strings.NewReader("the content")).ok(t, 200, nil)
 	g.mu.Lock()
@@ -419,7 +420,7 @@ func TestCorruptContent(t *testing.T) {
 			}
 			stored, _ := io.ReadAll(rc)
 			stored[0] ^= 1
-			if _, err := e.raw.Put(t.Context(), key, bytes.NewReader(stored), &queue.PutOptions{Size: -1}); err != nil {
+			if _, err := e.raw.Put(t.Context(), key, bytes.NewReader(stored), &driver.PutOptions{Size: -1}); err != nil {
 				t.Fatal(err)
 			}
 			resp, err := http.DefaultClient.Do(authed(t, "GET", e.url+"/v1/messages/"+m+"/content"))

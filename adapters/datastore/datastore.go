@@ -23,7 +23,7 @@
 // An object's data is cut into chunks of 1000 KiB, so that every entity
 // stays under Datastore's 1 MiB. The head holds the first chunk, the
 // number of chunks, the size, and a random generation, which is the
-// object's queue.Version. Every further chunk n is an entity of kind
+// object's driver.Version. Every further chunk n is an entity of kind
 // MxqChunk named "<key>#<generation>#<n>".
 //
 // # Writes
@@ -41,11 +41,11 @@
 // When a transaction is aborted by contention the SDK runs it again, and
 // the rerun sees the winner's head and fails the precondition; so of N
 // concurrent writers with the same condition one wins and the others get
-// queue.CodePrecondition. Should every attempt be aborted, Put reads the
+// driver.CodePrecondition. Should every attempt be aborted, Put reads the
 // head once more: if the condition no longer holds the result is
-// queue.CodePrecondition, otherwise nothing was written and
+// driver.CodePrecondition, otherwise nothing was written and
 // datastore.ErrConcurrentTransaction is returned as
-// queue.CodeUnavailable.
+// driver.CodeUnavailable.
 //
 // The chunks of a replaced or deleted head, and those of a write whose
 // head was refused, are deleted right after, best-effort. Chunks of a
@@ -61,15 +61,15 @@
 //
 // # Errors
 //
-// datastore.ErrNoSuchEntity and gRPC NotFound are queue.CodeNotFound; a
+// datastore.ErrNoSuchEntity and gRPC NotFound are driver.CodeNotFound; a
 // refused condition (AlreadyExists, or a head of another generation) is
-// queue.CodePrecondition; InvalidArgument and datastore.ErrInvalidKey are
-// queue.CodeInvalid; Unavailable, DeadlineExceeded, ResourceExhausted,
+// driver.CodePrecondition; InvalidArgument and datastore.ErrInvalidKey are
+// driver.CodeInvalid; Unavailable, DeadlineExceeded, ResourceExhausted,
 // Aborted and datastore.ErrConcurrentTransaction are
-// queue.CodeUnavailable; Unimplemented is queue.CodeUnsupported; data that
-// does not load is queue.CodeCorrupt. FailedPrecondition means a missing
+// driver.CodeUnavailable; Unimplemented is driver.CodeUnsupported; data that
+// does not load is driver.CodeCorrupt. FailedPrecondition means a missing
 // index or a bad transaction in Datastore, not a failed write condition,
-// so it is queue.CodeUnknown like everything else.
+// so it is driver.CodeUnknown like everything else.
 //
 // # As
 //
@@ -102,6 +102,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 const (
@@ -199,9 +200,9 @@ type backend struct {
 }
 
 var (
-	_ queue.Backend = (*backend)(nil)
-	_ queue.Stater  = (*backend)(nil)
-	_ queue.Pinger  = (*backend)(nil)
+	_ driver.Backend = (*backend)(nil)
+	_ driver.Stater  = (*backend)(nil)
+	_ driver.Pinger  = (*backend)(nil)
 )
 
 func (b *backend) check() error {
@@ -250,18 +251,18 @@ func (b *backend) getHead(ctx context.Context, key string) (*head, error) {
 	return h, nil
 }
 
-// Get implements queue.Backend.Get. The head is read at once, the further
+// Get implements driver.Backend.Get. The head is read at once, the further
 // chunks one at a time as the reader reaches them; ctx is used for the
 // lifetime of the reader. If the object is replaced or deleted while it is
 // being read, the reader fails with an error that ErrorCode maps to
 // CodeNotFound, as the chunks it needs are gone.
-func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	h, err := b.getHead(ctx, key)
 	if err != nil {
-		return nil, queue.Attrs{}, ctxErr(ctx, err)
+		return nil, driver.Attrs{}, ctxErr(ctx, err)
 	}
 	r := &reader{ctx: ctx, b: b, key: key, h: h, buf: h.Data, next: 1, read: int64(len(h.Data))}
-	return r, queue.Attrs{Version: queue.Version(h.Gen), Size: h.Size}, nil
+	return r, driver.Attrs{Version: driver.Version(h.Gen), Size: h.Size}, nil
 }
 
 type reader struct {
@@ -317,13 +318,13 @@ func (r *reader) Close() error {
 	return nil
 }
 
-// Stat implements queue.Stater. It reads the head.
-func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+// Stat implements driver.Stater. It reads the head.
+func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	h, err := b.getHead(ctx, key)
 	if err != nil {
-		return queue.Attrs{}, ctxErr(ctx, err)
+		return driver.Attrs{}, ctxErr(ctx, err)
 	}
-	return queue.Attrs{Version: queue.Version(h.Gen), Size: h.Size}, nil
+	return driver.Attrs{Version: driver.Version(h.Gen), Size: h.Size}, nil
 }
 
 // readChunk reads up to chunkData bytes of r. It returns fewer only at the
@@ -351,9 +352,9 @@ func newGeneration() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
-// Put implements queue.Backend.Put. See the package documentation for how
+// Put implements driver.Backend.Put. See the package documentation for how
 // it streams and where it commits.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (_ queue.Version, err error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (_ driver.Version, err error) {
 	defer func() { err = ctxErr(ctx, err) }()
 	if err := b.check(); err != nil {
 		return "", err
@@ -417,7 +418,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 			cur, herr := b.getHead(rctx, key)
 			cancel()
 			if herr == nil && cur.Gen == gen {
-				return queue.Version(gen), nil
+				return driver.Version(gen), nil
 			}
 			if herr == nil || errors.Is(herr, datastore.ErrNoSuchEntity) {
 				b.cleanup(ctx, written)
@@ -428,12 +429,12 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 	if old != nil && old.N > 1 {
 		b.cleanup(ctx, b.chunkKeys(key, old))
 	}
-	return queue.Version(gen), nil
+	return driver.Version(gen), nil
 }
 
 // putHead writes the head h of key under the condition of opts, and
 // returns the head it replaced, if any.
-func (b *backend) putHead(ctx context.Context, key string, h *head, opts *queue.PutOptions) (*head, error) {
+func (b *backend) putHead(ctx context.Context, key string, h *head, opts *driver.PutOptions) (*head, error) {
 	hk := b.headKey(key)
 	if opts.IfNoneMatch {
 		_, err := b.c.Mutate(ctx, datastore.NewInsert(hk, h))
@@ -451,7 +452,7 @@ func (b *backend) putHead(ctx context.Context, key string, h *head, opts *queue.
 			}
 		case err != nil:
 			return err
-		case opts.IfMatch != "" && queue.Version(old.Gen) != opts.IfMatch:
+		case opts.IfMatch != "" && driver.Version(old.Gen) != opts.IfMatch:
 			return errPrecondition
 		}
 		_, err = tx.Put(hk, h)
@@ -466,7 +467,7 @@ func (b *backend) putHead(ctx context.Context, key string, h *head, opts *queue.
 		switch {
 		case errors.Is(gerr, datastore.ErrNoSuchEntity):
 			return nil, gerr
-		case gerr == nil && queue.Version(cur.Gen) != opts.IfMatch:
+		case gerr == nil && driver.Version(cur.Gen) != opts.IfMatch:
 			return nil, fmt.Errorf("%w (after %w)", errPrecondition, err)
 		}
 	}
@@ -508,7 +509,7 @@ func (b *backend) cleanup(ctx context.Context, keys []*datastore.Key) {
 	}
 }
 
-// Delete implements queue.Backend.Delete. It deletes the head in a
+// Delete implements driver.Backend.Delete. It deletes the head in a
 // transaction that learns its chunks, then the chunks.
 func (b *backend) Delete(ctx context.Context, key string) (err error) {
 	defer func() { err = ctxErr(ctx, err) }()
@@ -554,7 +555,7 @@ func prefixEnd(prefix string) string {
 	return ""
 }
 
-// List implements queue.Backend.List with one keys-only query.
+// List implements driver.Backend.List with one keys-only query.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) (_ []string, _ bool, err error) {
 	defer func() { err = ctxErr(ctx, err) }()
 	if err := b.check(); err != nil {
@@ -586,7 +587,7 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	}
 }
 
-// Ping implements queue.Pinger: it looks up an entity that never exists.
+// Ping implements driver.Pinger: it looks up an entity that never exists.
 func (b *backend) Ping(ctx context.Context) (err error) {
 	defer func() { err = ctxErr(ctx, err) }()
 	if err := b.check(); err != nil {
@@ -613,46 +614,46 @@ func ctxErr(ctx context.Context, err error) error {
 	return err
 }
 
-// ErrorCode implements queue.Backend.ErrorCode.
-func (b *backend) ErrorCode(err error) queue.Code { return errorCode(err) }
+// ErrorCode implements driver.Backend.ErrorCode.
+func (b *backend) ErrorCode(err error) driver.Code { return errorCode(err) }
 
-func errorCode(err error) queue.Code {
+func errorCode(err error) driver.Code {
 	err = unwrapMulti(err)
 	var fm *datastore.ErrFieldMismatch
 	switch {
 	case errors.Is(err, errPrecondition):
-		return queue.CodePrecondition
+		return driver.CodePrecondition
 	case errors.Is(err, datastore.ErrNoSuchEntity):
-		return queue.CodeNotFound
+		return driver.CodeNotFound
 	case errors.Is(err, errCorrupt), errors.As(err, &fm):
-		return queue.CodeCorrupt
+		return driver.CodeCorrupt
 	case errors.Is(err, errInvalidKey), errors.Is(err, datastore.ErrInvalidKey), errors.Is(err, datastore.ErrInvalidEntityType):
-		return queue.CodeInvalid
+		return driver.CodeInvalid
 	case errors.Is(err, datastore.ErrConcurrentTransaction):
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
 	s, ok := status.FromError(err)
 	if !ok {
-		return queue.CodeUnknown
+		return driver.CodeUnknown
 	}
 	switch s.Code() {
 	case codes.NotFound:
-		return queue.CodeNotFound
+		return driver.CodeNotFound
 	case codes.AlreadyExists:
-		return queue.CodePrecondition
+		return driver.CodePrecondition
 	case codes.InvalidArgument:
-		return queue.CodeInvalid
+		return driver.CodeInvalid
 	case codes.Unimplemented:
-		return queue.CodeUnsupported
+		return driver.CodeUnsupported
 	case codes.Unavailable, codes.DeadlineExceeded, codes.ResourceExhausted, codes.Aborted, codes.Canceled:
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
 	// FailedPrecondition is a missing index or a bad transaction, not a
 	// refused condition of ours: reported as it is.
-	return queue.CodeUnknown
+	return driver.CodeUnknown
 }
 
-// Close implements queue.Backend.Close. It does not close the client.
+// Close implements driver.Backend.Close. It does not close the client.
 func (b *backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -26,6 +26,7 @@ import (
 
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // testEnv returns a client for DATASTORE_EMULATOR_HOST and a fresh
@@ -87,12 +88,12 @@ type harness struct {
 	ns string
 }
 
-func (h *harness) MakeBackend(ctx context.Context) (queue.Backend, error) {
+func (h *harness) MakeBackend(ctx context.Context) (driver.Backend, error) {
 	return openBackend(ctx, h.c, h.ns)
 }
 
 func (h *harness) Capabilities() conformance.Capabilities {
-	return conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}
+	return conformance.Capabilities{IfMatchMissing: driver.CodeNotFound}
 }
 
 func (h *harness) Close() {}
@@ -116,7 +117,7 @@ func testBackend(t testing.TB) *backend {
 	return b
 }
 
-func put(t testing.TB, b queue.Backend, key, data string, opts queue.PutOptions) (queue.Version, error) {
+func put(t testing.TB, b driver.Backend, key, data string, opts driver.PutOptions) (driver.Version, error) {
 	t.Helper()
 	if opts.Size == 0 {
 		opts.Size = int64(len(data))
@@ -124,7 +125,7 @@ func put(t testing.TB, b queue.Backend, key, data string, opts queue.PutOptions)
 	return b.Put(t.Context(), key, strings.NewReader(data), &opts)
 }
 
-func get(t testing.TB, b queue.Backend, key string) (string, queue.Attrs) {
+func get(t testing.TB, b driver.Backend, key string) (string, driver.Attrs) {
 	t.Helper()
 	rc, a, err := b.Get(t.Context(), key)
 	if err != nil {
@@ -204,30 +205,30 @@ func TestErrorCode(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		err  error
-		want queue.Code
+		want driver.Code
 	}{
-		{"no such entity", datastore.ErrNoSuchEntity, queue.CodeNotFound},
-		{"wrapped no such entity", fmt.Errorf("x: %w", datastore.ErrNoSuchEntity), queue.CodeNotFound},
-		{"multi no such entity", datastore.MultiError{datastore.ErrNoSuchEntity}, queue.CodeNotFound},
-		{"precondition", errPrecondition, queue.CodePrecondition},
-		{"already exists", status.Error(codes.AlreadyExists, "x"), queue.CodePrecondition},
-		{"multi already exists", datastore.MultiError{status.Error(codes.AlreadyExists, "x")}, queue.CodePrecondition},
-		{"concurrent transaction", datastore.ErrConcurrentTransaction, queue.CodeUnavailable},
-		{"aborted", status.Error(codes.Aborted, "x"), queue.CodeUnavailable},
-		{"failed precondition is not ours", status.Error(codes.FailedPrecondition, "no index"), queue.CodeUnknown},
-		{"grpc not found", status.Error(codes.NotFound, "x"), queue.CodeNotFound},
-		{"invalid argument", status.Error(codes.InvalidArgument, "x"), queue.CodeInvalid},
-		{"invalid key", datastore.ErrInvalidKey, queue.CodeInvalid},
-		{"our invalid key", fmt.Errorf("%w: x", errInvalidKey), queue.CodeInvalid},
-		{"unavailable", status.Error(codes.Unavailable, "x"), queue.CodeUnavailable},
-		{"deadline", status.Error(codes.DeadlineExceeded, "x"), queue.CodeUnavailable},
-		{"resource exhausted", status.Error(codes.ResourceExhausted, "x"), queue.CodeUnavailable},
-		{"unimplemented", status.Error(codes.Unimplemented, "x"), queue.CodeUnsupported},
-		{"permission denied is not guessed", status.Error(codes.PermissionDenied, "x"), queue.CodeUnknown},
-		{"corrupt", errCorrupt, queue.CodeCorrupt},
-		{"field mismatch", &datastore.ErrFieldMismatch{FieldName: "x", Reason: "y"}, queue.CodeCorrupt},
-		{"closed", errClosed, queue.CodeUnknown},
-		{"other", errors.New("x"), queue.CodeUnknown},
+		{"no such entity", datastore.ErrNoSuchEntity, driver.CodeNotFound},
+		{"wrapped no such entity", fmt.Errorf("x: %w", datastore.ErrNoSuchEntity), driver.CodeNotFound},
+		{"multi no such entity", datastore.MultiError{datastore.ErrNoSuchEntity}, driver.CodeNotFound},
+		{"precondition", errPrecondition, driver.CodePrecondition},
+		{"already exists", status.Error(codes.AlreadyExists, "x"), driver.CodePrecondition},
+		{"multi already exists", datastore.MultiError{status.Error(codes.AlreadyExists, "x")}, driver.CodePrecondition},
+		{"concurrent transaction", datastore.ErrConcurrentTransaction, driver.CodeUnavailable},
+		{"aborted", status.Error(codes.Aborted, "x"), driver.CodeUnavailable},
+		{"failed precondition is not ours", status.Error(codes.FailedPrecondition, "no index"), driver.CodeUnknown},
+		{"grpc not found", status.Error(codes.NotFound, "x"), driver.CodeNotFound},
+		{"invalid argument", status.Error(codes.InvalidArgument, "x"), driver.CodeInvalid},
+		{"invalid key", datastore.ErrInvalidKey, driver.CodeInvalid},
+		{"our invalid key", fmt.Errorf("%w: x", errInvalidKey), driver.CodeInvalid},
+		{"unavailable", status.Error(codes.Unavailable, "x"), driver.CodeUnavailable},
+		{"deadline", status.Error(codes.DeadlineExceeded, "x"), driver.CodeUnavailable},
+		{"resource exhausted", status.Error(codes.ResourceExhausted, "x"), driver.CodeUnavailable},
+		{"unimplemented", status.Error(codes.Unimplemented, "x"), driver.CodeUnsupported},
+		{"permission denied is not guessed", status.Error(codes.PermissionDenied, "x"), driver.CodeUnknown},
+		{"corrupt", errCorrupt, driver.CodeCorrupt},
+		{"field mismatch", &datastore.ErrFieldMismatch{FieldName: "x", Reason: "y"}, driver.CodeCorrupt},
+		{"closed", errClosed, driver.CodeUnknown},
+		{"other", errors.New("x"), driver.CodeUnknown},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := errorCode(tc.err); got != tc.want {
@@ -262,11 +263,11 @@ func TestInvalidKeys(t *testing.T) {
 		{"chunk separator", "a#b"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := b.Put(t.Context(), tc.key, strings.NewReader("x"), &queue.PutOptions{Size: 1})
-			if b.ErrorCode(err) != queue.CodeInvalid {
+			_, err := b.Put(t.Context(), tc.key, strings.NewReader("x"), &driver.PutOptions{Size: 1})
+			if b.ErrorCode(err) != driver.CodeInvalid {
 				t.Errorf("Put(%q) = %v, want CodeInvalid", tc.key, err)
 			}
-			if _, _, err := b.Get(t.Context(), tc.key); b.ErrorCode(err) != queue.CodeInvalid {
+			if _, _, err := b.Get(t.Context(), tc.key); b.ErrorCode(err) != driver.CodeInvalid {
 				t.Errorf("Get(%q) = %v, want CodeInvalid", tc.key, err)
 			}
 		})
@@ -276,13 +277,13 @@ func TestInvalidKeys(t *testing.T) {
 func TestPutGetVersions(t *testing.T) {
 	b := testBackend(t)
 	ctx := t.Context()
-	if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+	if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != driver.CodeNotFound {
 		t.Fatalf("Get missing: %v (code %v), want NotFound", err, b.ErrorCode(err))
 	}
-	if _, err := b.Stat(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+	if _, err := b.Stat(ctx, "inc/00000001"); b.ErrorCode(err) != driver.CodeNotFound {
 		t.Fatalf("Stat missing: %v, want NotFound", err)
 	}
-	v1, err := put(t, b, "inc/00000001", "one", queue.PutOptions{IfNoneMatch: true})
+	v1, err := put(t, b, "inc/00000001", "one", driver.PutOptions{IfNoneMatch: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,23 +295,23 @@ func TestPutGetVersions(t *testing.T) {
 		t.Fatalf("Stat = %+v %v, want %+v", st, err, a)
 	}
 	t.Run("create-only twice", func(t *testing.T) {
-		_, err := put(t, b, "inc/00000001", "again", queue.PutOptions{IfNoneMatch: true})
-		if b.ErrorCode(err) != queue.CodePrecondition {
+		_, err := put(t, b, "inc/00000001", "again", driver.PutOptions{IfNoneMatch: true})
+		if b.ErrorCode(err) != driver.CodePrecondition {
 			t.Fatalf("second create = %v (code %v), want Precondition", err, b.ErrorCode(err))
 		}
 		if data, _ := get(t, b, "inc/00000001"); data != "one" {
 			t.Fatalf("refused create wrote %q", data)
 		}
 	})
-	var v2 queue.Version
+	var v2 driver.Version
 	t.Run("compare-and-swap", func(t *testing.T) {
 		var err error
-		v2, err = put(t, b, "inc/00000001", "two", queue.PutOptions{IfMatch: v1})
+		v2, err = put(t, b, "inc/00000001", "two", driver.PutOptions{IfMatch: v1})
 		if err != nil || v2 == v1 {
 			t.Fatalf("CAS = %s %v", v2, err)
 		}
-		_, err = put(t, b, "inc/00000001", "stale", queue.PutOptions{IfMatch: v1})
-		if b.ErrorCode(err) != queue.CodePrecondition {
+		_, err = put(t, b, "inc/00000001", "stale", driver.PutOptions{IfMatch: v1})
+		if b.ErrorCode(err) != driver.CodePrecondition {
 			t.Fatalf("stale CAS = %v (code %v), want Precondition", err, b.ErrorCode(err))
 		}
 		if data, a := get(t, b, "inc/00000001"); data != "two" || a.Version != v2 {
@@ -318,17 +319,17 @@ func TestPutGetVersions(t *testing.T) {
 		}
 	})
 	t.Run("compare-and-swap on missing", func(t *testing.T) {
-		_, err := put(t, b, "inc/00000002", "x", queue.PutOptions{IfMatch: v1})
-		if c := b.ErrorCode(err); c != queue.CodeNotFound {
+		_, err := put(t, b, "inc/00000002", "x", driver.PutOptions{IfMatch: v1})
+		if c := b.ErrorCode(err); c != driver.CodeNotFound {
 			t.Fatalf("CAS on missing = %v (code %v)", err, c)
 		}
 	})
 	t.Run("unconditional", func(t *testing.T) {
-		v3, err := put(t, b, "inc/00000001", "three", queue.PutOptions{Size: -1})
+		v3, err := put(t, b, "inc/00000001", "three", driver.PutOptions{Size: -1})
 		if err != nil || v3 == v2 {
 			t.Fatalf("Put = %s %v", v3, err)
 		}
-		v4, err := put(t, b, "inc/00000009", "new", queue.PutOptions{Size: -1})
+		v4, err := put(t, b, "inc/00000009", "new", driver.PutOptions{Size: -1})
 		if err != nil || v4 == "" {
 			t.Fatalf("Put of a new key = %s %v", v4, err)
 		}
@@ -340,7 +341,7 @@ func TestPutGetVersions(t *testing.T) {
 		if err := b.Delete(ctx, "inc/00000001"); err != nil {
 			t.Fatalf("deleting a missing key: %v", err)
 		}
-		if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+		if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != driver.CodeNotFound {
 			t.Fatalf("Get deleted: %v", err)
 		}
 	})
@@ -350,7 +351,7 @@ func TestConcurrentCAS(t *testing.T) {
 	b := testBackend(t)
 	const key = "evp/00/00000001/0000000100000001"
 	for round := range 3 {
-		v, err := put(t, b, key, "v0", queue.PutOptions{Size: -1})
+		v, err := put(t, b, key, "v0", driver.PutOptions{Size: -1})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -359,11 +360,11 @@ func TestConcurrentCAS(t *testing.T) {
 		var wg sync.WaitGroup
 		for i := range n {
 			wg.Go(func() {
-				_, err := put(t, b, key, fmt.Sprint("w", i), queue.PutOptions{IfMatch: v})
+				_, err := put(t, b, key, fmt.Sprint("w", i), driver.PutOptions{IfMatch: v})
 				switch {
 				case err == nil:
 					wins.Add(1)
-				case b.ErrorCode(err) == queue.CodePrecondition:
+				case b.ErrorCode(err) == driver.CodePrecondition:
 					conflicts.Add(1)
 				default:
 					t.Errorf("writer %d: %v (code %v)", i, err, b.ErrorCode(err))
@@ -384,11 +385,11 @@ func TestConcurrentCreate(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			_, err := put(t, b, "inc/0000000a", fmt.Sprint("w", i), queue.PutOptions{IfNoneMatch: true})
+			_, err := put(t, b, "inc/0000000a", fmt.Sprint("w", i), driver.PutOptions{IfNoneMatch: true})
 			switch {
 			case err == nil:
 				wins.Add(1)
-			case b.ErrorCode(err) != queue.CodePrecondition:
+			case b.ErrorCode(err) != driver.CodePrecondition:
 				t.Errorf("writer %d: %v (code %v)", i, err, b.ErrorCode(err))
 			}
 		})
@@ -410,12 +411,12 @@ func TestList(t *testing.T) {
 	// Keys that sort differently in byte order and in a naive path order.
 	want = append(want, "evp/00/x", "evp/00-", "evp/00.a", "evp/00_b", "evp/0/")
 	for _, k := range want {
-		if _, err := put(t, b, k, "x", queue.PutOptions{}); err != nil {
+		if _, err := put(t, b, k, "x", driver.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, k := range []string{"inc/00000001", "evp", "evo/z", "evp0"} {
-		if _, err := put(t, b, k, "x", queue.PutOptions{}); err != nil {
+		if _, err := put(t, b, k, "x", driver.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -478,7 +479,7 @@ func (p *pattern) Read(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func checkRoundTrip(t *testing.T, b queue.Backend, key string, size, sizeOpt int64, opts queue.PutOptions) queue.Version {
+func checkRoundTrip(t *testing.T, b driver.Backend, key string, size, sizeOpt int64, opts driver.PutOptions) driver.Version {
 	t.Helper()
 	h := sha256.New()
 	io.Copy(h, &pattern{n: size})
@@ -515,7 +516,7 @@ func TestBigObject(t *testing.T) {
 		{"12 MiB, unknown size", 12 << 20, -1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			checkRoundTrip(t, b, "msg/00/00000001", tc.size, tc.opt, queue.PutOptions{})
+			checkRoundTrip(t, b, "msg/00/00000001", tc.size, tc.opt, driver.PutOptions{})
 		})
 	}
 	if err := b.Delete(t.Context(), "msg/00/00000001"); err != nil {
@@ -529,13 +530,13 @@ func TestBigObject(t *testing.T) {
 func TestChunkCleanup(t *testing.T) {
 	b := testBackend(t)
 	const key = "msg/00/00000002"
-	v := checkRoundTrip(t, b, key, 3*chunkData+5, -1, queue.PutOptions{IfNoneMatch: true})
+	v := checkRoundTrip(t, b, key, 3*chunkData+5, -1, driver.PutOptions{IfNoneMatch: true})
 	if n := chunks(t, b); n != 3 {
 		t.Fatalf("%d chunks, want 3", n)
 	}
 	t.Run("refused create", func(t *testing.T) {
-		_, err := b.Put(t.Context(), key, &pattern{n: 2 * chunkData}, &queue.PutOptions{IfNoneMatch: true, Size: -1})
-		if b.ErrorCode(err) != queue.CodePrecondition {
+		_, err := b.Put(t.Context(), key, &pattern{n: 2 * chunkData}, &driver.PutOptions{IfNoneMatch: true, Size: -1})
+		if b.ErrorCode(err) != driver.CodePrecondition {
 			t.Fatalf("create of existing = %v", err)
 		}
 		if n := chunks(t, b); n != 3 {
@@ -543,8 +544,8 @@ func TestChunkCleanup(t *testing.T) {
 		}
 	})
 	t.Run("stale compare-and-swap", func(t *testing.T) {
-		_, err := b.Put(t.Context(), key, &pattern{n: 2 * chunkData}, &queue.PutOptions{IfMatch: "0123456789abcdef", Size: -1})
-		if b.ErrorCode(err) != queue.CodePrecondition {
+		_, err := b.Put(t.Context(), key, &pattern{n: 2 * chunkData}, &driver.PutOptions{IfMatch: "0123456789abcdef", Size: -1})
+		if b.ErrorCode(err) != driver.CodePrecondition {
 			t.Fatalf("stale CAS = %v", err)
 		}
 		if n := chunks(t, b); n != 3 {
@@ -560,9 +561,9 @@ func TestChunkCleanup(t *testing.T) {
 		if _, err := io.ReadFull(rc, make([]byte, 10)); err != nil {
 			t.Fatal(err)
 		}
-		v = checkRoundTrip(t, b, key, chunkData+1, -1, queue.PutOptions{IfMatch: v})
+		v = checkRoundTrip(t, b, key, chunkData+1, -1, driver.PutOptions{IfMatch: v})
 		_, err = io.Copy(io.Discard, rc)
-		if b.ErrorCode(err) != queue.CodeNotFound {
+		if b.ErrorCode(err) != driver.CodeNotFound {
 			t.Fatalf("reading a replaced object: %v (code %v), want NotFound", err, b.ErrorCode(err))
 		}
 		if n := chunks(t, b); n != 1 {
@@ -577,13 +578,13 @@ func TestCancelledContext(t *testing.T) {
 	cancel()
 	check := func(op string, err error) {
 		t.Helper()
-		if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != queue.CodeUnavailable {
+		if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != driver.CodeUnavailable {
 			t.Errorf("%s: %v (code %v)", op, err, b.ErrorCode(err))
 		}
 	}
-	_, err := b.Put(ctx, "inc/00000003", strings.NewReader("x"), &queue.PutOptions{Size: 1})
+	_, err := b.Put(ctx, "inc/00000003", strings.NewReader("x"), &driver.PutOptions{Size: 1})
 	check("Put", err)
-	_, err = b.Put(ctx, "inc/00000003", strings.NewReader("x"), &queue.PutOptions{Size: 1, IfNoneMatch: true})
+	_, err = b.Put(ctx, "inc/00000003", strings.NewReader("x"), &driver.PutOptions{Size: 1, IfNoneMatch: true})
 	check("Put create-only", err)
 	_, _, err = b.Get(ctx, "inc/00000003")
 	check("Get", err)
@@ -610,7 +611,7 @@ func TestDeadEndpoint(t *testing.T) {
 	start := time.Now()
 	err := b.Ping(ctx)
 	took := time.Since(start)
-	if b.ErrorCode(err) != queue.CodeUnavailable || !strings.Contains(err.Error(), "connection refused") || took > 3*time.Second {
+	if b.ErrorCode(err) != driver.CodeUnavailable || !strings.Contains(err.Error(), "connection refused") || took > 3*time.Second {
 		t.Fatalf("backend Ping of a dead endpoint: %v (code %v) after %v", err, b.ErrorCode(err), took)
 	}
 	t.Logf("backend, after %v: %v", took.Round(time.Millisecond), err)

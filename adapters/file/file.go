@@ -31,8 +31,8 @@
 //
 // # Errors
 //
-// A missing file is queue.CodeNotFound, a refused condition
-// queue.CodePrecondition. Other errors are the operating system's, as
+// A missing file is driver.CodeNotFound, a refused condition
+// driver.CodePrecondition. Other errors are the operating system's, as
 // *fs.PathError, and are not classified.
 package file
 
@@ -51,6 +51,7 @@ import (
 	"syscall"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Options are the options of Open.
@@ -78,8 +79,8 @@ type backend struct {
 	root string
 }
 
-var _ queue.Backend = (*backend)(nil)
-var _ queue.Stater = (*backend)(nil)
+var _ driver.Backend = (*backend)(nil)
+var _ driver.Stater = (*backend)(nil)
 
 var errPrecondition = errors.New("file: precondition failed")
 
@@ -118,71 +119,59 @@ func (b *backend) path(key string) (dir, name string, err error) {
 	return filepath.Join(b.root, filepath.FromSlash(d)), strings.Join(rest, ","), nil
 }
 
-// Get implements queue.Backend.Get.
-func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+// Get implements driver.Backend.Get.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
 	dir, name, err := b.path(key)
 	if err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
 	f, err := os.Open(filepath.Join(dir, name))
 	if err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
 	fi, err := f.Stat()
 	if err != nil {
 		f.Close()
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
-	return &ctxReader{ctx: ctx, f: f}, attrs(fi), nil
+	return struct {
+		io.Reader
+		io.Closer
+	}{driver.ContextReader(ctx, f), f}, attrs(fi), nil
 }
 
-// ctxReader stops reading once its context is done.
-type ctxReader struct {
-	ctx context.Context
-	f   *os.File
-}
-
-func (r *ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.f.Read(p)
-}
-
-func (r *ctxReader) Close() error { return r.f.Close() }
-
-func attrs(fi fs.FileInfo) queue.Attrs {
+func attrs(fi fs.FileInfo) driver.Attrs {
 	var ino uint64
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		ino = st.Ino
 	}
-	return queue.Attrs{
-		Version: queue.Version(fmt.Sprintf("%x.%x.%x", ino, fi.ModTime().UnixNano(), fi.Size())),
+	return driver.Attrs{
+		Version: driver.Version(fmt.Sprintf("%x.%x.%x", ino, fi.ModTime().UnixNano(), fi.Size())),
 		Size:    fi.Size(),
 	}
 }
 
-// Stat implements queue.Stater.
-func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+// Stat implements driver.Stater.
+func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	if err := ctx.Err(); err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
 	dir, name, err := b.path(key)
 	if err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
 	fi, err := os.Stat(filepath.Join(dir, name))
 	if err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
 	return attrs(fi), nil
 }
 
-// Put implements queue.Backend.Put.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+// Put implements driver.Backend.Put.
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	dir, name, err := b.path(key)
 	if err != nil {
 		return "", err
@@ -238,7 +227,7 @@ func (b *backend) writeTemp(ctx context.Context, r io.Reader) (string, fs.FileIn
 		os.Remove(path)
 		return "", nil, err
 	}
-	if _, err := io.Copy(f, &ctxReader2{ctx: ctx, r: r}); err != nil {
+	if _, err := io.Copy(f, driver.ContextReader(ctx, r)); err != nil {
 		return fail(err)
 	}
 	if err := f.Sync(); err != nil {
@@ -253,19 +242,6 @@ func (b *backend) writeTemp(ctx context.Context, r io.Reader) (string, fs.FileIn
 		return "", nil, err
 	}
 	return path, fi, nil
-}
-
-// ctxReader2 stops copying once its context is done.
-type ctxReader2 struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r *ctxReader2) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
 
 // locked runs fn holding an exclusive flock on dir, creating dir first if
@@ -306,7 +282,7 @@ func syncDir(dir string) error {
 	return d.Sync()
 }
 
-// Delete implements queue.Backend.Delete.
+// Delete implements driver.Backend.Delete.
 func (b *backend) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -324,7 +300,7 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	})
 }
 
-// List implements queue.Backend.List. It reads the directories that may
+// List implements driver.Backend.List. It reads the directories that may
 // hold keys under prefix, in key order, and stops once it has limit keys.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
 	var out []string
@@ -450,18 +426,18 @@ func readNames(dir string) ([]string, error) {
 	return names, nil
 }
 
-// ErrorCode implements queue.Backend.ErrorCode.
-func (b *backend) ErrorCode(err error) queue.Code {
+// ErrorCode implements driver.Backend.ErrorCode.
+func (b *backend) ErrorCode(err error) driver.Code {
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return queue.CodeNotFound
+		return driver.CodeNotFound
 	case errors.Is(err, errPrecondition):
-		return queue.CodePrecondition
+		return driver.CodePrecondition
 	case errors.Is(err, queue.ErrInvalid):
-		return queue.CodeInvalid
+		return driver.CodeInvalid
 	}
-	return queue.CodeUnknown
+	return driver.CodeUnknown
 }
 
-// Close implements queue.Backend.Close. There is nothing to release.
+// Close implements driver.Backend.Close. There is nothing to release.
 func (b *backend) Close() error { return nil }

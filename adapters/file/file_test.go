@@ -11,13 +11,14 @@ import (
 
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 type harness struct{ root string }
 
-func (h *harness) MakeBackend(context.Context) (queue.Backend, error) { return openBackend(h.root) }
+func (h *harness) MakeBackend(context.Context) (driver.Backend, error) { return openBackend(h.root) }
 func (h *harness) Capabilities() conformance.Capabilities {
-	return conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}
+	return conformance.Capabilities{IfMatchMissing: driver.CodeNotFound}
 }
 func (h *harness) Close() {}
 
@@ -122,15 +123,15 @@ func TestInvalidKeys(t *testing.T) {
 	}
 	ctx := t.Context()
 	for _, key := range []string{"foo", ".tmp/x", ".hidden/x", "inc/.x", "inc/a,b", "inc//a", "../x/y"} {
-		_, err := b.Put(ctx, key, bytes.NewReader([]byte("x")), &queue.PutOptions{})
-		if c := b.ErrorCode(err); c != queue.CodeInvalid {
+		_, err := b.Put(ctx, key, bytes.NewReader([]byte("x")), &driver.PutOptions{})
+		if c := b.ErrorCode(err); c != driver.CodeInvalid {
 			t.Errorf("Put %q: %v (code %v), want CodeInvalid", key, err, c)
 		}
 		_, _, err = b.Get(ctx, key)
-		if c := b.ErrorCode(err); c != queue.CodeInvalid {
+		if c := b.ErrorCode(err); c != driver.CodeInvalid {
 			t.Errorf("Get %q: %v (code %v), want CodeInvalid", key, err, c)
 		}
-		if c := b.ErrorCode(b.Delete(ctx, key)); c != queue.CodeInvalid {
+		if c := b.ErrorCode(b.Delete(ctx, key)); c != driver.CodeInvalid {
 			t.Errorf("Delete %q: code %v, want CodeInvalid", key, c)
 		}
 	}

@@ -20,12 +20,12 @@
 //
 // # Versions and writes
 //
-// An object's generation, in decimal, is its queue.Version. A create-only
+// An object's generation, in decimal, is its driver.Version. A create-only
 // write sends ifGenerationMatch=0 and a compare-and-swap
 // ifGenerationMatch=<generation>. GCS refuses a compare-and-swap of a
 // missing object with the same 412 as a stale one; Put then reads the
 // object's attributes and reports a missing one as storage.ErrObjectNotExist
-// (queue.CodeNotFound). Deletes are unconditional.
+// (driver.CodeNotFound). Deletes are unconditional.
 //
 // Objects of at most 256 KiB are sent in one request without a buffer
 // (ChunkSize 0), so the SDK does not retry them; a conditional write whose
@@ -38,13 +38,13 @@
 //
 // # Errors
 //
-// storage.ErrBucketNotExist is queue.CodeInvalid, so that a misspelt
+// storage.ErrBucketNotExist is driver.CodeInvalid, so that a misspelt
 // bucket does not look like an empty queue (Store.Ping reports it).
 // storage.ErrObjectNotExist and HTTP 404 are
-// queue.CodeNotFound; HTTP 412 (a generation precondition failed) is
-// queue.CodePrecondition; 400 is queue.CodeInvalid; 408, 429, 5xx and
-// network failures are queue.CodeUnavailable. Everything else, notably 401
-// and 403, is queue.CodeUnknown and reported as it is.
+// driver.CodeNotFound; HTTP 412 (a generation precondition failed) is
+// driver.CodePrecondition; 400 is driver.CodeInvalid; 408, 429, 5xx and
+// network failures are driver.CodeUnavailable. Everything else, notably 401
+// and 403, is driver.CodeUnknown and reported as it is.
 //
 // # As
 //
@@ -83,6 +83,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 const (
@@ -124,14 +125,14 @@ func Open(ctx context.Context, client *storage.Client, bucket string, opts *Opti
 }
 
 // openBackend returns the Backend over bucket under prefix.
-func openBackend(_ context.Context, client *storage.Client, bucket, prefix string) (queue.Backend, error) {
+func openBackend(_ context.Context, client *storage.Client, bucket, prefix string) (driver.Backend, error) {
 	if client == nil {
 		return nil, fmt.Errorf("%w: gcs: nil client", queue.ErrInvalid)
 	}
 	if bucket == "" {
 		return nil, fmt.Errorf("%w: gcs: empty bucket name", queue.ErrInvalid)
 	}
-	return queue.Prefixed(&backend{bkt: client.Bucket(bucket), name: bucket}, prefix), nil
+	return driver.Prefixed(&backend{bkt: client.Bucket(bucket), name: bucket}, prefix), nil
 }
 
 type backend struct {
@@ -142,9 +143,9 @@ type backend struct {
 }
 
 var (
-	_ queue.Backend = (*backend)(nil)
-	_ queue.Stater  = (*backend)(nil)
-	_ queue.Pinger  = (*backend)(nil)
+	_ driver.Backend = (*backend)(nil)
+	_ driver.Stater  = (*backend)(nil)
+	_ driver.Pinger  = (*backend)(nil)
 )
 
 func (b *backend) check() error {
@@ -156,36 +157,36 @@ func (b *backend) check() error {
 	return nil
 }
 
-func version(gen int64) queue.Version { return queue.Version(strconv.FormatInt(gen, 10)) }
+func version(gen int64) driver.Version { return driver.Version(strconv.FormatInt(gen, 10)) }
 
-// Get implements queue.Backend.Get. ctx is used for the lifetime of the
+// Get implements driver.Backend.Get. ctx is used for the lifetime of the
 // reader, which reads the generation it opened even if the object is
 // replaced meanwhile.
-func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	if err := b.check(); err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
 	r, err := b.bkt.Object(key).NewReader(ctx)
 	if err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
-	return r, queue.Attrs{Version: version(r.Attrs.Generation), Size: r.Attrs.Size}, nil
+	return r, driver.Attrs{Version: version(r.Attrs.Generation), Size: r.Attrs.Size}, nil
 }
 
-// Stat implements queue.Stater.
-func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+// Stat implements driver.Stater.
+func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	if err := b.check(); err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
 	a, err := b.bkt.Object(key).Attrs(ctx)
 	if err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
-	return queue.Attrs{Version: version(a.Generation), Size: a.Size}, nil
+	return driver.Attrs{Version: version(a.Generation), Size: a.Size}, nil
 }
 
-// Put implements queue.Backend.Put.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+// Put implements driver.Backend.Put.
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	if err := b.check(); err != nil {
 		return "", err
 	}
@@ -234,7 +235,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 		return "", err
 	}
 	if err := w.Close(); err != nil {
-		if opts.IfMatch != "" && errorCode(err) == queue.CodePrecondition {
+		if opts.IfMatch != "" && errorCode(err) == driver.CodePrecondition {
 			// GCS answers a generation match on a missing object with
 			// 412 too; tell the two apart, as the queue reports them
 			// differently.
@@ -247,7 +248,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 	return version(w.Attrs().Generation), nil
 }
 
-// Delete implements queue.Backend.Delete. It is unconditional.
+// Delete implements driver.Backend.Delete. It is unconditional.
 func (b *backend) Delete(ctx context.Context, key string) error {
 	if err := b.check(); err != nil {
 		return err
@@ -259,7 +260,7 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	return err
 }
 
-// List implements queue.Backend.List with one objects.list request.
+// List implements driver.Backend.List with one objects.list request.
 // StartOffset is inclusive, so the page asks for one key more than limit
 // and skips startAfter itself; as a page holds at most 1000 keys, a List
 // after a key with limit 1000 returns 999 keys and more.
@@ -294,7 +295,7 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	return keys, tok != "", nil
 }
 
-// Ping implements queue.Pinger: it reads the bucket's attributes.
+// Ping implements driver.Pinger: it reads the bucket's attributes.
 func (b *backend) Ping(ctx context.Context) error {
 	if err := b.check(); err != nil {
 		return err
@@ -303,52 +304,52 @@ func (b *backend) Ping(ctx context.Context) error {
 	return err
 }
 
-// ErrorCode implements queue.Backend.ErrorCode.
-func (b *backend) ErrorCode(err error) queue.Code {
+// ErrorCode implements driver.Backend.ErrorCode.
+func (b *backend) ErrorCode(err error) driver.Code {
 	return errorCode(err)
 }
 
-func errorCode(err error) queue.Code {
+func errorCode(err error) driver.Code {
 	switch {
 	case errors.Is(err, storage.ErrBucketNotExist):
 		// A misspelt bucket must not look like an empty queue.
-		return queue.CodeInvalid
+		return driver.CodeInvalid
 	case errors.Is(err, storage.ErrObjectNotExist):
-		return queue.CodeNotFound
+		return driver.CodeNotFound
 	case errors.Is(err, errBadVersion):
-		return queue.CodePrecondition
+		return driver.CodePrecondition
 	}
 	var ge *googleapi.Error
 	if errors.As(err, &ge) {
 		switch c := ge.Code; {
 		case c == http.StatusNotFound:
-			return queue.CodeNotFound
+			return driver.CodeNotFound
 		case c == http.StatusPreconditionFailed:
-			return queue.CodePrecondition
+			return driver.CodePrecondition
 		case c == http.StatusBadRequest:
-			return queue.CodeInvalid
+			return driver.CodeInvalid
 		case c == http.StatusNotImplemented:
-			return queue.CodeUnsupported
+			return driver.CodeUnsupported
 		case c == http.StatusRequestTimeout || c == http.StatusTooManyRequests || c >= 500:
-			return queue.CodeUnavailable
+			return driver.CodeUnavailable
 		}
-		return queue.CodeUnknown
+		return driver.CodeUnknown
 	}
 	// The gRPC transport reports status codes.
 	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
 		switch s.Code() {
 		case codes.NotFound:
-			return queue.CodeNotFound
+			return driver.CodeNotFound
 		case codes.FailedPrecondition:
-			return queue.CodePrecondition
+			return driver.CodePrecondition
 		case codes.InvalidArgument:
-			return queue.CodeInvalid
+			return driver.CodeInvalid
 		case codes.Unimplemented:
-			return queue.CodeUnsupported
+			return driver.CodeUnsupported
 		case codes.Unavailable, codes.ResourceExhausted, codes.DeadlineExceeded, codes.Aborted, codes.Internal:
-			return queue.CodeUnavailable
+			return driver.CodeUnavailable
 		}
-		return queue.CodeUnknown
+		return driver.CodeUnknown
 	}
 	var ne net.Error
 	var ue *url.Error
@@ -356,12 +357,12 @@ func errorCode(err error) queue.Code {
 	case errors.As(err, &ne), errors.As(err, &ue),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
 		errors.Is(err, io.ErrUnexpectedEOF):
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
-	return queue.CodeUnknown
+	return driver.CodeUnknown
 }
 
-// Close implements queue.Backend.Close. It does not close the client.
+// Close implements driver.Backend.Close. It does not close the client.
 func (b *backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

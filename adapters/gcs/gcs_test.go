@@ -26,6 +26,7 @@ import (
 
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // testEnv returns the bucket and prefix of MXQ_TEST_GCS_URL, and a client
@@ -80,7 +81,7 @@ func ensureBucket(t testing.TB, c *storage.Client, bucket string) {
 	bucketOnce.Store(bucket, true)
 }
 
-func testBackend(t testing.TB) queue.Backend {
+func testBackend(t testing.TB) driver.Backend {
 	c, bucket, prefix := testEnv(t)
 	b, err := openBackend(t.Context(), c, bucket, prefix)
 	if err != nil {
@@ -95,12 +96,12 @@ type harness struct {
 	bucket, prefix string
 }
 
-func (h *harness) MakeBackend(ctx context.Context) (queue.Backend, error) {
+func (h *harness) MakeBackend(ctx context.Context) (driver.Backend, error) {
 	return openBackend(ctx, h.c, h.bucket, h.prefix)
 }
 
 func (h *harness) Capabilities() conformance.Capabilities {
-	return conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}
+	return conformance.Capabilities{IfMatchMissing: driver.CodeNotFound}
 }
 
 func (h *harness) Close() {}
@@ -114,7 +115,7 @@ func TestConformance(t *testing.T) { conformance.Run(t, newHarness) }
 
 func BenchmarkConformance(b *testing.B) { conformance.RunBenchmarks(b, newHarness) }
 
-func put(t testing.TB, b queue.Backend, key, data string, opts queue.PutOptions) (queue.Version, error) {
+func put(t testing.TB, b driver.Backend, key, data string, opts driver.PutOptions) (driver.Version, error) {
 	t.Helper()
 	if opts.Size == 0 {
 		opts.Size = int64(len(data))
@@ -122,7 +123,7 @@ func put(t testing.TB, b queue.Backend, key, data string, opts queue.PutOptions)
 	return b.Put(t.Context(), key, strings.NewReader(data), &opts)
 }
 
-func get(t testing.TB, b queue.Backend, key string) (string, queue.Attrs) {
+func get(t testing.TB, b driver.Backend, key string) (string, driver.Attrs) {
 	t.Helper()
 	rc, a, err := b.Get(t.Context(), key)
 	if err != nil {
@@ -180,29 +181,29 @@ func TestErrorCode(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		err  error
-		want queue.Code
+		want driver.Code
 	}{
-		{"object not exist", storage.ErrObjectNotExist, queue.CodeNotFound},
-		{"wrapped object not exist", fmt.Errorf("x: %w", storage.ErrObjectNotExist), queue.CodeNotFound},
-		{"bucket not exist", storage.ErrBucketNotExist, queue.CodeInvalid},
-		{"404", &googleapi.Error{Code: 404}, queue.CodeNotFound},
-		{"412", &googleapi.Error{Code: 412}, queue.CodePrecondition},
-		{"bad version", fmt.Errorf("%w: x", errBadVersion), queue.CodePrecondition},
-		{"400", &googleapi.Error{Code: 400}, queue.CodeInvalid},
-		{"401 is not guessed", &googleapi.Error{Code: 401}, queue.CodeUnknown},
-		{"403 is not guessed", &googleapi.Error{Code: 403}, queue.CodeUnknown},
-		{"408", &googleapi.Error{Code: 408}, queue.CodeUnavailable},
-		{"429", &googleapi.Error{Code: 429}, queue.CodeUnavailable},
-		{"500", &googleapi.Error{Code: 500}, queue.CodeUnavailable},
-		{"503", &googleapi.Error{Code: 503}, queue.CodeUnavailable},
-		{"501", &googleapi.Error{Code: 501}, queue.CodeUnsupported},
-		{"grpc not found", status.Error(codes.NotFound, "x"), queue.CodeNotFound},
-		{"grpc failed precondition", status.Error(codes.FailedPrecondition, "x"), queue.CodePrecondition},
-		{"grpc unavailable", status.Error(codes.Unavailable, "x"), queue.CodeUnavailable},
-		{"connection refused", &url.Error{Op: "Get", URL: "http://x", Err: errors.New("connection refused")}, queue.CodeUnavailable},
-		{"unexpected EOF", io.ErrUnexpectedEOF, queue.CodeUnavailable},
-		{"closed", errClosed, queue.CodeUnknown},
-		{"other", errors.New("x"), queue.CodeUnknown},
+		{"object not exist", storage.ErrObjectNotExist, driver.CodeNotFound},
+		{"wrapped object not exist", fmt.Errorf("x: %w", storage.ErrObjectNotExist), driver.CodeNotFound},
+		{"bucket not exist", storage.ErrBucketNotExist, driver.CodeInvalid},
+		{"404", &googleapi.Error{Code: 404}, driver.CodeNotFound},
+		{"412", &googleapi.Error{Code: 412}, driver.CodePrecondition},
+		{"bad version", fmt.Errorf("%w: x", errBadVersion), driver.CodePrecondition},
+		{"400", &googleapi.Error{Code: 400}, driver.CodeInvalid},
+		{"401 is not guessed", &googleapi.Error{Code: 401}, driver.CodeUnknown},
+		{"403 is not guessed", &googleapi.Error{Code: 403}, driver.CodeUnknown},
+		{"408", &googleapi.Error{Code: 408}, driver.CodeUnavailable},
+		{"429", &googleapi.Error{Code: 429}, driver.CodeUnavailable},
+		{"500", &googleapi.Error{Code: 500}, driver.CodeUnavailable},
+		{"503", &googleapi.Error{Code: 503}, driver.CodeUnavailable},
+		{"501", &googleapi.Error{Code: 501}, driver.CodeUnsupported},
+		{"grpc not found", status.Error(codes.NotFound, "x"), driver.CodeNotFound},
+		{"grpc failed precondition", status.Error(codes.FailedPrecondition, "x"), driver.CodePrecondition},
+		{"grpc unavailable", status.Error(codes.Unavailable, "x"), driver.CodeUnavailable},
+		{"connection refused", &url.Error{Op: "Get", URL: "http://x", Err: errors.New("connection refused")}, driver.CodeUnavailable},
+		{"unexpected EOF", io.ErrUnexpectedEOF, driver.CodeUnavailable},
+		{"closed", errClosed, driver.CodeUnknown},
+		{"other", errors.New("x"), driver.CodeUnknown},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := errorCode(tc.err); got != tc.want {
@@ -215,13 +216,13 @@ func TestErrorCode(t *testing.T) {
 func TestPutGetVersions(t *testing.T) {
 	b := testBackend(t)
 	ctx := t.Context()
-	if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+	if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != driver.CodeNotFound {
 		t.Fatalf("Get missing: %v (code %v), want NotFound", err, b.ErrorCode(err))
 	}
-	if _, err := b.(queue.Stater).Stat(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+	if _, err := b.(driver.Stater).Stat(ctx, "inc/00000001"); b.ErrorCode(err) != driver.CodeNotFound {
 		t.Fatalf("Stat missing: %v, want NotFound", err)
 	}
-	v1, err := put(t, b, "inc/00000001", "one", queue.PutOptions{IfNoneMatch: true})
+	v1, err := put(t, b, "inc/00000001", "one", driver.PutOptions{IfNoneMatch: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,28 +230,28 @@ func TestPutGetVersions(t *testing.T) {
 	if data != "one" || a.Version != v1 || a.Size != 3 {
 		t.Fatalf("Get = %q %+v, want one %s 3", data, a, v1)
 	}
-	if st, err := b.(queue.Stater).Stat(ctx, "inc/00000001"); err != nil || st != a {
+	if st, err := b.(driver.Stater).Stat(ctx, "inc/00000001"); err != nil || st != a {
 		t.Fatalf("Stat = %+v %v, want %+v", st, err, a)
 	}
 
 	t.Run("create-only twice", func(t *testing.T) {
-		_, err := put(t, b, "inc/00000001", "again", queue.PutOptions{IfNoneMatch: true})
-		if b.ErrorCode(err) != queue.CodePrecondition {
+		_, err := put(t, b, "inc/00000001", "again", driver.PutOptions{IfNoneMatch: true})
+		if b.ErrorCode(err) != driver.CodePrecondition {
 			t.Fatalf("second create = %v (code %v), want Precondition", err, b.ErrorCode(err))
 		}
 		if data, _ := get(t, b, "inc/00000001"); data != "one" {
 			t.Fatalf("refused create wrote %q", data)
 		}
 	})
-	var v2 queue.Version
+	var v2 driver.Version
 	t.Run("compare-and-swap", func(t *testing.T) {
 		var err error
-		v2, err = put(t, b, "inc/00000001", "two", queue.PutOptions{IfMatch: v1})
+		v2, err = put(t, b, "inc/00000001", "two", driver.PutOptions{IfMatch: v1})
 		if err != nil || v2 == v1 {
 			t.Fatalf("CAS = %s %v", v2, err)
 		}
-		_, err = put(t, b, "inc/00000001", "stale", queue.PutOptions{IfMatch: v1})
-		if b.ErrorCode(err) != queue.CodePrecondition {
+		_, err = put(t, b, "inc/00000001", "stale", driver.PutOptions{IfMatch: v1})
+		if b.ErrorCode(err) != driver.CodePrecondition {
 			t.Fatalf("stale CAS = %v (code %v), want Precondition", err, b.ErrorCode(err))
 		}
 		if data, a := get(t, b, "inc/00000001"); data != "two" || a.Version != v2 {
@@ -258,17 +259,17 @@ func TestPutGetVersions(t *testing.T) {
 		}
 	})
 	t.Run("compare-and-swap on missing", func(t *testing.T) {
-		_, err := put(t, b, "inc/00000002", "x", queue.PutOptions{IfMatch: v1})
-		if c := b.ErrorCode(err); c != queue.CodeNotFound {
+		_, err := put(t, b, "inc/00000002", "x", driver.PutOptions{IfMatch: v1})
+		if c := b.ErrorCode(err); c != driver.CodeNotFound {
 			t.Fatalf("CAS on missing = %v (code %v)", err, c)
 		}
-		_, err = put(t, b, "inc/00000002", "x", queue.PutOptions{IfMatch: "not-a-generation"})
-		if c := b.ErrorCode(err); c != queue.CodePrecondition {
+		_, err = put(t, b, "inc/00000002", "x", driver.PutOptions{IfMatch: "not-a-generation"})
+		if c := b.ErrorCode(err); c != driver.CodePrecondition {
 			t.Fatalf("CAS with bad version = %v (code %v)", err, c)
 		}
 	})
 	t.Run("unconditional", func(t *testing.T) {
-		v3, err := put(t, b, "inc/00000001", "three", queue.PutOptions{Size: -1})
+		v3, err := put(t, b, "inc/00000001", "three", driver.PutOptions{Size: -1})
 		if err != nil || v3 == v2 {
 			t.Fatalf("Put = %s %v", v3, err)
 		}
@@ -280,7 +281,7 @@ func TestPutGetVersions(t *testing.T) {
 		if err := b.Delete(ctx, "inc/00000001"); err != nil {
 			t.Fatalf("deleting a missing key: %v", err)
 		}
-		if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != queue.CodeNotFound {
+		if _, _, err := b.Get(ctx, "inc/00000001"); b.ErrorCode(err) != driver.CodeNotFound {
 			t.Fatalf("Get deleted: %v", err)
 		}
 	})
@@ -288,7 +289,7 @@ func TestPutGetVersions(t *testing.T) {
 
 func TestConcurrentCAS(t *testing.T) {
 	b := testBackend(t)
-	v, err := put(t, b, "evp/00/00000001/0000000100000001", "v0", queue.PutOptions{IfNoneMatch: true})
+	v, err := put(t, b, "evp/00/00000001/0000000100000001", "v0", driver.PutOptions{IfNoneMatch: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -297,11 +298,11 @@ func TestConcurrentCAS(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			_, err := put(t, b, "evp/00/00000001/0000000100000001", fmt.Sprint("w", i), queue.PutOptions{IfMatch: v})
+			_, err := put(t, b, "evp/00/00000001/0000000100000001", fmt.Sprint("w", i), driver.PutOptions{IfMatch: v})
 			switch {
 			case err == nil:
 				wins.Add(1)
-			case b.ErrorCode(err) == queue.CodePrecondition:
+			case b.ErrorCode(err) == driver.CodePrecondition:
 				conflicts.Add(1)
 			default:
 				t.Errorf("writer %d: %v (code %v)", i, err, b.ErrorCode(err))
@@ -321,11 +322,11 @@ func TestConcurrentCreate(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Go(func() {
-			_, err := put(t, b, "inc/0000000a", fmt.Sprint("w", i), queue.PutOptions{IfNoneMatch: true})
+			_, err := put(t, b, "inc/0000000a", fmt.Sprint("w", i), driver.PutOptions{IfNoneMatch: true})
 			switch {
 			case err == nil:
 				wins.Add(1)
-			case b.ErrorCode(err) != queue.CodePrecondition:
+			case b.ErrorCode(err) != driver.CodePrecondition:
 				t.Errorf("writer %d: %v (code %v)", i, err, b.ErrorCode(err))
 			}
 		})
@@ -343,11 +344,11 @@ func TestList(t *testing.T) {
 	for i := range 25 {
 		k := fmt.Sprintf("evp/%02x/%08x/%016x", i%3, i, i)
 		want = append(want, k)
-		if _, err := put(t, b, k, "x", queue.PutOptions{}); err != nil {
+		if _, err := put(t, b, k, "x", driver.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := put(t, b, "inc/00000001", "x", queue.PutOptions{}); err != nil {
+	if _, err := put(t, b, "inc/00000001", "x", driver.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	slices.Sort(want)
@@ -426,7 +427,7 @@ func TestBigObject(t *testing.T) {
 			h := sha256.New()
 			io.Copy(h, &pattern{n: tc.size})
 			want := h.Sum(nil)
-			v, err := b.Put(ctx, "msg/00/00000001", &pattern{n: tc.size}, &queue.PutOptions{Size: tc.opt})
+			v, err := b.Put(ctx, "msg/00/00000001", &pattern{n: tc.size}, &driver.PutOptions{Size: tc.opt})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -464,11 +465,11 @@ func (f *failingReader) Read(b []byte) (int, error) {
 func TestPutReaderFails(t *testing.T) {
 	b := testBackend(t)
 	for _, n := range []int{10, smallObject + 10, chunkSize + 10} {
-		_, err := b.Put(t.Context(), "msg/00/00000002", &failingReader{n: n}, &queue.PutOptions{Size: -1, IfNoneMatch: true})
+		_, err := b.Put(t.Context(), "msg/00/00000002", &failingReader{n: n}, &driver.PutOptions{Size: -1, IfNoneMatch: true})
 		if !errors.Is(err, errReader) {
 			t.Fatalf("Put with a reader failing after %d bytes = %v", n, err)
 		}
-		if _, _, err := b.Get(t.Context(), "msg/00/00000002"); b.ErrorCode(err) != queue.CodeNotFound {
+		if _, _, err := b.Get(t.Context(), "msg/00/00000002"); b.ErrorCode(err) != driver.CodeNotFound {
 			t.Fatalf("a failed Put left an object: %v", err)
 		}
 	}
@@ -478,16 +479,16 @@ func TestCancelledContext(t *testing.T) {
 	b := testBackend(t)
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
-	_, err := b.Put(ctx, "inc/00000003", strings.NewReader("x"), &queue.PutOptions{Size: 1})
-	if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != queue.CodeUnavailable {
+	_, err := b.Put(ctx, "inc/00000003", strings.NewReader("x"), &driver.PutOptions{Size: 1})
+	if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != driver.CodeUnavailable {
 		t.Errorf("Put: %v", err)
 	}
 	_, _, err = b.Get(ctx, "inc/00000003")
-	if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != queue.CodeUnavailable {
+	if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != driver.CodeUnavailable {
 		t.Errorf("Get: %v", err)
 	}
 	_, _, err = b.List(ctx, "inc/", "", 10)
-	if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != queue.CodeUnavailable {
+	if !errors.Is(err, context.Canceled) && b.ErrorCode(err) != driver.CodeUnavailable {
 		t.Errorf("List: %v", err)
 	}
 }
@@ -511,7 +512,7 @@ func TestEmulatorDeleteIgnoresGeneration(t *testing.T) {
 	switch {
 	case err == nil && errors.Is(aerr, storage.ErrObjectNotExist):
 		t.Logf("emulator ignores ifGenerationMatch on delete (known): deleted with a stale generation")
-	case errorCode(err) == queue.CodePrecondition && aerr == nil:
+	case errorCode(err) == driver.CodePrecondition && aerr == nil:
 		t.Logf("emulator honours ifGenerationMatch on delete now: %v", err)
 	default:
 		t.Fatalf("delete with stale generation: %v; object afterwards: %v", err, aerr)
@@ -521,11 +522,11 @@ func TestEmulatorDeleteIgnoresGeneration(t *testing.T) {
 func TestPing(t *testing.T) {
 	c, bucket, _ := testEnv(t)
 	b, _ := openBackend(t.Context(), c, bucket, "")
-	if err := b.(queue.Pinger).Ping(t.Context()); err != nil {
+	if err := b.(driver.Pinger).Ping(t.Context()); err != nil {
 		t.Fatalf("Ping: %v", err)
 	}
 	b, _ = openBackend(t.Context(), c, "no-such-bucket-mxq", "")
-	if err := b.(queue.Pinger).Ping(t.Context()); b.ErrorCode(err) != queue.CodeInvalid {
+	if err := b.(driver.Pinger).Ping(t.Context()); b.ErrorCode(err) != driver.CodeInvalid {
 		t.Fatalf("Ping of a missing bucket: %v (code %v)", err, b.ErrorCode(err))
 	}
 }

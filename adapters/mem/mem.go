@@ -13,8 +13,8 @@
 //
 // # Errors
 //
-// Missing keys are queue.CodeNotFound, refused conditional writes
-// queue.CodePrecondition. Nothing else fails, except a closed store, which
+// Missing keys are driver.CodeNotFound, refused conditional writes
+// driver.CodePrecondition. Nothing else fails, except a closed store, which
 // is queue.ErrClosed.
 package mem
 
@@ -29,6 +29,7 @@ import (
 	"sync"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 var (
@@ -47,7 +48,7 @@ type storage struct {
 
 type object struct {
 	data    []byte
-	version queue.Version
+	version driver.Version
 }
 
 type backend struct {
@@ -56,8 +57,8 @@ type backend struct {
 	closed bool
 }
 
-var _ queue.Backend = (*backend)(nil)
-var _ queue.Stater = (*backend)(nil)
+var _ driver.Backend = (*backend)(nil)
+var _ driver.Stater = (*backend)(nil)
 
 // Options are the options of Open.
 type Options struct {
@@ -76,7 +77,7 @@ func Open(ctx context.Context, name string, opts *Options) (*queue.Store, error)
 
 // OpenBackend returns the Backend over the storage called name, for tests
 // that drive a Backend directly. An empty name gives a private storage.
-func OpenBackend(name string) queue.Backend {
+func OpenBackend(name string) driver.Backend {
 	if name == "" {
 		return &backend{st: newStorage()}
 	}
@@ -108,25 +109,25 @@ func (b *backend) check() error {
 	return nil
 }
 
-// Get implements queue.Backend.Get.
-func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+// Get implements driver.Backend.Get.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	if err := b.check(); err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
 	b.st.mu.RLock()
 	o, ok := b.st.objects[key]
 	b.st.mu.RUnlock()
 	if !ok {
-		return nil, queue.Attrs{}, errNotFound
+		return nil, driver.Attrs{}, errNotFound
 	}
-	return io.NopCloser(bytes.NewReader(o.data)), queue.Attrs{Version: o.version, Size: int64(len(o.data))}, nil
+	return io.NopCloser(bytes.NewReader(o.data)), driver.Attrs{Version: o.version, Size: int64(len(o.data))}, nil
 }
 
-// Stat implements queue.Stater.
-func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+// Stat implements driver.Stater.
+func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	rc, a, err := b.Get(ctx, key)
 	if err == nil {
 		rc.Close()
@@ -134,8 +135,8 @@ func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
 	return a, err
 }
 
-// Put implements queue.Backend.Put.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+// Put implements driver.Backend.Put.
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	if err := b.check(); err != nil {
 		return "", err
 	}
@@ -162,7 +163,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 		}
 	}
 	st.seq++
-	v := queue.Version(strconv.FormatUint(st.seq, 10))
+	v := driver.Version(strconv.FormatUint(st.seq, 10))
 	st.objects[key] = object{data: data, version: v}
 	if !exists {
 		i, _ := slices.BinarySearch(st.keys, key)
@@ -171,7 +172,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 	return v, nil
 }
 
-// Delete implements queue.Backend.Delete.
+// Delete implements driver.Backend.Delete.
 func (b *backend) Delete(ctx context.Context, key string) error {
 	if err := b.check(); err != nil {
 		return err
@@ -192,7 +193,7 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// List implements queue.Backend.List.
+// List implements driver.Backend.List.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
 	if err := b.check(); err != nil {
 		return nil, false, err
@@ -225,18 +226,18 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	return out, false, nil
 }
 
-// ErrorCode implements queue.Backend.ErrorCode.
-func (b *backend) ErrorCode(err error) queue.Code {
+// ErrorCode implements driver.Backend.ErrorCode.
+func (b *backend) ErrorCode(err error) driver.Code {
 	switch {
 	case errors.Is(err, errNotFound):
-		return queue.CodeNotFound
+		return driver.CodeNotFound
 	case errors.Is(err, errPrecondition):
-		return queue.CodePrecondition
+		return driver.CodePrecondition
 	}
-	return queue.CodeUnknown
+	return driver.CodeUnknown
 }
 
-// Close implements queue.Backend.Close.
+// Close implements driver.Backend.Close.
 func (b *backend) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -261,7 +262,7 @@ func readAll(r io.Reader, size int64) ([]byte, error) {
 	n := 0
 	for {
 		c := make([]byte, 1<<20)
-		m, err := queue.ReadFull(r, c)
+		m, err := driver.ReadFull(r, c)
 		chunks = append(chunks, c[:m])
 		n += m
 		if err == io.EOF {

@@ -7,18 +7,18 @@ import (
 	"testing"
 
 	"github.com/mxqueue/mxq/conformance"
-	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 type harness struct{ name string }
 
 var harnesses atomic.Int64
 
-func (h *harness) MakeBackend(context.Context) (queue.Backend, error) {
+func (h *harness) MakeBackend(context.Context) (driver.Backend, error) {
 	return OpenBackend(h.name), nil
 }
 func (h *harness) Capabilities() conformance.Capabilities {
-	return conformance.Capabilities{ContentInMemory: true, IfMatchMissing: queue.CodeNotFound}
+	return conformance.Capabilities{ContentInMemory: true, IfMatchMissing: driver.CodeNotFound}
 }
 func (h *harness) Close() {}
 

@@ -26,7 +26,7 @@
 // PutObject would buffer parts of 16 MiB or more, and drops conditions
 // from multipart uploads.) A create-only write is If-None-Match: * and a
 // compare-and-swap If-Match: <etag>, on the PUT or on the
-// CompleteMultipartUpload. The ETag, without quotes, is the queue.Version.
+// CompleteMultipartUpload. The ETag, without quotes, is the driver.Version.
 //
 // A conditional PUT is sent exactly once: its body is handed to minio-go
 // as a plain reader, which minio-go does not retry. A retried
@@ -88,6 +88,7 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // DefaultPartSize is the size of the parts of a multipart upload, and the
@@ -128,7 +129,7 @@ func Open(ctx context.Context, client *minio.Client, bucket string, opts *Option
 }
 
 // openBackend returns the Backend of Open, under opts.Prefix.
-func openBackend(client *minio.Client, bucket string, opts *Options) (queue.Backend, error) {
+func openBackend(client *minio.Client, bucket string, opts *Options) (driver.Backend, error) {
 	if client == nil {
 		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: errors.New("minio: nil client")}
 	}
@@ -143,7 +144,7 @@ func openBackend(client *minio.Client, bucket string, opts *Options) (queue.Back
 		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: fmt.Errorf("minio: part size %d is below the minimum of %d", ps, minPartSize)}
 	}
 	b := &backend{client: client, core: minio.Core{Client: client}, bucket: bucket, partSize: ps}
-	return queue.Prefixed(b, opts.Prefix), nil
+	return driver.Prefixed(b, opts.Prefix), nil
 }
 
 type backend struct {
@@ -154,9 +155,9 @@ type backend struct {
 }
 
 var (
-	_ queue.Backend = (*backend)(nil)
-	_ queue.Stater  = (*backend)(nil)
-	_ queue.Pinger  = (*backend)(nil)
+	_ driver.Backend = (*backend)(nil)
+	_ driver.Stater  = (*backend)(nil)
+	_ driver.Pinger  = (*backend)(nil)
 )
 
 // errNoSuchBucket marks a Ping that found no bucket.
@@ -165,27 +166,27 @@ var errNoSuchBucket = errors.New("bucket does not exist")
 // onlyReader hides the Seek of a body, so that minio-go sends it once.
 type onlyReader struct{ io.Reader }
 
-func version(etag string) queue.Version { return queue.Version(strings.Trim(etag, `"`)) }
+func version(etag string) driver.Version { return driver.Version(strings.Trim(etag, `"`)) }
 
-// Get implements queue.Backend.Get.
-func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+// Get implements driver.Backend.Get.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	rc, info, _, err := b.core.GetObject(ctx, b.bucket, key, minio.GetObjectOptions{})
 	if err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
-	return rc, queue.Attrs{Version: version(info.ETag), Size: info.Size}, nil
+	return rc, driver.Attrs{Version: version(info.ETag), Size: info.Size}, nil
 }
 
-// Stat implements queue.Stater with a HEAD request.
-func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+// Stat implements driver.Stater with a HEAD request.
+func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	info, err := b.client.StatObject(ctx, b.bucket, key, minio.StatObjectOptions{})
 	if err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
-	return queue.Attrs{Version: version(info.ETag), Size: info.Size}, nil
+	return driver.Attrs{Version: version(info.ETag), Size: info.Size}, nil
 }
 
-// Ping implements queue.Pinger with BucketExists. A missing bucket is an
+// Ping implements driver.Pinger with BucketExists. A missing bucket is an
 // error naming it, which ErrorCode maps to CodeInvalid.
 func (b *backend) Ping(ctx context.Context) error {
 	ok, err := b.client.BucketExists(ctx, b.bucket)
@@ -201,7 +202,7 @@ func (b *backend) Ping(ctx context.Context) error {
 	return nil
 }
 
-func conditions(opts *queue.PutOptions) (po minio.PutObjectOptions, conditional bool) {
+func conditions(opts *driver.PutOptions) (po minio.PutObjectOptions, conditional bool) {
 	if opts.IfNoneMatch {
 		po.SetMatchETagExcept("*")
 		conditional = true
@@ -213,10 +214,10 @@ func conditions(opts *queue.PutOptions) (po minio.PutObjectOptions, conditional 
 	return po, conditional
 }
 
-// Put implements queue.Backend.Put. Up to partSize bytes go up in one
+// Put implements driver.Backend.Put. Up to partSize bytes go up in one
 // PUT; more in a multipart upload.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
-	first, last, err := queue.ReadChunk(r, nil, b.partSize, opts.Size)
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
+	first, last, err := driver.ReadChunk(r, nil, b.partSize, opts.Size)
 	if err != nil {
 		return "", err
 	}
@@ -236,16 +237,16 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 }
 
 // putMultipart uploads first and the rest of r as parts with
-// queue.UploadParts, which holds two buffers of partSize bytes, and
+// driver.UploadParts, which holds two buffers of partSize bytes, and
 // completes the upload under the conditions of opts. A failed upload is
 // aborted.
-func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *queue.PutOptions) (queue.Version, error) {
+func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *driver.PutOptions) (driver.Version, error) {
 	id, err := b.core.NewMultipartUpload(ctx, b.bucket, key, minio.PutObjectOptions{})
 	if err != nil {
 		return "", err
 	}
 	var parts []minio.CompletePart // UploadParts runs one part at a time
-	err = queue.UploadParts(ctx, r, first, b.partSize, func(ctx context.Context, n int, data []byte) error {
+	err = driver.UploadParts(ctx, r, first, b.partSize, func(ctx context.Context, n int, data []byte) error {
 		p, err := b.core.PutObjectPart(ctx, b.bucket, key, id, n, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
 		if err != nil {
 			return err
@@ -275,7 +276,7 @@ func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, fir
 	return "", err
 }
 
-// Delete implements queue.Backend.Delete. A missing key is success.
+// Delete implements driver.Backend.Delete. A missing key is success.
 func (b *backend) Delete(ctx context.Context, key string) error {
 	err := b.client.RemoveObject(ctx, b.bucket, key, minio.RemoveObjectOptions{})
 	if err != nil && minio.ToErrorResponse(err).Code == "NoSuchKey" {
@@ -284,7 +285,7 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	return err
 }
 
-// List implements queue.Backend.List with one ListObjectsV2 request. As
+// List implements driver.Backend.List with one ListObjectsV2 request. As
 // minio-go does not tell whether the page was truncated, a full page
 // reports more, and the next call may find nothing.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
@@ -313,60 +314,60 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	return keys, false, nil
 }
 
-// ErrorCode implements queue.Backend.ErrorCode. See the package doc for
+// ErrorCode implements driver.Backend.ErrorCode. See the package doc for
 // the mapping.
-func (b *backend) ErrorCode(err error) queue.Code {
+func (b *backend) ErrorCode(err error) driver.Code {
 	if errors.Is(err, errNoSuchBucket) {
-		return queue.CodeInvalid
+		return driver.CodeInvalid
 	}
 	var er minio.ErrorResponse
 	if errors.As(err, &er) {
 		switch er.Code {
 		case "NoSuchKey", "NotFound":
-			return queue.CodeNotFound
+			return driver.CodeNotFound
 		case "NoSuchBucket":
-			return queue.CodeInvalid
+			return driver.CodeInvalid
 		case "PreconditionFailed", "ConditionalRequestConflict", "OperationAborted":
-			return queue.CodePrecondition
+			return driver.CodePrecondition
 		case "NotImplemented":
-			return queue.CodeUnsupported
+			return driver.CodeUnsupported
 		case "NoSuchUpload":
 			// A multipart upload vanished: aborted, or completed by an
 			// attempt whose answer was lost. Not a missing key.
-			return queue.CodeUnknown
+			return driver.CodeUnknown
 		case "SlowDown", "SlowDownRead", "SlowDownWrite", "RequestTimeout", "Throttling", "ThrottlingException",
 			"ServiceUnavailable", "InternalError", "XMinioServerNotInitialized":
-			return queue.CodeUnavailable
+			return driver.CodeUnavailable
 		}
 		switch s := er.StatusCode; {
 		case s == http.StatusNotFound:
-			return queue.CodeNotFound
+			return driver.CodeNotFound
 		case s == http.StatusPreconditionFailed:
-			return queue.CodePrecondition
+			return driver.CodePrecondition
 		case s == http.StatusNotImplemented:
-			return queue.CodeUnsupported
+			return driver.CodeUnsupported
 		case s == http.StatusTooManyRequests || s >= 500:
-			return queue.CodeUnavailable
+			return driver.CodeUnavailable
 		case s == http.StatusBadRequest:
-			return queue.CodeInvalid
+			return driver.CodeInvalid
 		}
-		return queue.CodeUnknown
+		return driver.CodeUnknown
 	}
 	var dns *net.DNSError
 	if errors.As(err, &dns) && dns.IsNotFound {
-		return queue.CodeUnknown // a wrong host name: retrying will not help
+		return driver.CodeUnknown // a wrong host name: retrying will not help
 	}
 	var ne net.Error
 	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
 	var oe *net.OpError
 	if errors.As(err, &oe) {
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
-	return queue.CodeUnknown
+	return driver.CodeUnknown
 }
 
-// Close implements queue.Backend.Close. The client is the caller's and
+// Close implements driver.Backend.Close. The client is the caller's and
 // stays open.
 func (b *backend) Close() error { return nil }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // The tests run against the server that MXQ_TEST_MINIO_URL names (see
@@ -99,12 +100,12 @@ type harness struct {
 	bucket, prefix string
 }
 
-func (h *harness) MakeBackend(context.Context) (queue.Backend, error) {
+func (h *harness) MakeBackend(context.Context) (driver.Backend, error) {
 	return openBackend(h.client, h.bucket, &Options{Prefix: h.prefix})
 }
 
 func (h *harness) Capabilities() conformance.Capabilities {
-	return conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}
+	return conformance.Capabilities{IfMatchMissing: driver.CodeNotFound}
 }
 
 func (h *harness) Close() {
@@ -196,28 +197,28 @@ func TestErrorCode(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		err  error
-		want queue.Code
+		want driver.Code
 	}{
-		{"no such key", resp(404, "NoSuchKey"), queue.CodeNotFound},
-		{"404 without a code", resp(404, ""), queue.CodeNotFound},
-		{"no such bucket", resp(404, "NoSuchBucket"), queue.CodeInvalid},
-		{"ping on a missing bucket", fmt.Errorf("minio: bucket %q: %w", "b", errNoSuchBucket), queue.CodeInvalid},
-		{"precondition failed", resp(412, "PreconditionFailed"), queue.CodePrecondition},
-		{"412 without a code", resp(412, ""), queue.CodePrecondition},
-		{"conditional request conflict", resp(409, "ConditionalRequestConflict"), queue.CodePrecondition},
-		{"not implemented", resp(501, "NotImplemented"), queue.CodeUnsupported},
-		{"internal error", resp(500, "InternalError"), queue.CodeUnavailable},
-		{"slow down", resp(503, "SlowDown"), queue.CodeUnavailable},
-		{"request timeout", resp(400, "RequestTimeout"), queue.CodeUnavailable},
-		{"too many requests", resp(429, ""), queue.CodeUnavailable},
-		{"invalid argument", resp(400, "InvalidArgument"), queue.CodeInvalid},
-		{"access denied", resp(403, "AccessDenied"), queue.CodeUnknown},
-		{"no such upload", resp(404, "NoSuchUpload"), queue.CodeUnknown},
-		{"wrapped", fmt.Errorf("x: %w", resp(412, "PreconditionFailed")), queue.CodePrecondition},
-		{"connection refused", &url.Error{Op: "Get", URL: "http://x", Err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}}, queue.CodeUnavailable},
-		{"unexpected EOF", io.ErrUnexpectedEOF, queue.CodeUnavailable},
-		{"no such host", &url.Error{Op: "Get", URL: "http://x", Err: &net.DNSError{Err: "no such host", Name: "x", IsNotFound: true}}, queue.CodeUnknown},
-		{"other", errors.New("boom"), queue.CodeUnknown},
+		{"no such key", resp(404, "NoSuchKey"), driver.CodeNotFound},
+		{"404 without a code", resp(404, ""), driver.CodeNotFound},
+		{"no such bucket", resp(404, "NoSuchBucket"), driver.CodeInvalid},
+		{"ping on a missing bucket", fmt.Errorf("minio: bucket %q: %w", "b", errNoSuchBucket), driver.CodeInvalid},
+		{"precondition failed", resp(412, "PreconditionFailed"), driver.CodePrecondition},
+		{"412 without a code", resp(412, ""), driver.CodePrecondition},
+		{"conditional request conflict", resp(409, "ConditionalRequestConflict"), driver.CodePrecondition},
+		{"not implemented", resp(501, "NotImplemented"), driver.CodeUnsupported},
+		{"internal error", resp(500, "InternalError"), driver.CodeUnavailable},
+		{"slow down", resp(503, "SlowDown"), driver.CodeUnavailable},
+		{"request timeout", resp(400, "RequestTimeout"), driver.CodeUnavailable},
+		{"too many requests", resp(429, ""), driver.CodeUnavailable},
+		{"invalid argument", resp(400, "InvalidArgument"), driver.CodeInvalid},
+		{"access denied", resp(403, "AccessDenied"), driver.CodeUnknown},
+		{"no such upload", resp(404, "NoSuchUpload"), driver.CodeUnknown},
+		{"wrapped", fmt.Errorf("x: %w", resp(412, "PreconditionFailed")), driver.CodePrecondition},
+		{"connection refused", &url.Error{Op: "Get", URL: "http://x", Err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}}, driver.CodeUnavailable},
+		{"unexpected EOF", io.ErrUnexpectedEOF, driver.CodeUnavailable},
+		{"no such host", &url.Error{Op: "Get", URL: "http://x", Err: &net.DNSError{Err: "no such host", Name: "x", IsNotFound: true}}, driver.CodeUnknown},
+		{"other", errors.New("boom"), driver.CodeUnknown},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if got := b.ErrorCode(c.err); got != c.want {
@@ -237,15 +238,15 @@ func TestFindings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(key, data string, o queue.PutOptions) (queue.Version, error) {
+	put := func(key, data string, o driver.PutOptions) (driver.Version, error) {
 		o.Size = int64(len(data))
 		return b.Put(ctx, key, strings.NewReader(data), &o)
 	}
 
 	t.Run("IfMatchMissingKey", func(t *testing.T) {
-		_, err := put("inc/0000000a", "x", queue.PutOptions{IfMatch: "0123456789abcdef0123456789abcdef"})
+		_, err := put("inc/0000000a", "x", driver.PutOptions{IfMatch: "0123456789abcdef0123456789abcdef"})
 		t.Logf("If-Match on a missing key: %v (%+v)", err, minio.ToErrorResponse(err))
-		if got := b.ErrorCode(err); got != queue.CodeNotFound {
+		if got := b.ErrorCode(err); got != driver.CodeNotFound {
 			t.Fatalf("code %d, want CodeNotFound: %v", got, err)
 		}
 	})
@@ -257,7 +258,7 @@ func TestFindings(t *testing.T) {
 		// outcome fails.
 		// minio-go has no If-Match on RemoveObject: sign the request here.
 		key := "inc/0000000b"
-		if _, err := put(key, "x", queue.PutOptions{}); err != nil {
+		if _, err := put(key, "x", driver.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		creds, err := client.GetCreds()
@@ -279,7 +280,7 @@ func TestFindings(t *testing.T) {
 		}
 		resp.Body.Close()
 		_, _, gerr := b.Get(ctx, key)
-		deleted := b.ErrorCode(gerr) == queue.CodeNotFound
+		deleted := b.ErrorCode(gerr) == driver.CodeNotFound
 		switch {
 		case resp.StatusCode == http.StatusNoContent && deleted:
 			t.Logf("finding: DELETE with a wrong If-Match is ignored; the object is deleted (as MinIO does)")
@@ -301,7 +302,7 @@ func TestFindings(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				if _, err := put(fmt.Sprintf("due/000000000001/%016x", i+1), "", queue.PutOptions{}); err != nil {
+				if _, err := put(fmt.Sprintf("due/000000000001/%016x", i+1), "", driver.PutOptions{}); err != nil {
 					errs <- err
 				}
 			}()
@@ -335,23 +336,23 @@ func TestFindings(t *testing.T) {
 		rand.Read(data)
 		stream := func() io.Reader { return io.MultiReader(bytes.NewReader(data)) } // hides the length
 		key := "msg/00/0000000c"
-		v1, err := b.Put(ctx, key, stream(), &queue.PutOptions{IfNoneMatch: true, Size: -1})
+		v1, err := b.Put(ctx, key, stream(), &driver.PutOptions{IfNoneMatch: true, Size: -1})
 		if err != nil {
 			t.Fatalf("create-only multipart: %v", err)
 		}
 		if !strings.HasSuffix(string(v1), "-3") {
 			t.Errorf("version %s: want the ETag of a 3-part upload", v1)
 		}
-		_, err = b.Put(ctx, key, stream(), &queue.PutOptions{IfNoneMatch: true, Size: -1})
+		_, err = b.Put(ctx, key, stream(), &driver.PutOptions{IfNoneMatch: true, Size: -1})
 		t.Logf("create-only multipart over an existing key: %v", err)
-		if got := b.ErrorCode(err); got != queue.CodePrecondition {
+		if got := b.ErrorCode(err); got != driver.CodePrecondition {
 			t.Fatalf("second create-only multipart: code %d, want CodePrecondition: %v", got, err)
 		}
-		_, err = b.Put(ctx, key, stream(), &queue.PutOptions{IfMatch: "0123456789abcdef0123456789abcdef-3", Size: size})
-		if got := b.ErrorCode(err); got != queue.CodePrecondition {
+		_, err = b.Put(ctx, key, stream(), &driver.PutOptions{IfMatch: "0123456789abcdef0123456789abcdef-3", Size: size})
+		if got := b.ErrorCode(err); got != driver.CodePrecondition {
 			t.Fatalf("multipart CAS with a stale version: code %d, want CodePrecondition: %v", got, err)
 		}
-		v2, err := b.Put(ctx, key, stream(), &queue.PutOptions{IfMatch: v1, Size: size})
+		v2, err := b.Put(ctx, key, stream(), &driver.PutOptions{IfMatch: v1, Size: size})
 		if err != nil {
 			t.Fatalf("multipart CAS: %v", err)
 		}
@@ -374,10 +375,10 @@ func TestFindings(t *testing.T) {
 			data := bytes.Repeat([]byte{'x'}, n)
 			for _, hint := range []int64{-1, int64(n), 10} {
 				key := fmt.Sprintf("msg/01/%08x", n)
-				if _, err := b.Put(ctx, key, io.MultiReader(bytes.NewReader(data)), &queue.PutOptions{Size: hint}); err != nil {
+				if _, err := b.Put(ctx, key, io.MultiReader(bytes.NewReader(data)), &driver.PutOptions{Size: hint}); err != nil {
 					t.Fatalf("Put %d bytes, hint %d: %v", n, hint, err)
 				}
-				if a, err := b.(queue.Stater).Stat(ctx, key); err != nil || a.Size != int64(n) {
+				if a, err := b.(driver.Stater).Stat(ctx, key); err != nil || a.Size != int64(n) {
 					t.Fatalf("Stat after Put of %d bytes, hint %d: %+v, %v", n, hint, a, err)
 				}
 			}

@@ -1,5 +1,5 @@
 // Package rest is the client of mxq's REST frontend (the package rest and
-// "mxq serve"): a queue.Backend that keeps its objects in a store behind an
+// "mxq serve"): a driver.Backend that keeps its objects in a store behind an
 // HTTP server. The whole portable queue logic runs in the client, over the
 // server's object layer, so a Store opened here behaves exactly like one
 // opened on the server's own URL, and sees the same queue.
@@ -20,7 +20,7 @@
 //
 // # Errors
 //
-// The server's JSON error code decides the queue.Code: not_found is
+// The server's JSON error code decides the driver.Code: not_found is
 // CodeNotFound, exists and conflict (412) are CodePrecondition, invalid is
 // CodeInvalid, unsupported CodeUnsupported, corrupt CodeCorrupt and
 // unavailable CodeUnavailable. Without a body the status decides: 404,
@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Options are the options of Open.
@@ -74,7 +75,7 @@ func Open(ctx context.Context, baseURL string, opts *Options) (*queue.Store, err
 
 // OpenBackend returns the Backend over the server at baseURL, for tests
 // and tools that drive a Backend directly. opts.Queue is not used.
-func OpenBackend(ctx context.Context, baseURL string, opts *Options) (queue.Backend, error) {
+func OpenBackend(ctx context.Context, baseURL string, opts *Options) (driver.Backend, error) {
 	if opts == nil {
 		opts = new(Options)
 	}
@@ -93,9 +94,9 @@ type backend struct {
 }
 
 var (
-	_ queue.Backend = (*backend)(nil)
-	_ queue.Stater  = (*backend)(nil)
-	_ queue.Pinger  = (*backend)(nil)
+	_ driver.Backend = (*backend)(nil)
+	_ driver.Stater  = (*backend)(nil)
+	_ driver.Pinger  = (*backend)(nil)
 )
 
 func openBackend(u *url.URL, token string, client *http.Client) (*backend, error) {
@@ -268,45 +269,45 @@ func (t *trackedBody) sent() bool {
 func objectPath(key string) string { return "/v1/objects/" + key }
 
 // version reads the ETag of a response.
-func version(resp *http.Response) (queue.Version, error) {
+func version(resp *http.Response) (driver.Version, error) {
 	tag := resp.Header.Get("ETag")
 	if len(tag) < 3 || tag[0] != '"' || tag[len(tag)-1] != '"' {
 		return "", fmt.Errorf("rest: %s %s: the response has no strong ETag (%q)", resp.Request.Method, resp.Request.URL.Path, tag)
 	}
-	return queue.Version(tag[1 : len(tag)-1]), nil
+	return driver.Version(tag[1 : len(tag)-1]), nil
 }
 
-// Get implements queue.Backend.Get.
-func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+// Get implements driver.Backend.Get.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	resp, err := b.do(ctx, http.MethodGet, objectPath(key), nil, 0, nil, http.StatusOK)
 	if err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
 	v, err := version(resp)
 	if err != nil {
 		resp.Body.Close()
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
-	return resp.Body, queue.Attrs{Version: v, Size: resp.ContentLength}, nil
+	return resp.Body, driver.Attrs{Version: v, Size: resp.ContentLength}, nil
 }
 
-// Stat implements queue.Stater with a HEAD request.
-func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+// Stat implements driver.Stater with a HEAD request.
+func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	resp, err := b.do(ctx, http.MethodHead, objectPath(key), nil, 0, nil, http.StatusOK)
 	if err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
 	resp.Body.Close()
 	v, err := version(resp)
 	if err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
-	return queue.Attrs{Version: v, Size: resp.ContentLength}, nil
+	return driver.Attrs{Version: v, Size: resp.ContentLength}, nil
 }
 
-// Put implements queue.Backend.Put. The body streams: with an unknown
+// Put implements driver.Backend.Put. The body streams: with an unknown
 // size it is sent chunked.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	hdr := make(http.Header)
 	if opts.IfNoneMatch {
 		hdr.Set("If-None-Match", "*")
@@ -333,7 +334,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 	return version(resp)
 }
 
-// Delete implements queue.Backend.Delete.
+// Delete implements driver.Backend.Delete.
 func (b *backend) Delete(ctx context.Context, key string) error {
 	resp, err := b.do(ctx, http.MethodDelete, objectPath(key), nil, 0, nil, http.StatusNoContent, http.StatusOK)
 	if err != nil {
@@ -343,7 +344,7 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// List implements queue.Backend.List.
+// List implements driver.Backend.List.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
 	q := url.Values{}
 	if prefix != "" {
@@ -371,62 +372,62 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	return page.Keys, *page.More, nil
 }
 
-// Ping implements queue.Pinger with a listing of one key, which needs the
+// Ping implements driver.Pinger with a listing of one key, which needs the
 // token, unlike /healthz.
 func (b *backend) Ping(ctx context.Context) error {
 	_, _, err := b.List(ctx, "inc/", "", 1)
 	return err
 }
 
-// ErrorCode implements queue.Backend.ErrorCode.
-func (b *backend) ErrorCode(err error) queue.Code {
+// ErrorCode implements driver.Backend.ErrorCode.
+func (b *backend) ErrorCode(err error) driver.Code {
 	var he *httpError
 	if errors.As(err, &he) {
 		switch he.code {
 		case "not_found":
-			return queue.CodeNotFound
+			return driver.CodeNotFound
 		case "exists", "conflict":
 			if he.status == http.StatusPreconditionFailed {
-				return queue.CodePrecondition
+				return driver.CodePrecondition
 			}
-			return queue.CodeUnknown
+			return driver.CodeUnknown
 		case "invalid", "too_large":
-			return queue.CodeInvalid
+			return driver.CodeInvalid
 		case "unsupported":
-			return queue.CodeUnsupported
+			return driver.CodeUnsupported
 		case "corrupt":
-			return queue.CodeCorrupt
+			return driver.CodeCorrupt
 		case "unavailable", "closed":
-			return queue.CodeUnavailable
+			return driver.CodeUnavailable
 		case "unauthorized", "internal", "method_not_allowed":
-			return queue.CodeUnknown
+			return driver.CodeUnknown
 		}
 		switch s := he.status; {
 		case s == http.StatusNotFound:
-			return queue.CodeNotFound
+			return driver.CodeNotFound
 		case s == http.StatusPreconditionFailed:
-			return queue.CodePrecondition
+			return driver.CodePrecondition
 		case s == http.StatusBadRequest || s == http.StatusRequestEntityTooLarge:
-			return queue.CodeInvalid
+			return driver.CodeInvalid
 		case s == http.StatusNotImplemented:
-			return queue.CodeUnsupported
+			return driver.CodeUnsupported
 		case s == http.StatusTooManyRequests || s == http.StatusRequestTimeout || s >= 500:
-			return queue.CodeUnavailable
+			return driver.CodeUnavailable
 		}
-		return queue.CodeUnknown
+		return driver.CodeUnknown
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return queue.CodeUnknown
+		return driver.CodeUnknown
 	}
 	var ne net.Error
 	var ue *url.Error
 	if errors.As(err, &ne) || errors.As(err, &ue) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
-	return queue.CodeUnknown
+	return driver.CodeUnknown
 }
 
-// Close implements queue.Backend.Close. It closes the idle connections of
+// Close implements driver.Backend.Close. It closes the idle connections of
 // the client it made; a client from Options is left alone.
 func (b *backend) Close() error {
 	if b.own != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // The in-process conformance run, against the handler over mem, is in the
@@ -25,13 +26,13 @@ type harness struct {
 	url, token, prefix string
 }
 
-func (h *harness) MakeBackend(ctx context.Context) (queue.Backend, error) {
+func (h *harness) MakeBackend(ctx context.Context) (driver.Backend, error) {
 	b, err := OpenBackend(ctx, h.url, &Options{Token: h.token})
 	if err != nil {
 		return nil, err
 	}
 	// Every subtest gets a key space of its own on the shared server.
-	return queue.Prefixed(b, h.prefix), nil
+	return driver.Prefixed(b, h.prefix), nil
 }
 func (h *harness) Capabilities() conformance.Capabilities { return conformance.Capabilities{} }
 func (h *harness) Close()                                 {}
@@ -143,27 +144,27 @@ func TestErrorCode(t *testing.T) {
 	cases := []struct {
 		name string
 		err  error
-		want queue.Code
+		want driver.Code
 	}{
-		{"404 not_found", &httpError{status: 404, code: "not_found"}, queue.CodeNotFound},
-		{"404 bare", &httpError{status: 404}, queue.CodeNotFound},
-		{"412 exists", &httpError{status: 412, code: "exists"}, queue.CodePrecondition},
-		{"412 conflict", &httpError{status: 412, code: "conflict"}, queue.CodePrecondition},
-		{"412 bare", &httpError{status: 412}, queue.CodePrecondition},
-		{"409 conflict is not a precondition", &httpError{status: 409, code: "conflict"}, queue.CodeUnknown},
-		{"400", &httpError{status: 400, code: "invalid"}, queue.CodeInvalid},
-		{"413", &httpError{status: 413, code: "too_large"}, queue.CodeInvalid},
-		{"501", &httpError{status: 501, code: "unsupported"}, queue.CodeUnsupported},
-		{"502 corrupt", &httpError{status: 502, code: "corrupt"}, queue.CodeCorrupt},
-		{"503", &httpError{status: 503, code: "unavailable"}, queue.CodeUnavailable},
-		{"502 bare, from a proxy", &httpError{status: 502}, queue.CodeUnavailable},
-		{"500 internal", &httpError{status: 500, code: "internal"}, queue.CodeUnknown},
-		{"401", &httpError{status: 401, code: "unauthorized"}, queue.CodeUnknown},
-		{"403 bare", &httpError{status: 403}, queue.CodeUnknown},
-		{"429", &httpError{status: 429}, queue.CodeUnavailable},
-		{"refused", &url.Error{Op: "Get", URL: "http://x", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}, queue.CodeUnavailable},
-		{"cancelled", &url.Error{Op: "Get", URL: "http://x", Err: context.Canceled}, queue.CodeUnknown},
-		{"other", errors.New("x"), queue.CodeUnknown},
+		{"404 not_found", &httpError{status: 404, code: "not_found"}, driver.CodeNotFound},
+		{"404 bare", &httpError{status: 404}, driver.CodeNotFound},
+		{"412 exists", &httpError{status: 412, code: "exists"}, driver.CodePrecondition},
+		{"412 conflict", &httpError{status: 412, code: "conflict"}, driver.CodePrecondition},
+		{"412 bare", &httpError{status: 412}, driver.CodePrecondition},
+		{"409 conflict is not a precondition", &httpError{status: 409, code: "conflict"}, driver.CodeUnknown},
+		{"400", &httpError{status: 400, code: "invalid"}, driver.CodeInvalid},
+		{"413", &httpError{status: 413, code: "too_large"}, driver.CodeInvalid},
+		{"501", &httpError{status: 501, code: "unsupported"}, driver.CodeUnsupported},
+		{"502 corrupt", &httpError{status: 502, code: "corrupt"}, driver.CodeCorrupt},
+		{"503", &httpError{status: 503, code: "unavailable"}, driver.CodeUnavailable},
+		{"502 bare, from a proxy", &httpError{status: 502}, driver.CodeUnavailable},
+		{"500 internal", &httpError{status: 500, code: "internal"}, driver.CodeUnknown},
+		{"401", &httpError{status: 401, code: "unauthorized"}, driver.CodeUnknown},
+		{"403 bare", &httpError{status: 403}, driver.CodeUnknown},
+		{"429", &httpError{status: 429}, driver.CodeUnavailable},
+		{"refused", &url.Error{Op: "Get", URL: "http://x", Err: &net.OpError{Op: "dial", Err: errors.New("connection refused")}}, driver.CodeUnavailable},
+		{"cancelled", &url.Error{Op: "Get", URL: "http://x", Err: context.Canceled}, driver.CodeUnknown},
+		{"other", errors.New("x"), driver.CodeUnknown},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -19,7 +19,7 @@
 // multipart upload that holds at most two parts in memory. A create-only
 // write is If-None-Match: * and a compare-and-swap is If-Match: <etag>, on
 // PutObject or on CompleteMultipartUpload. The ETag, quotes included, is
-// the queue.Version. A failed multipart upload is aborted; should that
+// the driver.Version. A failed multipart upload is aborted; should that
 // fail too, a bucket lifecycle rule AbortIncompleteMultipartUpload removes
 // the parts.
 //
@@ -91,6 +91,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // DefaultPartSize is the size of the parts of a multipart upload, and the
@@ -132,7 +133,7 @@ func Open(ctx context.Context, client *awss3.Client, bucket string, opts *Option
 }
 
 // openBackend returns the Backend of Open, under opts.Prefix.
-func openBackend(client *awss3.Client, bucket string, opts *Options) (queue.Backend, error) {
+func openBackend(client *awss3.Client, bucket string, opts *Options) (driver.Backend, error) {
 	if client == nil {
 		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: errors.New("s3: nil client")}
 	}
@@ -152,7 +153,7 @@ func openBackend(client *awss3.Client, bucket string, opts *Options) (queue.Back
 		partSize: ps,
 		checksum: client.Options().RequestChecksumCalculation != aws.RequestChecksumCalculationWhenRequired,
 	}
-	return queue.Prefixed(b, opts.Prefix), nil
+	return driver.Prefixed(b, opts.Prefix), nil
 }
 
 type backend struct {
@@ -165,9 +166,9 @@ type backend struct {
 }
 
 var (
-	_ queue.Backend = (*backend)(nil)
-	_ queue.Stater  = (*backend)(nil)
-	_ queue.Pinger  = (*backend)(nil)
+	_ driver.Backend = (*backend)(nil)
+	_ driver.Stater  = (*backend)(nil)
+	_ driver.Pinger  = (*backend)(nil)
 )
 
 // errNoSuchBucket marks a Ping that found no bucket.
@@ -181,13 +182,13 @@ func once(o *awss3.Options) { o.RetryMaxAttempts = 1 }
 // multipart object: adapters do not log, and the Store checks content.
 func quiet(o *awss3.Options) { o.DisableLogOutputChecksumValidationSkipped = true }
 
-// Get implements queue.Backend.Get.
-func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+// Get implements driver.Backend.Get.
+func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	out, err := b.client.GetObject(ctx, &awss3.GetObjectInput{Bucket: &b.bucket, Key: &key}, quiet)
 	if err != nil {
-		return nil, queue.Attrs{}, err
+		return nil, driver.Attrs{}, err
 	}
-	return out.Body, queue.Attrs{Version: queue.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
+	return out.Body, driver.Attrs{Version: driver.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
 }
 
 func size(n *int64) int64 {
@@ -197,16 +198,16 @@ func size(n *int64) int64 {
 	return *n
 }
 
-// Stat implements queue.Stater with HeadObject.
-func (b *backend) Stat(ctx context.Context, key string) (queue.Attrs, error) {
+// Stat implements driver.Stater with HeadObject.
+func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	out, err := b.client.HeadObject(ctx, &awss3.HeadObjectInput{Bucket: &b.bucket, Key: &key})
 	if err != nil {
-		return queue.Attrs{}, err
+		return driver.Attrs{}, err
 	}
-	return queue.Attrs{Version: queue.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
+	return driver.Attrs{Version: driver.Version(aws.ToString(out.ETag)), Size: size(out.ContentLength)}, nil
 }
 
-// Ping implements queue.Pinger with HeadBucket. A missing bucket is an
+// Ping implements driver.Pinger with HeadBucket. A missing bucket is an
 // error naming it, which ErrorCode maps to CodeInvalid; a refused one
 // (403: wrong credentials or no permission) says so.
 func (b *backend) Ping(ctx context.Context) error {
@@ -221,10 +222,10 @@ func (b *backend) Ping(ctx context.Context) error {
 	return err
 }
 
-// Put implements queue.Backend.Put. Up to partSize bytes go up in one
+// Put implements driver.Backend.Put. Up to partSize bytes go up in one
 // PutObject; more in a multipart upload.
-func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
-	first, last, err := queue.ReadChunk(r, nil, b.partSize, opts.Size)
+func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
+	first, last, err := driver.ReadChunk(r, nil, b.partSize, opts.Size)
 	if err != nil {
 		return "", err
 	}
@@ -236,7 +237,7 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *queue.
 
 // conditions returns the If-None-Match and If-Match headers of opts, and
 // once when there is one (see the package doc).
-func conditions(opts *queue.PutOptions) (ifNoneMatch, ifMatch *string, optFns []func(*awss3.Options)) {
+func conditions(opts *driver.PutOptions) (ifNoneMatch, ifMatch *string, optFns []func(*awss3.Options)) {
 	if opts.IfNoneMatch {
 		ifNoneMatch = aws.String("*")
 	}
@@ -249,7 +250,7 @@ func conditions(opts *queue.PutOptions) (ifNoneMatch, ifMatch *string, optFns []
 	return ifNoneMatch, ifMatch, optFns
 }
 
-func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *queue.PutOptions) (queue.Version, error) {
+func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *driver.PutOptions) (driver.Version, error) {
 	in := &awss3.PutObjectInput{
 		Bucket:        &b.bucket,
 		Key:           &key,
@@ -262,14 +263,14 @@ func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *
 	if err != nil {
 		return "", err
 	}
-	return queue.Version(aws.ToString(out.ETag)), nil
+	return driver.Version(aws.ToString(out.ETag)), nil
 }
 
 // putMultipart uploads first and the rest of r as parts with
-// queue.UploadParts, which holds two buffers of partSize bytes, and
+// driver.UploadParts, which holds two buffers of partSize bytes, and
 // completes the upload under the conditions of opts. A failed upload is
 // aborted.
-func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *queue.PutOptions) (queue.Version, error) {
+func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *driver.PutOptions) (driver.Version, error) {
 	create := &awss3.CreateMultipartUploadInput{Bucket: &b.bucket, Key: &key}
 	if b.checksum {
 		create.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
@@ -281,7 +282,7 @@ func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, fir
 	id := up.UploadId
 
 	var parts []types.CompletedPart // UploadParts runs one part at a time
-	err = queue.UploadParts(ctx, r, first, b.partSize, func(ctx context.Context, n int, data []byte) error {
+	err = driver.UploadParts(ctx, r, first, b.partSize, func(ctx context.Context, n int, data []byte) error {
 		in := &awss3.UploadPartInput{
 			Bucket: &b.bucket, Key: &key, UploadId: id, PartNumber: aws.Int32(int32(n)),
 			Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
@@ -313,7 +314,7 @@ func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, fir
 		in.IfNoneMatch, in.IfMatch, optFns = conditions(opts)
 		var out *awss3.CompleteMultipartUploadOutput
 		if out, err = b.client.CompleteMultipartUpload(ctx, in, optFns...); err == nil {
-			return queue.Version(aws.ToString(out.ETag)), nil
+			return driver.Version(aws.ToString(out.ETag)), nil
 		}
 	}
 	// Abort even when ctx is done, but not for long.
@@ -323,7 +324,7 @@ func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, fir
 	return "", err
 }
 
-// Delete implements queue.Backend.Delete. S3 answers 204 for a missing
+// Delete implements driver.Backend.Delete. S3 answers 204 for a missing
 // key; a 404 from a server that does not is success too.
 func (b *backend) Delete(ctx context.Context, key string) error {
 	_, err := b.client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &b.bucket, Key: &key})
@@ -333,7 +334,7 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	return err
 }
 
-// List implements queue.Backend.List with one ListObjectsV2 request.
+// List implements driver.Backend.List with one ListObjectsV2 request.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
 	in := &awss3.ListObjectsV2Input{
 		Bucket:  &b.bucket,
@@ -354,48 +355,48 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	return keys, aws.ToBool(out.IsTruncated), nil
 }
 
-// ErrorCode implements queue.Backend.ErrorCode. See the package doc for
+// ErrorCode implements driver.Backend.ErrorCode. See the package doc for
 // the mapping.
-func (b *backend) ErrorCode(err error) queue.Code {
+func (b *backend) ErrorCode(err error) driver.Code {
 	if errors.Is(err, errNoSuchBucket) {
-		return queue.CodeInvalid
+		return driver.CodeInvalid
 	}
 	switch apiCode(err) {
 	case "NoSuchKey", "NotFound":
-		return queue.CodeNotFound
+		return driver.CodeNotFound
 	case "NoSuchBucket":
-		return queue.CodeInvalid
+		return driver.CodeInvalid
 	case "PreconditionFailed", "ConditionalRequestConflict", "OperationAborted":
-		return queue.CodePrecondition
+		return driver.CodePrecondition
 	case "NotImplemented":
-		return queue.CodeUnsupported
+		return driver.CodeUnsupported
 	case "NoSuchUpload":
 		// A multipart upload vanished: aborted, or completed by an attempt
 		// whose answer was lost. Not a missing key.
-		return queue.CodeUnknown
+		return driver.CodeUnknown
 	}
 	status := httpStatus(err)
 	switch {
 	case status == http.StatusNotFound:
-		return queue.CodeNotFound
+		return driver.CodeNotFound
 	case status == http.StatusPreconditionFailed:
-		return queue.CodePrecondition
+		return driver.CodePrecondition
 	case status == http.StatusNotImplemented:
-		return queue.CodeUnsupported
+		return driver.CodeUnsupported
 	}
 	if retry.IsErrorRetryables(retry.DefaultRetryables).IsErrorRetryable(err) == aws.TrueTernary {
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
 	if retry.IsErrorThrottles(retry.DefaultThrottles).IsErrorThrottle(err) == aws.TrueTernary {
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	}
 	switch {
 	case status >= 500:
-		return queue.CodeUnavailable
+		return driver.CodeUnavailable
 	case status == http.StatusBadRequest:
-		return queue.CodeInvalid
+		return driver.CodeInvalid
 	}
-	return queue.CodeUnknown
+	return driver.CodeUnknown
 }
 
 // apiCode returns the S3 error code of err, or "".
@@ -417,6 +418,6 @@ func httpStatus(err error) int {
 	return 0
 }
 
-// Close implements queue.Backend.Close. The client is the caller's and
+// Close implements driver.Backend.Close. The client is the caller's and
 // stays open.
 func (b *backend) Close() error { return nil }

@@ -27,6 +27,7 @@ import (
 
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // The tests run against the server that MXQ_TEST_S3_URL names (see
@@ -115,12 +116,12 @@ type harness struct {
 	bucket, prefix string
 }
 
-func (h *harness) MakeBackend(context.Context) (queue.Backend, error) {
+func (h *harness) MakeBackend(context.Context) (driver.Backend, error) {
 	return openBackend(h.client, h.bucket, &Options{Prefix: h.prefix})
 }
 
 func (h *harness) Capabilities() conformance.Capabilities {
-	return conformance.Capabilities{IfMatchMissing: queue.CodeNotFound}
+	return conformance.Capabilities{IfMatchMissing: driver.CodeNotFound}
 }
 
 func (h *harness) Close() {
@@ -225,31 +226,31 @@ func TestErrorCode(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		err  error
-		want queue.Code
+		want driver.Code
 	}{
-		{"no such key", apiErr(404, "NoSuchKey"), queue.CodeNotFound},
-		{"head 404", apiErr(404, "NotFound"), queue.CodeNotFound},
-		{"404 without a code", apiErr(404, ""), queue.CodeNotFound},
-		{"no such bucket", apiErr(404, "NoSuchBucket"), queue.CodeInvalid},
-		{"ping on a missing bucket", fmt.Errorf("s3: bucket %q: %w: %w", "b", errNoSuchBucket, apiErr(404, "NotFound")), queue.CodeInvalid},
-		{"precondition failed", apiErr(412, "PreconditionFailed"), queue.CodePrecondition},
-		{"412 without a code", apiErr(412, ""), queue.CodePrecondition},
-		{"conditional request conflict", apiErr(409, "ConditionalRequestConflict"), queue.CodePrecondition},
-		{"operation aborted", apiErr(409, "OperationAborted"), queue.CodePrecondition},
-		{"no such upload", apiErr(404, "NoSuchUpload"), queue.CodeUnknown},
-		{"not implemented", apiErr(501, "NotImplemented"), queue.CodeUnsupported},
-		{"internal error", apiErr(500, "InternalError"), queue.CodeUnavailable},
-		{"slow down", apiErr(503, "SlowDown"), queue.CodeUnavailable},
-		{"request timeout", apiErr(400, "RequestTimeout"), queue.CodeUnavailable},
-		{"throttling", apiErr(400, "Throttling"), queue.CodeUnavailable},
-		{"invalid argument", apiErr(400, "InvalidArgument"), queue.CodeInvalid},
-		{"key too long", apiErr(400, "KeyTooLongError"), queue.CodeInvalid},
-		{"access denied", apiErr(403, "AccessDenied"), queue.CodeUnknown},
-		{"bad key id", apiErr(403, "InvalidAccessKeyId"), queue.CodeUnknown},
-		{"connection refused", &smithy.OperationError{Err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}}, queue.CodeUnavailable},
-		{"connection reset", &url.Error{Op: "Put", URL: "http://x", Err: errors.New("read: connection reset by peer")}, queue.CodeUnavailable},
-		{"no such host", &net.DNSError{Err: "no such host", Name: "nohost.invalid", IsNotFound: true}, queue.CodeUnknown},
-		{"other", errors.New("boom"), queue.CodeUnknown},
+		{"no such key", apiErr(404, "NoSuchKey"), driver.CodeNotFound},
+		{"head 404", apiErr(404, "NotFound"), driver.CodeNotFound},
+		{"404 without a code", apiErr(404, ""), driver.CodeNotFound},
+		{"no such bucket", apiErr(404, "NoSuchBucket"), driver.CodeInvalid},
+		{"ping on a missing bucket", fmt.Errorf("s3: bucket %q: %w: %w", "b", errNoSuchBucket, apiErr(404, "NotFound")), driver.CodeInvalid},
+		{"precondition failed", apiErr(412, "PreconditionFailed"), driver.CodePrecondition},
+		{"412 without a code", apiErr(412, ""), driver.CodePrecondition},
+		{"conditional request conflict", apiErr(409, "ConditionalRequestConflict"), driver.CodePrecondition},
+		{"operation aborted", apiErr(409, "OperationAborted"), driver.CodePrecondition},
+		{"no such upload", apiErr(404, "NoSuchUpload"), driver.CodeUnknown},
+		{"not implemented", apiErr(501, "NotImplemented"), driver.CodeUnsupported},
+		{"internal error", apiErr(500, "InternalError"), driver.CodeUnavailable},
+		{"slow down", apiErr(503, "SlowDown"), driver.CodeUnavailable},
+		{"request timeout", apiErr(400, "RequestTimeout"), driver.CodeUnavailable},
+		{"throttling", apiErr(400, "Throttling"), driver.CodeUnavailable},
+		{"invalid argument", apiErr(400, "InvalidArgument"), driver.CodeInvalid},
+		{"key too long", apiErr(400, "KeyTooLongError"), driver.CodeInvalid},
+		{"access denied", apiErr(403, "AccessDenied"), driver.CodeUnknown},
+		{"bad key id", apiErr(403, "InvalidAccessKeyId"), driver.CodeUnknown},
+		{"connection refused", &smithy.OperationError{Err: &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}}, driver.CodeUnavailable},
+		{"connection reset", &url.Error{Op: "Put", URL: "http://x", Err: errors.New("read: connection reset by peer")}, driver.CodeUnavailable},
+		{"no such host", &net.DNSError{Err: "no such host", Name: "nohost.invalid", IsNotFound: true}, driver.CodeUnknown},
+		{"other", errors.New("boom"), driver.CodeUnknown},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if got := b.ErrorCode(c.err); got != c.want {
@@ -272,16 +273,16 @@ func TestFindings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	put := func(key, data string, o queue.PutOptions) (queue.Version, error) {
+	put := func(key, data string, o driver.PutOptions) (driver.Version, error) {
 		o.Size = int64(len(data))
 		return b.Put(ctx, key, strings.NewReader(data), &o)
 	}
 
 	t.Run("IfMatchMissingKey", func(t *testing.T) {
 		// MinIO and AWS: 404 NoSuchKey, so CodeNotFound.
-		_, err := put("inc/0000000a", "x", queue.PutOptions{IfMatch: `"0123456789abcdef0123456789abcdef"`})
+		_, err := put("inc/0000000a", "x", driver.PutOptions{IfMatch: `"0123456789abcdef0123456789abcdef"`})
 		t.Logf("If-Match on a missing key: %v", err)
-		if got := b.ErrorCode(err); got != queue.CodeNotFound {
+		if got := b.ErrorCode(err); got != driver.CodeNotFound {
 			t.Fatalf("code %d, want CodeNotFound: %v", got, err)
 		}
 	})
@@ -292,16 +293,16 @@ func TestFindings(t *testing.T) {
 		// 412 and keep the object. The adapter relies on neither; only an
 		// answer that contradicts the outcome fails.
 		key := "inc/0000000b"
-		if _, err := put(key, "x", queue.PutOptions{}); err != nil {
+		if _, err := put(key, "x", driver.PutOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		_, err := client.DeleteObject(ctx, &awss3.DeleteObjectInput{Bucket: &bucket, Key: raw(prefix, key), IfMatch: aws.String(`"0123456789abcdef0123456789abcdef"`)})
 		_, _, gerr := b.Get(ctx, key)
-		deleted := b.ErrorCode(gerr) == queue.CodeNotFound
+		deleted := b.ErrorCode(gerr) == driver.CodeNotFound
 		switch {
 		case err == nil && deleted:
 			t.Logf("finding: DeleteObject with a wrong If-Match is ignored; the object is deleted (as MinIO does)")
-		case err != nil && b.ErrorCode(err) == queue.CodePrecondition && !deleted:
+		case err != nil && b.ErrorCode(err) == driver.CodePrecondition && !deleted:
 			t.Logf("finding: DeleteObject with a wrong If-Match is refused (412); the object stays (as AWS does)")
 		default:
 			t.Fatalf("DeleteObject with a wrong If-Match: err %v, object deleted %v: the answer contradicts the outcome", err, deleted)
@@ -320,7 +321,7 @@ func TestFindings(t *testing.T) {
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				if _, err := put(fmt.Sprintf("due/000000000001/%016x", i+1), "", queue.PutOptions{}); err != nil {
+				if _, err := put(fmt.Sprintf("due/000000000001/%016x", i+1), "", driver.PutOptions{}); err != nil {
 					errs <- err
 				}
 			}()
@@ -354,23 +355,23 @@ func TestFindings(t *testing.T) {
 		rand.Read(data)
 		stream := func() io.Reader { return io.MultiReader(bytes.NewReader(data)) } // hides the length
 		key := "msg/00/0000000c"
-		v1, err := b.Put(ctx, key, stream(), &queue.PutOptions{IfNoneMatch: true, Size: -1})
+		v1, err := b.Put(ctx, key, stream(), &driver.PutOptions{IfNoneMatch: true, Size: -1})
 		if err != nil {
 			t.Fatalf("create-only multipart: %v", err)
 		}
 		if !strings.HasSuffix(string(v1), `-3"`) {
 			t.Errorf("version %s: want the ETag of a 3-part upload", v1)
 		}
-		_, err = b.Put(ctx, key, stream(), &queue.PutOptions{IfNoneMatch: true, Size: -1})
+		_, err = b.Put(ctx, key, stream(), &driver.PutOptions{IfNoneMatch: true, Size: -1})
 		t.Logf("create-only multipart over an existing key: %v", err)
-		if got := b.ErrorCode(err); got != queue.CodePrecondition {
+		if got := b.ErrorCode(err); got != driver.CodePrecondition {
 			t.Fatalf("second create-only multipart: code %d, want CodePrecondition: %v", got, err)
 		}
-		_, err = b.Put(ctx, key, stream(), &queue.PutOptions{IfMatch: `"0123456789abcdef0123456789abcdef-3"`, Size: size})
-		if got := b.ErrorCode(err); got != queue.CodePrecondition {
+		_, err = b.Put(ctx, key, stream(), &driver.PutOptions{IfMatch: `"0123456789abcdef0123456789abcdef-3"`, Size: size})
+		if got := b.ErrorCode(err); got != driver.CodePrecondition {
 			t.Fatalf("multipart CAS with a stale version: code %d, want CodePrecondition: %v", got, err)
 		}
-		v2, err := b.Put(ctx, key, stream(), &queue.PutOptions{IfMatch: v1, Size: size})
+		v2, err := b.Put(ctx, key, stream(), &driver.PutOptions{IfMatch: v1, Size: size})
 		if err != nil {
 			t.Fatalf("multipart CAS: %v", err)
 		}
@@ -398,10 +399,10 @@ func TestFindings(t *testing.T) {
 			data := bytes.Repeat([]byte{'x'}, n)
 			for _, hint := range []int64{-1, int64(n), 10} {
 				key := fmt.Sprintf("msg/01/%08x", n)
-				if _, err := b.Put(ctx, key, io.MultiReader(bytes.NewReader(data)), &queue.PutOptions{Size: hint}); err != nil {
+				if _, err := b.Put(ctx, key, io.MultiReader(bytes.NewReader(data)), &driver.PutOptions{Size: hint}); err != nil {
 					t.Fatalf("Put %d bytes, hint %d: %v", n, hint, err)
 				}
-				if a, err := b.(queue.Stater).Stat(ctx, key); err != nil || a.Size != int64(n) {
+				if a, err := b.(driver.Stater).Stat(ctx, key); err != nil || a.Size != int64(n) {
 					t.Fatalf("Stat after Put of %d bytes, hint %d: %+v, %v", n, hint, a, err)
 				}
 			}

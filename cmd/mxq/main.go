@@ -1,5 +1,18 @@
 // Command mxq inspects and repairs an mxq queue, serves it over HTTP, and
 // runs it for OpenSMTPD. Run "mxq help" for the commands.
+//
+// # Commands
+//
+// put, ls, show, cat, rm, sweep and quarantine inspect and repair a
+// queue; serve runs the REST frontend (package rest) over it; opensmtpd
+// and opensmtpd-queue run it as OpenSMTPD's queue process (package
+// opensmtpd); bench measures it (package bench).
+//
+// # Queues
+//
+// The queue is named by URL with --queue or $MXQ_QUEUE (default: a file://
+// queue under ./spool); every adapter is linked in, and the scheme picks
+// it.
 package main
 
 import (
@@ -224,7 +237,7 @@ func (c *cli) open(ctx context.Context) (*queue.Store, error) {
 	// missing bucket apart before any work.
 	if err := s.Ping(ctx); err != nil {
 		s.Close()
-		return nil, err
+		return nil, fmt.Errorf("the store does not answer: %w", err)
 	}
 	return s, nil
 }

@@ -169,13 +169,7 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	pctx, cancel := c.opCtx(ctx)
-	err = s.Ping(pctx)
-	cancel()
-	if err != nil {
-		return fmt.Errorf("the store does not answer: %w", err)
-	}
+	defer s.Close() // open has pinged the store
 
 	// The server is a node of the queue: the claims its clients make are
 	// this node's, held while it heartbeats. It takes over the claims of

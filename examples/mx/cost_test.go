@@ -14,6 +14,7 @@ import (
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // counter counts requests by operation and kind of key ("put evp",
@@ -25,7 +26,7 @@ type counter struct {
 
 // counting is a Backend that counts its requests.
 type counting struct {
-	queue.Backend
+	driver.Backend
 	*counter
 }
 
@@ -36,12 +37,12 @@ func (c *counter) add(op, key string) {
 	c.mu.Unlock()
 }
 
-func (c counting) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+func (c counting) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	c.add("get", key)
 	return c.Backend.Get(ctx, key)
 }
 
-func (c counting) Put(ctx context.Context, key string, r io.Reader, o *queue.PutOptions) (queue.Version, error) {
+func (c counting) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
 	c.add("put", key)
 	return c.Backend.Put(ctx, key, r, o)
 }

@@ -11,20 +11,21 @@ import (
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/bench"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // counting counts the requests a Backend serves.
 type counting struct {
-	queue.Backend
+	driver.Backend
 	n atomic.Int64
 }
 
-func (c *counting) Get(ctx context.Context, key string) (io.ReadCloser, queue.Attrs, error) {
+func (c *counting) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	c.n.Add(1)
 	return c.Backend.Get(ctx, key)
 }
 
-func (c *counting) Put(ctx context.Context, key string, r io.Reader, o *queue.PutOptions) (queue.Version, error) {
+func (c *counting) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
 	c.n.Add(1)
 	return c.Backend.Put(ctx, key, r, o)
 }

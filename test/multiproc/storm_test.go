@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // The restart storm: workers drain a queue while the test SIGKILLs them at
@@ -662,12 +663,12 @@ func stormWorker(t *testing.T) {
 // after, and a release before it is sent. It reads the record header,
 // "mxq-evp/1 " and a line of JSON.
 type claimLog struct {
-	queue.Backend
+	driver.Backend
 	node string
 	logf func(kind string, id queue.EvpID, token uint64)
 }
 
-func (c *claimLog) Put(ctx context.Context, key string, r io.Reader, opts *queue.PutOptions) (queue.Version, error) {
+func (c *claimLog) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	i := strings.LastIndex(key, "evp/")
 	if i < 0 || opts.IfMatch == "" {
 		return c.Backend.Put(ctx, key, r, opts)

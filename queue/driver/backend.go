@@ -1,4 +1,4 @@
-package queue
+package driver
 
 import (
 	"context"
@@ -41,7 +41,8 @@ type PutOptions struct {
 // the Store builds the queue on top of it.
 //
 // The Store validates everything before calling a Backend: keys are
-// those produced by Key (optionally under a prefix), opts are non-nil.
+// those produced by queue.Key (optionally under a prefix), opts are
+// non-nil.
 // All methods must be safe for concurrent use and must honour ctx: once
 // ctx is done they return promptly with an error for which
 // errors.Is(err, ctx.Err()) holds or that ErrorCode maps to
@@ -90,7 +91,7 @@ type Stater interface {
 
 // Pinger is an optional Backend capability: a cheap request that proves
 // the store answers and the credentials work. If a Backend does not
-// implement it, Store.Ping lists one key under the reservation prefix.
+// implement it, queue.Store.Ping lists one key under the reservation prefix.
 type Pinger interface {
 	// Ping returns nil if the store can be used.
 	Ping(ctx context.Context) error

@@ -1,0 +1,261 @@
+package queue
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
+)
+
+// Claim is this node's hold on an envelope: the handle through which the
+// holder updates, reschedules, releases and deletes it. Every write through
+// a Claim is fenced: once another node has taken the envelope over, it
+// fails with ErrLeaseLost and changes nothing. A Claim is safe for use by
+// one goroutine at a time.
+type Claim struct {
+	s *Store
+	e *Envelope
+}
+
+// Envelope returns the envelope as this node last wrote or read it.
+func (c *Claim) Envelope() *Envelope { return c.e }
+
+// Lease returns the lease.
+func (c *Claim) Lease() Lease { return c.e.Lease }
+
+// Claim takes a lease on the envelope id for d (Options.LeaseDuration if d
+// is 0). If another node holds it, the result is ErrConflict. It loads the
+// envelope, then makes one conditional write; of concurrent claimers
+// exactly one wins. A claim lasts while this node heartbeats: run RunNode,
+// or call Heartbeat every Options.HeartbeatInterval.
+func (s *Store) Claim(ctx context.Context, id EvpID, d time.Duration) (*Claim, error) {
+	e, err := s.loadToClaim(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return s.ClaimLoaded(ctx, e, d)
+}
+
+// ClaimLoaded is Claim for an envelope already loaded (by Load or Due): one
+// conditional write, which fails with ErrConflict if the envelope changed
+// since e was read.
+func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (*Claim, error) {
+	if err := s.check("claim"); err != nil {
+		return nil, err
+	}
+	id := e.ID.String()
+	if d <= 0 {
+		d = s.opts.LeaseDuration
+	}
+	// The heartbeat first: it sets this process's session, which tells
+	// the claims of this node's earlier processes from its own.
+	if err := s.ensureAlive(ctx); err != nil {
+		return nil, s.wrap("claim", id, err, nil)
+	}
+	if ok, err := s.held(ctx, &e.hdr); err != nil {
+		return nil, s.wrap("claim", id, err, nil)
+	} else if ok && !s.mine(&e.hdr) {
+		return nil, errorf("claim", id, ErrConflict, "held by node %s until %s", e.hdr.Holder, time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
+	}
+	h := e.hdr
+	h.Pending = 0
+	h.Holder, h.Session, h.Expires = s.opts.Node, s.session.Load(), s.now().Add(d).UnixNano()
+	h.Token++
+	c := &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, hdr: e.hdr, loaded: true}}
+	// A pointer from this node to the envelope lets survivors find it
+	// without reading the queue. It is written beside the claim, so that a
+	// claim never outlives its pointer's write and a later Delete or
+	// Release removes it for good.
+	pointer := Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: e.ID})
+	perr := make(chan error, 1)
+	go func() {
+		_, err := s.putBytes(ctx, pointer, nil, driver.PutOptions{})
+		perr <- err
+	}()
+	err := c.write(ctx, "claim", &h, c.e.Data, ErrConflict)
+	pointerErr := <-perr
+	if err != nil {
+		if e.hdr.Holder != s.opts.Node {
+			s.del(context.WithoutCancel(ctx), pointer)
+		}
+		return nil, err
+	}
+	_ = pointerErr // without it, the envelope is still found through its due pointer
+	return c, nil
+}
+
+// ClaimOf returns the Claim of an envelope that this node already holds,
+// for instance one committed with Tx.Claim. If it does not, the result is
+// ErrLeaseLost.
+func (s *Store) ClaimOf(ctx context.Context, id EvpID) (*Claim, error) {
+	e, err := s.loadToClaim(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if !s.mine(&e.hdr) {
+		return nil, errorf("claim", id.String(), ErrLeaseLost, "held by %q, not this node", e.hdr.Holder)
+	}
+	return &Claim{s: s, e: e}, nil
+}
+
+// ClaimHeld returns the Claim of e, an envelope read by Load or Due, if
+// this process holds its lease under token and the lease has not expired;
+// otherwise the result is ErrLeaseLost. It makes no request: the writes
+// through the Claim are fenced by e.Version, so they fail if the envelope
+// changed after it was read. It lets a server that acts as one node for
+// many clients (rest) tell one client's claim from another's by token.
+func (s *Store) ClaimHeld(e *Envelope, token uint64) (*Claim, error) {
+	if err := s.check("claim"); err != nil {
+		return nil, err
+	}
+	switch {
+	case !s.mine(&e.hdr):
+		return nil, errorf("claim", e.ID.String(), ErrLeaseLost, "held by %q, not this node", e.hdr.Holder)
+	case e.hdr.Token != token:
+		return nil, errorf("claim", e.ID.String(), ErrLeaseLost, "claimed again since (token %d, not %d)", e.hdr.Token, token)
+	case !s.now().Before(time.Unix(0, e.hdr.Expires)):
+		return nil, errorf("claim", e.ID.String(), ErrLeaseLost, "the lease expired at %s", time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
+	}
+	return &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, Lease: e.Lease, Due: e.Due, hdr: e.hdr}}, nil
+}
+
+// write stores h and data with a compare-and-swap on the claim's version.
+// When the swap fails, it tells a lost lease from another change.
+func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte, otherwise error) error {
+	s := c.s
+	id := c.e.ID
+	if len(data) > s.opts.MaxEnvelopeSize {
+		return errorf(op, id.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(data), s.opts.MaxEnvelopeSize)
+	}
+	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(h, data), driver.PutOptions{IfMatch: c.e.Version})
+	if err != nil {
+		if !s.isPrecondition(err) && !s.isNotFound(err) {
+			return s.wrap(op, id.String(), err, nil)
+		}
+		if otherwise == ErrConflict {
+			if s.isNotFound(err) {
+				return notFound(op, id)
+			}
+			return s.wrap(op, id.String(), err, ErrConflict)
+		}
+		return c.lost(ctx, op, err)
+	}
+	c.e.Data = data
+	c.e.Version = v
+	c.e.hdr = *h
+	c.e.fill()
+	return nil
+}
+
+// lost explains a failed fenced write.
+func (c *Claim) lost(ctx context.Context, op string, cause error) error {
+	s := c.s
+	id := c.e.ID
+	cur, err := s.load(ctx, id)
+	switch {
+	case s.isNotFound(err):
+		return &Error{Op: op, ID: id.String(), Kind: ErrLeaseLost, Err: fmt.Errorf("the envelope is gone")}
+	case err != nil:
+		return s.wrap(op, id.String(), err, nil)
+	case cur.hdr.Holder != c.e.hdr.Holder || cur.hdr.Session != c.e.hdr.Session || cur.hdr.Token != c.e.hdr.Token:
+		return &Error{Op: op, ID: id.String(), Kind: ErrLeaseLost, Err: fmt.Errorf("taken over by node %s (token %d)", cur.hdr.Holder, cur.hdr.Token)}
+	}
+	return s.wrap(op, id.String(), cause, ErrConflict)
+}
+
+// Renew extends the lease to d from now.
+func (c *Claim) Renew(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		d = c.s.opts.LeaseDuration
+	}
+	h := c.e.hdr
+	h.Expires = c.s.now().Add(d).UnixNano()
+	return c.write(ctx, "renew", &h, c.e.Data, ErrLeaseLost)
+}
+
+// Update replaces the envelope's data, keeping the lease.
+func (c *Claim) Update(ctx context.Context, data []byte) error {
+	h := c.e.hdr
+	return c.write(ctx, "update", &h, data, ErrLeaseLost)
+}
+
+// Release gives the lease up; the envelope keeps its due time.
+func (c *Claim) Release(ctx context.Context) error {
+	h := c.e.hdr
+	if h.Due == 0 && !c.s.opts.SelfScheduled {
+		// Claimed at commit, so no due pointer names it yet: give it one,
+		// or no node would ever find it again.
+		return c.deferTo(ctx, "release", nil, c.s.now())
+	}
+	h.Holder, h.Session, h.Expires = "", 0, 0
+	if err := c.write(ctx, "release", &h, c.e.Data, ErrLeaseLost); err != nil {
+		return err
+	}
+	c.s.del(ctx, Key(Handle{Kind: KindClaim, Node: c.s.opts.Node, Evp: c.e.ID}))
+	return nil
+}
+
+// Defer reschedules the envelope to be due at due, with data as its new
+// data (nil keeps it), and releases the lease: the temporary-failure path.
+// Any node's Due finds it once it is due.
+func (c *Claim) Defer(ctx context.Context, data []byte, due time.Time) error {
+	return c.deferTo(ctx, "defer", data, due)
+}
+
+func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Time) error {
+	s := c.s
+	if data == nil {
+		data = c.e.Data
+	}
+	old, byMsg := c.e.hdr.Due, c.e.hdr.ByMsg
+	h := c.e.hdr
+	h.Holder, h.Session, h.Expires = "", 0, 0
+	h.Due, h.ByMsg = due.Unix(), false
+	// The pointer goes first, so that the envelope is never due without
+	// one; the old pointer is garbage after the swap.
+	if _, err := s.putBytes(ctx, dueKey(h.Due, c.e.ID), nil, driver.PutOptions{}); err != nil {
+		return s.wrap(op, c.e.ID.String(), err, nil)
+	}
+	if err := c.write(ctx, op, &h, data, ErrLeaseLost); err != nil {
+		if old == 0 || byMsg || dueBucket(old) != dueBucket(h.Due) {
+			s.del(context.WithoutCancel(ctx), dueKey(h.Due, c.e.ID))
+		}
+		return err
+	}
+	if old != 0 && !byMsg && dueBucket(old) != dueBucket(h.Due) {
+		s.del(ctx, dueKey(old, c.e.ID))
+	}
+	s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: c.e.ID}))
+	return nil
+}
+
+// Delete removes the envelope, fenced: a tombstone is swapped in first, so
+// a holder that lost the lease deletes nothing. When it was the last
+// envelope of its message, the content goes too.
+func (c *Claim) Delete(ctx context.Context) error {
+	s := c.s
+	id := c.e.ID
+	h := c.e.hdr
+	h.Gone = true
+	if err := c.write(ctx, "delete", &h, nil, ErrLeaseLost); err != nil {
+		return err
+	}
+	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h), nil)
+}
+
+// loadToClaim checks the Store and id, and loads the envelope id, for
+// Claim and ClaimOf; errors are those of the "claim" operation.
+func (s *Store) loadToClaim(ctx context.Context, id EvpID) (*Envelope, error) {
+	if err := s.check("claim"); err != nil {
+		return nil, err
+	}
+	if err := id.Valid(); err != nil {
+		return nil, &Error{Op: "claim", ID: id.String(), Kind: ErrInvalid, Err: err}
+	}
+	e, err := s.load(ctx, id)
+	if err != nil {
+		return nil, s.wrap("claim", id.String(), err, nil)
+	}
+	return e, nil
+}

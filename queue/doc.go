@@ -1,0 +1,87 @@
+// Package queue puts a mail transfer agent's queue into a cloud store: a
+// *Store holds messages (content plus envelopes) in any storage that an
+// adapter reaches through the small driver.Backend interface, and any
+// number of Stores in any number of processes may share one storage.
+//
+// An MTA opens a Store by URL and uses only this package:
+//
+//	st, err := queue.Open(ctx, "s3://spool?prefix=mx1/") // with adapters/all imported
+//
+// # Lifecycle of a message
+//
+// A message is received in a transaction: Store.Begin reserves a MsgID and
+// returns a *Tx; Tx.AddEnvelope adds one envelope per recipient (opaque
+// data, at most Options.MaxEnvelopeSize bytes), Tx.WriteContent streams the
+// content, and Tx.Commit makes all of it visible at once, or Tx.Rollback
+// abandons it. A transaction that is never ended is aborted by Store.Sweep
+// after Options.Grace.
+//
+// Once committed, envelopes are read with Store.Load and Store.Walk, the
+// content with Store.Content, and envelopes are scheduled, delivered and
+// removed through a lease (see below): Store.Due lists envelopes due now,
+// Store.ClaimLoaded takes one, and Claim.Defer (temporary failure),
+// Claim.Update, Claim.Release and Claim.Delete (delivered or bounced) end
+// the work. When the last envelope of a message goes, its content goes
+// too. A message that cannot be read is moved aside with Store.Quarantine.
+//
+// # The commit point
+//
+// Every message has a reservation record written create-only by Begin in
+// the state "open". Content and envelopes are written beside it, marked
+// pending, while it is open. Commit is one compare-and-swap of the
+// reservation from "open" to "committed": that write is the commit point.
+// Before it, no reader sees the message; after it, every reader does. Sweep
+// aborts a stale transaction with a compare-and-swap from "open" to
+// "aborted", so a commit that races with an abort either wins or fails;
+// it never half-succeeds. An error from Commit is ambiguous only when the
+// final write timed out; Store.Load then tells whether the message exists.
+//
+// # Leases and fencing
+//
+// Each Store is a node (Options.Node) in one process incarnation, its
+// session. Store.Heartbeat (or Store.RunNode, which also takes over from
+// dead nodes) keeps a node record alive for Options.NodeTTL. The sessions
+// of one node name are ordered: a process picks a session above the one
+// recorded for its name, so a later process supersedes an earlier one, and
+// a claim of an earlier session is no longer held.
+//
+// A lease lives in the envelope's own record: holder, session, a fencing
+// token that grows with every claim, and an expiry. Store.Claim and
+// Store.ClaimLoaded take it with one conditional write; of concurrent
+// claimers exactly one wins and the others get ErrConflict. A lease is held
+// while it has not expired and its holder's session is alive. Every write
+// through a *Claim is fenced by the envelope's version: once another node
+// has taken the envelope over, it fails with ErrLeaseLost and changes
+// nothing. Store.Takeover releases the envelopes of dead nodes, and
+// Store.Owned gives a restarted node back what its earlier session held.
+// The protocol, and what a takeover may assume, is described in
+// docs/shared-queue.md.
+//
+// # Errors
+//
+// The Store returns *Error, which carries the operation and the ID and
+// unwraps to one of a fixed set of sentinels (ErrNotFound, ErrExists,
+// ErrConflict, ErrCorrupt, ErrInvalid, ErrClosed, ErrUnsupported,
+// ErrUnavailable, ErrLeaseLost) and to the store's own error, so callers
+// test with errors.Is and errors.As. context.Canceled and
+// context.DeadlineExceeded pass through unclassified. ErrUnavailable is
+// the one sentinel worth retrying as is; ErrConflict means another node
+// changed the object first, and ErrLeaseLost means the caller must stop
+// working on the envelope.
+//
+// # Keys
+//
+// Key computes every storage key from a Handle, and ParseKey is its
+// inverse; Key documents the layout. Keys consist of [a-z0-9._-] and "/"
+// only, so no store needs escaping. A URL's ?prefix= is applied once, by
+// driver.Prefixed.
+//
+// # For adapter authors
+//
+// The contract a store implements, driver.Backend, and the helpers for
+// adapters are in package queue/driver, whose doc explains how to write an
+// adapter. An adapter registers a URLOpener under its scheme with
+// URLMux.Register, parses its query with URLParams and ParseBool, and runs
+// the conformance suite (package conformance) from its tests.
+// adapters/mem is the reference adapter.
+package queue

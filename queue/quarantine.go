@@ -1,0 +1,123 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
+)
+
+// Quarantined describes a quarantined message.
+type Quarantined struct {
+	ID        MsgID     `json:"id"`
+	Reason    string    `json:"reason"`
+	Time      time.Time `json:"time"`
+	Node      string    `json:"node"`
+	Envelopes []EvpID   `json:"envelopes"`
+}
+
+// Quarantine moves the message m out of the queue, like OpenSMTPD's
+// message_corrupt: its content and envelopes are kept aside under the
+// quarantine prefix with the reason, and no longer walked or loaded.
+func (s *Store) Quarantine(ctx context.Context, m MsgID, reason string) error {
+	if err := s.check("quarantine"); err != nil {
+		return err
+	}
+	if err := m.Valid(); err != nil {
+		return &Error{Op: "quarantine", ID: m.String(), Kind: ErrInvalid, Err: err}
+	}
+	return s.wrap("quarantine", m.String(), s.quarantine(ctx, m, reason), nil)
+}
+
+func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
+	keys, err := s.envelopeKeys(ctx, m)
+	if err != nil {
+		return err
+	}
+	q := Quarantined{ID: m, Reason: reason, Time: s.now().UTC(), Node: s.opts.Node}
+	found := false
+	if err := s.copyObject(ctx, Key(Handle{Kind: KindContent, Msg: m}), Key(Handle{Kind: KindQuarantineContent, Msg: m})); err == nil {
+		found = true
+	} else if !s.isNotFound(err) {
+		return err
+	}
+	for _, k := range keys {
+		id, err := parseEnvelopeKey(k)
+		if err != nil {
+			continue
+		}
+		if err := s.copyObject(ctx, k, Key(Handle{Kind: KindQuarantineEnvelope, Evp: id})); err != nil {
+			if s.isNotFound(err) {
+				continue
+			}
+			return err
+		}
+		q.Envelopes = append(q.Envelopes, id)
+		found = true
+	}
+	if !found {
+		return notFound("quarantine", m)
+	}
+	b, _ := json.Marshal(&q)
+	if _, err := s.putBytes(ctx, Key(Handle{Kind: KindQuarantine, Msg: m}), b, driver.PutOptions{}); err != nil {
+		return err
+	}
+	s.committed.remove(m)
+	return s.removeMessageData(ctx, m)
+}
+
+func (s *Store) copyObject(ctx context.Context, from, to string) error {
+	rc, a, err := s.b.Get(ctx, from)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	_, err = s.b.Put(ctx, to, rc, &driver.PutOptions{Size: a.Size})
+	return err
+}
+
+// Quarantined lists the quarantined messages.
+func (s *Store) Quarantined(ctx context.Context) ([]Quarantined, error) {
+	if err := s.check("quarantined"); err != nil {
+		return nil, err
+	}
+	var out []Quarantined
+	err := s.list(ctx, Key(Handle{Kind: KindQuarantine}), func(keys []string) error {
+		for _, k := range keys {
+			if !strings.HasSuffix(k, "/info") {
+				continue
+			}
+			b, _, err := s.getBytes(ctx, k, 1<<20)
+			if s.isNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			var q Quarantined
+			if err := json.Unmarshal(b, &q); err != nil {
+				return fmt.Errorf("%w: quarantine record %s does not parse: %v", ErrCorrupt, k, err)
+			}
+			out = append(out, q)
+		}
+		return nil
+	})
+	return out, s.wrap("quarantined", "", err, nil)
+}
+
+// OpenQuarantined opens the content of the quarantined message m as it was
+// stored, trailer included, for inspection.
+func (s *Store) OpenQuarantined(ctx context.Context, m MsgID) (io.ReadCloser, error) {
+	if err := s.check("open quarantined"); err != nil {
+		return nil, err
+	}
+	if err := m.Valid(); err != nil {
+		return nil, &Error{Op: "open quarantined", ID: m.String(), Kind: ErrInvalid, Err: err}
+	}
+	rc, _, err := s.b.Get(ctx, Key(Handle{Kind: KindQuarantineContent, Msg: m}))
+	return rc, s.wrap("open quarantined", m.String(), err, nil)
+}
