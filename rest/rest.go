@@ -67,8 +67,9 @@ type Options struct {
 	// content or an object. Default: 1 GiB.
 	MaxBodySize int64
 	// MaxEnvelopeSize bounds the body of a request that stores envelope
-	// data through the queue layer. It should equal the Store's
-	// queue.Options.MaxEnvelopeSize. Default: 64 KiB, the Store's default.
+	// data through the queue layer. Default, and upper bound: the Store's
+	// own limit (Store.MaxEnvelopeSize), so that a larger envelope gets
+	// 413 before its body is read.
 	MaxEnvelopeSize int64
 	// MaxInFlight bounds the requests served at once; more get 503 with
 	// code "unavailable". /healthz and /metrics do not count. Default: 256.
@@ -121,8 +122,8 @@ func New(st *queue.Store, opts *Options) *Handler {
 	if o.MaxBodySize <= 0 {
 		o.MaxBodySize = 1 << 30
 	}
-	if o.MaxEnvelopeSize <= 0 {
-		o.MaxEnvelopeSize = 64 << 10
+	if limit := int64(st.MaxEnvelopeSize()); o.MaxEnvelopeSize <= 0 || o.MaxEnvelopeSize > limit {
+		o.MaxEnvelopeSize = limit
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 256

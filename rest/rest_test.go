@@ -143,6 +143,17 @@ func TestAuth(t *testing.T) {
 	}
 }
 
+// TestEnvelopeLimitFromStore: without MaxEnvelopeSize, and with a larger
+// one, the handler refuses at the Store's own limit, with 413.
+func TestEnvelopeLimitFromStore(t *testing.T) {
+	for _, max := range []int64{0, 1 << 20} {
+		e := newEnvStore(t, &rest.Options{Token: testToken, MaxEnvelopeSize: max}, nil, &queue.Options{MaxEnvelopeSize: 100})
+		m, _ := e.begin("ok")
+		e.do("POST", "/v1/messages/"+m+"/envelopes", strings.NewReader(strings.Repeat("x", 100))).ok(t, 201, nil)
+		e.do("POST", "/v1/messages/"+m+"/envelopes", strings.NewReader(strings.Repeat("x", 101))).fails(t, 413, "too_large")
+	}
+}
+
 func TestOversized(t *testing.T) {
 	e := newEnv(t, &rest.Options{Token: testToken, MaxBodySize: 1000, MaxEnvelopeSize: 100}, nil)
 	m, _ := e.begin("ok")
