@@ -9,7 +9,7 @@ import (
 
 	"github.com/mxqueue/mxq/adapters/file"
 	"github.com/mxqueue/mxq/adapters/mem"
-	restclient "github.com/mxqueue/mxq/adapters/rest"
+	"github.com/mxqueue/mxq/adapters/restclient"
 	"github.com/mxqueue/mxq/conformance"
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"

@@ -1,7 +1,7 @@
 // Package rest is the REST frontend of mxq: an http.Handler that serves
 // any *queue.Store over HTTP, so that MTAs on other machines, in other
 // languages, or started elsewhere with the same URL share one queue. The
-// command "mxq serve" runs it; the adapter in adapters/rest is its Go
+// command "mxq serve" runs it; the adapter in adapters/restclient is its Go
 // client. docs/rest.md documents the API with curl examples.
 //
 // # Layers

@@ -14,7 +14,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	restclient "github.com/mxqueue/mxq/adapters/rest"
+	"github.com/mxqueue/mxq/adapters/restclient"
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"
 	"github.com/mxqueue/mxq/rest"

@@ -4,11 +4,11 @@
 package all
 
 import (
-	_ "github.com/mxqueue/mxq/adapters/datastore" // datastore://
-	_ "github.com/mxqueue/mxq/adapters/file"      // file://
-	_ "github.com/mxqueue/mxq/adapters/gcs"       // gs://
-	_ "github.com/mxqueue/mxq/adapters/mem"       // mem://
-	_ "github.com/mxqueue/mxq/adapters/minio"     // minio://
-	_ "github.com/mxqueue/mxq/adapters/rest"      // http://, https://
-	_ "github.com/mxqueue/mxq/adapters/s3"        // s3://
+	_ "github.com/mxqueue/mxq/adapters/datastore"  // datastore://
+	_ "github.com/mxqueue/mxq/adapters/file"       // file://
+	_ "github.com/mxqueue/mxq/adapters/gcs"        // gs://
+	_ "github.com/mxqueue/mxq/adapters/mem"        // mem://
+	_ "github.com/mxqueue/mxq/adapters/minio"      // minio://
+	_ "github.com/mxqueue/mxq/adapters/restclient" // http://, https://
+	_ "github.com/mxqueue/mxq/adapters/s3"         // s3://
 )

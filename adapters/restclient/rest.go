@@ -1,4 +1,4 @@
-// Package rest is the client of mxq's REST frontend (the package rest and
+// Package restclient is the client of mxq's REST frontend (the package rest and
 // "mxq serve"): a driver.Backend that keeps its objects in a store behind an
 // HTTP server. The whole portable queue logic runs in the client, over the
 // server's object layer, so a Store opened here behaves exactly like one
@@ -27,7 +27,7 @@
 // 412, 400, 501, and 5xx (CodeUnavailable). Connection failures and
 // timeouts are CodeUnavailable. 401 and 403 are CodeUnknown, with a message
 // that names MXQ_TOKEN: retrying would not help.
-package rest
+package restclient
 
 import (
 	"context"

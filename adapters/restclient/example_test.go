@@ -1,4 +1,4 @@
-package rest_test
+package restclient_test
 
 import (
 	"context"
@@ -6,7 +6,7 @@ import (
 	"net/http/httptest"
 
 	"github.com/mxqueue/mxq/adapters/mem"
-	restclient "github.com/mxqueue/mxq/adapters/rest"
+	"github.com/mxqueue/mxq/adapters/restclient"
 	"github.com/mxqueue/mxq/rest"
 )
 
