@@ -308,3 +308,116 @@ func waitQuiet(t *testing.T, f *drivertest.Faults) {
 	}
 	t.Fatal("the Store's background requests do not end")
 }
+
+// TestSlowStore: with latency on every request, every call still
+// succeeds within its timeout, and makes the same requests as on a fast
+// store: latency costs time, never a retry, a timeout or a failure. Only
+// "did not time out" is asserted of the timings; they are logged.
+func TestSlowStore(t *testing.T) {
+	const latency = 10 * time.Millisecond
+	const opTimeout = 5 * time.Second // far above latency times the requests of one call
+	for _, st := range storages {
+		t.Run(st.name, func(t *testing.T) {
+			var counts [2]map[drivertest.Op]int
+			var took [2]time.Duration
+			for i, d := range []time.Duration{0, latency} {
+				start := time.Now()
+				counts[i] = slowWorkload(t, st.open(t)(), d, opTimeout)
+				took[i] = time.Since(start)
+			}
+			for _, op := range []drivertest.Op{drivertest.OpGet, drivertest.OpPut, drivertest.OpDelete, drivertest.OpList, drivertest.OpStat, drivertest.OpPing} {
+				if counts[0][op] != counts[1][op] {
+					t.Errorf("%s requests: %d on a fast store, %d with %v of latency", op, counts[0][op], counts[1][op], latency)
+				}
+			}
+			t.Logf("requests %v; %v fast, %v with %v per request", counts[1], took[0], took[1], latency)
+		})
+	}
+}
+
+// slowWorkload runs a fixed sequence of calls on a Store over b with the
+// given latency, each bounded by opTimeout, and returns the requests made
+// by operation once the Store is quiet.
+func slowWorkload(t *testing.T, b driver.Backend, latency, opTimeout time.Duration) map[drivertest.Op]int {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	s, f := faultyStore(t, b, queue.Options{Node: "slow", Clock: func() time.Time { return now }})
+	f.SetLatency(latency)
+	step := func(what string, fn func(ctx context.Context) error) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), opTimeout)
+		defer cancel()
+		if err := fn(ctx); err != nil {
+			t.Fatalf("%s with %v of latency: %v", what, latency, err)
+		}
+		waitQuiet(t, f) // background requests are counted with their call
+	}
+	var ids []queue.EvpID
+	var msgs []queue.MsgID
+	for i := range 3 {
+		step("commit", func(ctx context.Context) error {
+			tx, err := s.Begin(ctx)
+			if err != nil {
+				return err
+			}
+			for j := range 2 {
+				id, err := tx.AddEnvelope(fmt.Appendf(nil, "m%d e%d", i, j))
+				if err != nil {
+					return err
+				}
+				ids = append(ids, id)
+			}
+			if _, err := tx.WriteContent(ctx, strings.NewReader("slow")); err != nil {
+				return err
+			}
+			msgs = append(msgs, tx.ID())
+			return tx.Commit(ctx)
+		})
+	}
+	var c *queue.Claim
+	step("Heartbeat", func(ctx context.Context) error { return s.Heartbeat(ctx) })
+	step("Load", func(ctx context.Context) error { _, err := s.Load(ctx, ids[0]); return err })
+	step("OpenContent", func(ctx context.Context) error {
+		rc, err := s.OpenContent(ctx, msgs[0])
+		if err == nil {
+			_, err = io.ReadAll(rc)
+			rc.Close()
+		}
+		return err
+	})
+	step("Due", func(ctx context.Context) error {
+		due, err := s.Due(ctx, 100)
+		if err == nil && len(due) != len(ids) {
+			err = fmt.Errorf("%d due, want %d", len(due), len(ids))
+		}
+		return err
+	})
+	step("Claim", func(ctx context.Context) error { var err error; c, err = s.Claim(ctx, ids[0], time.Minute); return err })
+	step("Update", func(ctx context.Context) error { return c.Update(ctx, []byte("updated")) })
+	step("Defer", func(ctx context.Context) error { return c.Defer(ctx, nil, now.Add(time.Hour)) })
+	step("Claim again", func(ctx context.Context) error { var err error; c, err = s.Claim(ctx, ids[1], time.Minute); return err })
+	step("Claim.Delete", func(ctx context.Context) error { return c.Delete(ctx) })
+	step("DeleteMessage", func(ctx context.Context) error { return s.DeleteMessage(ctx, msgs[2]) })
+	step("Walk", func(ctx context.Context) error {
+		n := 0
+		for _, err := range s.Walk(ctx) {
+			if err != nil {
+				return err
+			}
+			n++
+		}
+		if n != 3 {
+			return fmt.Errorf("Walk yields %d envelopes, want 3", n)
+		}
+		return nil
+	})
+	step("Sweep", func(ctx context.Context) error { _, err := s.Sweep(ctx); return err })
+	step("Ping", func(ctx context.Context) error { return s.Ping(ctx) })
+	counts := map[drivertest.Op]int{}
+	for _, op := range []drivertest.Op{drivertest.OpGet, drivertest.OpPut, drivertest.OpDelete, drivertest.OpList, drivertest.OpStat, drivertest.OpPing} {
+		counts[op] = f.Requests(op)
+	}
+	if f.Injected() != 0 {
+		t.Fatalf("%d faults injected with latency alone", f.Injected())
+	}
+	return counts
+}
