@@ -61,8 +61,9 @@ func (e *Fault) Unwrap() error { return ErrInjected }
 // A request goes through these steps, in order: it is counted; it fails
 // if the crash point has passed; it fails (or hangs) during an outage;
 // it waits for the latency; it fails by operation or by rate; it runs on
-// the wrapped Backend; and a write whose answer is to be lost lands and
-// then fails. Injected errors are *Fault values, classified by ErrorCode
+// the wrapped Backend; and a request whose answer is to be lost (a write
+// under LoseAnswers, any request in flight at a CrashLosingAnswers crash)
+// lands and then fails. Injected errors are *Fault values, classified by ErrorCode
 // as driver.CodeUnavailable (a transient failure) unless SetCode says
 // otherwise; every other error is classified by the wrapped Backend.
 //
@@ -85,6 +86,8 @@ type Faults struct {
 	hang     bool
 	lifted   chan struct{} // closed when the current outage is lifted
 	crashAt  int           // requests allowed before the crash; -1: none
+	lose     bool          // the crash loses the answers of the requests in flight
+	crashed  bool          // an answer was lost to the crash
 	total    int
 	counts   map[Op]int
 	injected int
@@ -179,10 +182,20 @@ func (f *Faults) Lift() {
 }
 
 // CrashAfter lets n more requests through and fails every one after them,
-// as if the process had died: the crash is never lifted. n < 0 disarms it.
-func (f *Faults) CrashAfter(n int) {
+// as if the process had died: the crash is never lifted. The n requests
+// run to the end and answer. n < 0 disarms it.
+func (f *Faults) CrashAfter(n int) { f.crashAfter(n, false) }
+
+// CrashLosingAnswers is CrashAfter, except that the process dies with
+// requests in flight: the nth request, and any other that has not
+// answered by the time it is made, lands on the store, but its caller gets
+// an injected error instead of the answer.
+func (f *Faults) CrashLosingAnswers(n int) { f.crashAfter(n, true) }
+
+func (f *Faults) crashAfter(n int, lose bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.lose, f.crashed = lose, false
 	if n < 0 {
 		f.crashAt = -1
 		return
@@ -190,11 +203,12 @@ func (f *Faults) CrashAfter(n int) {
 	f.crashAt = f.total + n
 }
 
-// Crashed reports whether a request has failed at the crash point.
+// Crashed reports whether the crash has failed a request or lost an
+// answer.
 func (f *Faults) Crashed() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.crashAt >= 0 && f.total > f.crashAt
+	return f.crashed || f.crashAt >= 0 && f.total > f.crashAt
 }
 
 // Requests returns how many requests of op were made (all of them, if op
@@ -269,16 +283,23 @@ func (f *Faults) before(ctx context.Context, op Op, key string) error {
 	return nil
 }
 
-// after turns the answer of a write into a lost one if it is due.
-func (f *Faults) after(op Op, key string, err error) error {
+// after turns the answer of a request into a lost one if it is due: a
+// lost answer asked for by LoseAnswers (writes only), or the crash point
+// of CrashLosingAnswers reached while the request was in flight.
+func (f *Faults) after(op Op, key string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.loseNext[op] > 0 {
+	if f.lose && f.crashAt >= 0 && f.total >= f.crashAt {
+		f.crashed = true
+		f.injected++
+		return &Fault{Op: op, Key: key, Why: "crash", Code: f.code}
+	}
+	if (op == OpPut || op == OpDelete) && f.loseNext[op] > 0 {
 		f.loseNext[op]--
 		f.injected++
 		return &Fault{Op: op, Key: key, Why: "lost answer", Code: f.code}
 	}
-	return err
+	return nil
 }
 
 // Get implements driver.Backend.
@@ -286,7 +307,14 @@ func (f *Faults) Get(ctx context.Context, key string) (io.ReadCloser, driver.Att
 	if err := f.before(ctx, OpGet, key); err != nil {
 		return nil, driver.Attrs{}, err
 	}
-	return f.b.Get(ctx, key)
+	rc, a, err := f.b.Get(ctx, key)
+	if err == nil {
+		if err = f.after(OpGet, key); err != nil {
+			rc.Close()
+			return nil, driver.Attrs{}, err
+		}
+	}
+	return rc, a, err
 }
 
 // Put implements driver.Backend.
@@ -298,7 +326,7 @@ func (f *Faults) Put(ctx context.Context, key string, r io.Reader, opts *driver.
 	if err != nil {
 		return v, err
 	}
-	return v, f.after(OpPut, key, nil)
+	return v, f.after(OpPut, key)
 }
 
 // Delete implements driver.Backend.
@@ -309,7 +337,7 @@ func (f *Faults) Delete(ctx context.Context, key string) error {
 	if err := f.b.Delete(ctx, key); err != nil {
 		return err
 	}
-	return f.after(OpDelete, key, nil)
+	return f.after(OpDelete, key)
 }
 
 // List implements driver.Backend.
@@ -317,7 +345,13 @@ func (f *Faults) List(ctx context.Context, prefix, startAfter string, limit int)
 	if err := f.before(ctx, OpList, prefix); err != nil {
 		return nil, false, err
 	}
-	return f.b.List(ctx, prefix, startAfter, limit)
+	keys, more, err := f.b.List(ctx, prefix, startAfter, limit)
+	if err == nil {
+		if err = f.after(OpList, prefix); err != nil {
+			return nil, false, err
+		}
+	}
+	return keys, more, err
 }
 
 // Stat implements driver.Stater: it calls the wrapped Backend's Stat, or
@@ -326,15 +360,22 @@ func (f *Faults) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 	if err := f.before(ctx, OpStat, key); err != nil {
 		return driver.Attrs{}, err
 	}
+	var a driver.Attrs
+	var err error
 	if s, ok := f.b.(driver.Stater); ok {
-		return s.Stat(ctx, key)
+		a, err = s.Stat(ctx, key)
+	} else {
+		var rc io.ReadCloser
+		if rc, a, err = f.b.Get(ctx, key); err == nil {
+			rc.Close()
+		}
 	}
-	rc, a, err := f.b.Get(ctx, key)
-	if err != nil {
-		return a, err
+	if err == nil {
+		if err = f.after(OpStat, key); err != nil {
+			return driver.Attrs{}, err
+		}
 	}
-	rc.Close()
-	return a, nil
+	return a, err
 }
 
 // Ping implements driver.Pinger: it calls the wrapped Backend's Ping, or

@@ -221,3 +221,23 @@ func TestLatency(t *testing.T) {
 		t.Fatalf("Get whose ctx ends during the latency: %v", err)
 	}
 }
+
+func TestCrashLosingAnswers(t *testing.T) {
+	f := drivertest.New(mem.OpenBackend(""), 1)
+	f.CrashLosingAnswers(2)
+	if err := put(t, f, "a/a", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if f.Crashed() {
+		t.Fatal("crashed within the budget")
+	}
+	// The second request is the last: it lands, and its answer is lost.
+	injected(t, f, "Put at the crash", put(t, f, "a/b", "y"), driver.CodeUnavailable)
+	if !f.Crashed() {
+		t.Fatal("Crashed = false after a lost answer")
+	}
+	injected(t, f, "Delete after the crash", f.Delete(t.Context(), "a/a"), driver.CodeUnavailable)
+	if keys, _, err := f.Backend().List(t.Context(), "a/", "", 10); err != nil || len(keys) != 2 {
+		t.Fatalf("storage after the crash: %v, %v (want a/a and a/b)", keys, err)
+	}
+}
