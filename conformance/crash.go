@@ -16,7 +16,10 @@ import (
 )
 
 // crashSeeds are the seeds of the crash matrix: each picks the shape of
-// the messages (envelopes, content size) the operations run on.
+// the messages (envelopes, content size) the operations run on, and its
+// parity the way the node dies: an odd seed before its last request lands
+// (drivertest.Faults.CrashAfter), an even one after, with the answer lost
+// (CrashLosingAnswers).
 var crashSeeds = []uint64{1, 2}
 
 // crashOps are the operations of the crash matrix.
@@ -25,7 +28,7 @@ var crashOps = []string{"commit", "update", "claim", "defer", "delete"}
 // testCrashMatrix kills a node after each request of each operation
 // (commit, update, claim, defer, delete), as CommitCrash does for the
 // commit alone, but with drivertest.Faults counting every request, reads
-// included. A new Store on the same storage then takes over from the dead
+// included, and with the answers in flight lost or not (see crashSeeds). A new Store on the same storage then takes over from the dead
 // node and sweeps, and the invariants must hold: nothing acknowledged is
 // lost, nothing is half-visible (a message is whole or absent, an
 // envelope holds its old data or its new), and nothing is stranded: every
@@ -37,12 +40,21 @@ func testCrashMatrix(t *testing.T, mk HarnessMaker) {
 				rng := rand.New(rand.NewPCG(seed, 0))
 				nenv := 1 + rng.IntN(3)
 				size := rng.IntN(4096)
-				for k := 0; ; k++ {
+				lose := seed%2 == 0
+				k := 0
+				if lose {
+					k = 1 // with none allowed, no request lands: as k=0 without lose
+				}
+				for ; ; k++ {
 					if k == 64 {
 						t.Fatalf("%s still crashes after 64 requests", op)
 					}
-					if done := crashTrial(t, mk, op, seed, nenv, size, k); done {
-						t.Logf("%s, %d envelopes, %d bytes: %d crash points", op, nenv, size, k)
+					if done := crashTrial(t, mk, op, seed, nenv, size, k, lose); done {
+						points := k
+						if lose {
+							points--
+						}
+						t.Logf("%s, %d envelopes, %d bytes, answers lost %v: %d crash points", op, nenv, size, lose, points)
 						return
 					}
 				}
@@ -52,8 +64,9 @@ func testCrashMatrix(t *testing.T, mk HarnessMaker) {
 }
 
 // crashTrial runs op on a node that dies after k requests, recovers and
-// checks. It reports whether op ran to the end without crashing.
-func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, size, k int) bool {
+// checks; with lose, the requests in flight at the crash land and lose
+// their answers. It reports whether op ran to the end without crashing.
+func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, size, k int, lose bool) bool {
 	t.Helper()
 	e := newEnv(t, mk)
 	ctx := e.ctx
@@ -81,7 +94,11 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 		quiet(t, f)
 	}
 
-	f.CrashAfter(k)
+	if lose {
+		f.CrashLosingAnswers(k)
+	} else {
+		f.CrashAfter(k)
+	}
 	var err error
 	switch op {
 	case "commit":
