@@ -23,10 +23,11 @@ import (
 var crashSeeds = []uint64{1, 2}
 
 // crashOps are the operations of the crash matrix.
-var crashOps = []string{"commit", "update", "claim", "defer", "delete"}
+var crashOps = []string{"commit", "update", "claim", "defer", "delete", "takeover", "sweep"}
 
 // testCrashMatrix kills a node after each request of each operation
-// (commit, update, claim, defer, delete), as CommitCrash does for the
+// (commit, update, claim, defer, delete, takeover of a dead node, sweep of
+// a dead node's open transaction), as CommitCrash does for the
 // commit alone, but with drivertest.Faults counting every request, reads
 // included, and with the answers in flight lost or not (see crashSeeds). A new Store on the same storage then takes over from the dead
 // node and sweeps, and the invariants must hold: nothing acknowledged is
@@ -84,6 +85,27 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 		m, ids = e.commit(setup, content, old...)
 		setup.Close() // waits for its background writes
 	}
+	// For takeover, a dead node holds an envelope under a long lease; for
+	// sweep, a dead node left a transaction open past its grace.
+	var abandoned queue.MsgID
+	switch op {
+	case "takeover":
+		dead := e.node("dead")
+		_, err := dead.Claim(ctx, ids[0], 24*time.Hour)
+		wantErr(t, "Claim by the node that dies", err, nil)
+		dead.Close()
+		e.clock.Advance(time.Minute)
+	case "sweep":
+		dead := e.node("dead")
+		tx, err := dead.Begin(ctx)
+		wantErr(t, "Begin", err, nil)
+		abandoned = tx.ID()
+		_, err = tx.AddEnvelope([]byte("abandoned"))
+		wantErr(t, "AddEnvelope", err, nil)
+		_, err = tx.WriteContent(ctx, bytes.NewReader(content))
+		wantErr(t, "WriteContent", err, nil)
+		e.clock.Advance(time.Hour)
+	}
 	f := drivertest.New(e.backend(), seed)
 	victim := e.storeOn(f, &queue.Options{Node: "victim", Retries: -1})
 	var c *queue.Claim
@@ -128,6 +150,10 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 		err = c.Defer(ctx, []byte(newData), e.clock.Now())
 	case "delete":
 		err = c.Delete(ctx)
+	case "takeover":
+		_, err = victim.Takeover(ctx)
+	case "sweep":
+		_, err = victim.Sweep(ctx)
 	}
 	quiet(t, f)
 	crashed := f.Crashed()
@@ -217,7 +243,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 			t.Fatalf("%s: content of %d bytes, want %d", what, len(got), len(content))
 		}
 	}
-	noGarbage := func() {
+	noGarbage := func(m queue.MsgID) {
 		t.Helper()
 		raw := e.backend()
 		for _, p := range []string{"inc/", "evp/", "msg/", "due/", "own/"} {
@@ -247,8 +273,18 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 				absent(id)
 			}
 			if m != 0 {
-				noGarbage()
+				noGarbage(m)
 			}
+		}
+	case "takeover", "sweep":
+		for i, id := range ids {
+			if d := present(id); d != old[i] {
+				t.Fatalf("%s: %v holds %q", what, id, d)
+			}
+		}
+		contentOK()
+		if op == "sweep" {
+			noGarbage(abandoned)
 		}
 	case "update", "defer", "claim":
 		d := present(ids[0])
@@ -277,7 +313,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 			}
 		}
 		if len(ids) == 1 && (err == nil || lerr != nil) {
-			noGarbage()
+			noGarbage(m)
 		} else {
 			contentOK()
 		}
