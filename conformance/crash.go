@@ -15,7 +15,8 @@ import (
 	"github.com/mxqueue/mxq/queue/driver/drivertest"
 )
 
-// crashSeeds are the seeds of the crash matrix: each picks the shape of
+// crashSeeds are the seeds of the crash matrix (the first alone with
+// -short): each picks the shape of
 // the messages (envelopes, content size) the operations run on, and its
 // parity the way the node dies: an odd seed before its last request lands
 // (drivertest.Faults.CrashAfter), an even one after, with the answer lost
@@ -35,7 +36,11 @@ var crashOps = []string{"commit", "update", "claim", "defer", "delete", "takeove
 // envelope holds its old data or its new), and nothing is stranded: every
 // envelope left is due for the survivor, which alone can claim it.
 func testCrashMatrix(t *testing.T, mk HarnessMaker) {
-	for _, seed := range crashSeeds {
+	seeds := crashSeeds
+	if testing.Short() {
+		seeds = seeds[:1]
+	}
+	for _, seed := range seeds {
 		for _, op := range crashOps {
 			t.Run(fmt.Sprintf("seed%d/%s", seed, op), func(t *testing.T) {
 				rng := rand.New(rand.NewPCG(seed, 0))
@@ -326,13 +331,13 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 func quiet(t *testing.T, f *drivertest.Faults) {
 	t.Helper()
 	last := -1
-	for range 500 {
+	for range 1000 {
 		n := f.Requests("")
 		if n == last {
 			return
 		}
 		last = n
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(5 * time.Millisecond)
 	}
 	t.Fatal("the Store's background requests do not end")
 }
