@@ -20,7 +20,8 @@
 // RunBenchmarks takes the same HarnessMaker and measures the Store on the
 // adapter against the adapter's raw floor (package bench).
 //
-// The suite depends only on queue, queue/driver, bench and the standard
+// The suite depends only on queue, queue/driver, queue/driver/drivertest
+// (whose fault injection drives the crash matrix), bench and the standard
 // library; it imports no adapter.
 package conformance
 

@@ -27,6 +27,7 @@ func Run(t *testing.T, mk HarnessMaker) {
 	t.Run("InvisibleUntilCommit", func(t *testing.T) { testInvisibleUntilCommit(t, mk) })
 	t.Run("Rollback", func(t *testing.T) { testRollback(t, mk) })
 	t.Run("CommitCrash", func(t *testing.T) { testCommitCrash(t, mk) })
+	t.Run("CrashMatrix", func(t *testing.T) { testCrashMatrix(t, mk) })
 	t.Run("CommitAnswerLost", func(t *testing.T) { testCommitAnswerLost(t, mk) })
 	t.Run("SweepRacesCommit", func(t *testing.T) { testSweepRacesCommit(t, mk) })
 	t.Run("SweepKeepsCommitted", func(t *testing.T) { testSweepKeepsCommitted(t, mk) })

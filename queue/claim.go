@@ -77,7 +77,7 @@ func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (
 	pointerErr := <-perr
 	if err != nil {
 		if e.hdr.Holder != s.opts.Node {
-			s.del(context.WithoutCancel(ctx), pointer)
+			s.cleanup(ctx, pointer)
 		}
 		return nil, err
 	}
@@ -219,7 +219,7 @@ func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Ti
 	}
 	if err := c.write(ctx, op, &h, data, ErrLeaseLost); err != nil {
 		if old == 0 || byMsg || dueBucket(old) != dueBucket(h.Due) {
-			s.del(context.WithoutCancel(ctx), dueKey(h.Due, c.e.ID))
+			s.cleanup(ctx, dueKey(h.Due, c.e.ID))
 		}
 		return err
 	}

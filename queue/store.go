@@ -298,6 +298,16 @@ func (s *Store) del(ctx context.Context, key string) error {
 	return s.retry(ctx, func() error { return s.b.Delete(ctx, key) })
 }
 
+// cleanup deletes key, the leftover of a request that failed, within ctx
+// if it can. If ctx ends first, the delete finishes in the background
+// (see background), so that the caller returns by its deadline however
+// long the store hangs.
+func (s *Store) cleanup(ctx context.Context, key string) {
+	if err := s.del(ctx, key); err != nil && ctx.Err() != nil {
+		s.background(ctx, func(ctx context.Context) { s.del(ctx, key) })
+	}
+}
+
 // list calls fn for every key under prefix, a page at a time.
 func (s *Store) list(ctx context.Context, prefix string, fn func(keys []string) error) error {
 	after := ""

@@ -196,7 +196,7 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 	if err == nil && (sr.err != nil || sr.trailer == nil || len(sr.trailer) != 0) {
 		// The store kept what it got, but the stream broke off: that is
 		// no content, whatever the backend made of it.
-		tx.s.del(context.WithoutCancel(ctx), key)
+		tx.s.cleanup(ctx, key)
 		if sr.err == nil {
 			sr.err = io.ErrUnexpectedEOF
 		}

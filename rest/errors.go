@@ -181,6 +181,11 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, op string, err er
 	if st == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="mxq"`)
 	}
+	if st == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
+		// A store that is out or slow, or a server shutting down: the
+		// client should come back, not give up.
+		w.Header().Set("Retry-After", "1")
+	}
 	if earlyRefusal(st) && r.ContentLength != 0 {
 		// The body was not read, and need not be: answer now and close,
 		// rather than let the server read what the client still owes.
