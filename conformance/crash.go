@@ -330,14 +330,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 // background requests are done.
 func quiet(t *testing.T, f *drivertest.Faults) {
 	t.Helper()
-	last := -1
-	for range 1000 {
-		n := f.Requests("")
-		if n == last {
-			return
-		}
-		last = n
-		time.Sleep(5 * time.Millisecond)
+	if !f.WaitQuiet(5*time.Millisecond, 5*time.Second) {
+		t.Fatal("the Store's background requests do not end")
 	}
-	t.Fatal("the Store's background requests do not end")
 }

@@ -154,14 +154,7 @@ func TestServeOutage(t *testing.T) {
 // waitQuiet waits until f has seen no request for a while.
 func waitQuiet(t *testing.T, f *drivertest.Faults) {
 	t.Helper()
-	last := -1
-	for range 200 {
-		n := f.Requests("")
-		if n == last {
-			return
-		}
-		last = n
-		time.Sleep(20 * time.Millisecond)
+	if !f.WaitQuiet(20*time.Millisecond, 4*time.Second) {
+		t.Fatal("background requests do not end")
 	}
-	t.Fatal("background requests do not end")
 }

@@ -490,6 +490,9 @@ func TestTimeout(t *testing.T) {
 	}
 	h.walk = func(ctx context.Context) (uint64, []byte, error) {
 		<-ctx.Done()
+		// Clearly after the deadline: a result that lands at the
+		// deadline itself may be answered (it raced it and won).
+		time.Sleep(timeout)
 		return 1, []byte("late"), nil
 	}
 	s := serve(t, h, &ServeOptions{OpTimeout: timeout})

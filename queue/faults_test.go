@@ -297,16 +297,9 @@ func testOutage(t *testing.T, open func() driver.Backend, hang bool) {
 // background writes are done.
 func waitQuiet(t *testing.T, f *drivertest.Faults) {
 	t.Helper()
-	last := -1
-	for range 200 {
-		n := f.Requests("")
-		if n == last {
-			return
-		}
-		last = n
-		time.Sleep(20 * time.Millisecond)
+	if !f.WaitQuiet(20*time.Millisecond, 4*time.Second) {
+		t.Fatal("the Store's background requests do not end")
 	}
-	t.Fatal("the Store's background requests do not end")
 }
 
 // TestSlowStore: with latency on every request, every call still

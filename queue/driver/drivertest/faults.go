@@ -222,6 +222,21 @@ func (f *Faults) Requests(op Op) int {
 	return f.counts[op]
 }
 
+// WaitQuiet waits until no request arrived during one poll interval: the
+// requests a Store makes in the background are done. It reports false if
+// requests still arrive after timeout.
+func (f *Faults) WaitQuiet(poll, timeout time.Duration) bool {
+	last := -1
+	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(poll) {
+		n := f.Requests("")
+		if n == last {
+			return true
+		}
+		last = n
+	}
+	return false
+}
+
 // Injected returns how many faults were injected so far, lost answers and
 // hung requests included.
 func (f *Faults) Injected() int {
