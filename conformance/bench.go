@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"runtime"
 	"testing"
 
@@ -60,7 +61,7 @@ func RunBenchmarks(b *testing.B, mk HarnessMaker) {
 		raw := e.backend()
 		b.Run("queue", func(b *testing.B) { loop(b, e.ctx, bench.Walk(s)) })
 		b.Run("raw", func(b *testing.B) {
-			loop(b, e.ctx, bench.RawList(raw, queue.Key(queue.Handle{Kind: queue.KindEnvelope})))
+			loop(b, e.ctx, bench.RawList(raw, layout.Key(layout.Handle{Kind: layout.Envelope})))
 		})
 	})
 	b.Run("Claim", func(b *testing.B) {

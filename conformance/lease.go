@@ -100,8 +100,8 @@ func testLeaseExpiry(t *testing.T, mk HarnessMaker) {
 	_, err = b.Claim(e.ctx, ids[1], time.Minute)
 	wantErr(t, "Claim from a dead node", err, nil)
 	// Renew and Release work for the holder.
-	cb2, err := b.ClaimOf(e.ctx, ids[1])
-	wantErr(t, "ClaimOf", err, nil)
+	cb2, err := b.Resume(e.ctx, ids[1])
+	wantErr(t, "Resume", err, nil)
 	wantErr(t, "Renew", cb2.Renew(e.ctx, time.Hour), nil)
 	wantErr(t, "Release", cb2.Release(e.ctx), nil)
 	_, err = a.Claim(e.ctx, ids[1], time.Minute)
@@ -139,8 +139,8 @@ func testFencing(t *testing.T, mk HarnessMaker) {
 	}
 	// A plain Update is refused while another node holds the lease.
 	wantErr(t, "Update of a held envelope", a.Update(e.ctx, got), queue.ErrConflict)
-	_, err = a.ClaimOf(e.ctx, ids[0])
-	wantErr(t, "ClaimOf by a non-holder", err, queue.ErrLeaseLost)
+	_, err = a.Resume(e.ctx, ids[0])
+	wantErr(t, "Resume by a non-holder", err, queue.ErrLeaseLost)
 	wantErr(t, "Delete by the holder", fresh.Delete(e.ctx), nil)
 	_, err = a.Load(e.ctx, ids[0])
 	wantErr(t, "Load after Delete", err, queue.ErrNotFound)
@@ -184,12 +184,12 @@ func testDueSplit(t *testing.T, mk HarnessMaker) {
 					if env.ID == openID {
 						t.Errorf("Due yields %v of an uncommitted transaction", env.ID)
 					}
-					c, err := s.ClaimLoaded(e.ctx, env, time.Minute)
+					c, err := s.ClaimEnvelope(e.ctx, env, time.Minute)
 					if errors.Is(err, queue.ErrConflict) || errors.Is(err, queue.ErrNotFound) {
 						continue // another worker was quicker
 					}
 					if err != nil {
-						t.Errorf("ClaimLoaded: %v", err)
+						t.Errorf("ClaimEnvelope: %v", err)
 						return
 					}
 					mu.Lock()
@@ -257,8 +257,8 @@ func testDefer(t *testing.T, mk HarnessMaker) {
 	if n != 1 {
 		t.Fatalf("%d due pointers of the envelope, want 1", n)
 	}
-	c2, err := a.ClaimLoaded(e.ctx, due[0], time.Minute)
-	wantErr(t, "ClaimLoaded", err, nil)
+	c2, err := a.ClaimEnvelope(e.ctx, due[0], time.Minute)
+	wantErr(t, "ClaimEnvelope", err, nil)
 	wantErr(t, "Delete", c2.Delete(e.ctx), nil)
 	due, err = a.Due(e.ctx, 10)
 	wantErr(t, "Due", err, nil)
@@ -280,7 +280,7 @@ func testNodeTakeover(t *testing.T, mk HarnessMaker) {
 	for i := range 5 {
 		tx, err := a.Begin(e.ctx)
 		wantErr(t, "Begin", err, nil)
-		tx.Claim(time.Hour)
+		tx.ClaimOnCommit(time.Hour)
 		for j := range 2 {
 			id, _ := tx.AddEnvelope(fmt.Appendf(nil, "%d/%d", i, j))
 			mine = append(mine, id)
@@ -346,8 +346,8 @@ func testNodeTakeover(t *testing.T, mk HarnessMaker) {
 	}
 	// The dead node's stale process cannot write, and its next process
 	// owns nothing.
-	_, err = a2.ClaimOf(e.ctx, mine[0])
-	wantErr(t, "ClaimOf by the dead node", err, queue.ErrLeaseLost)
+	_, err = a2.Resume(e.ctx, mine[0])
+	wantErr(t, "Resume by the dead node", err, queue.ErrLeaseLost)
 	a3 := e.node("node-a")
 	for id, err := range a3.Owned(e.ctx) {
 		t.Fatalf("a restarted dead node owns %v (%v)", id, err)
@@ -400,13 +400,13 @@ func testNothingStranded(t *testing.T, mk HarnessMaker) {
 	// Claimed at commit, then released: due for anyone.
 	tx, err := a.Begin(e.ctx)
 	wantErr(t, "Begin", err, nil)
-	tx.Claim(time.Hour)
+	tx.ClaimOnCommit(time.Hour)
 	id, _ := tx.AddEnvelope([]byte("claimed at commit"))
 	_, err = tx.WriteContent(e.ctx, strings.NewReader("x"))
 	wantErr(t, "WriteContent", err, nil)
 	wantErr(t, "Commit", tx.Commit(e.ctx), nil)
-	c, err := a.ClaimOf(e.ctx, id)
-	wantErr(t, "ClaimOf", err, nil)
+	c, err := a.Resume(e.ctx, id)
+	wantErr(t, "Resume", err, nil)
 	wantErr(t, "Release", c.Release(e.ctx), nil)
 	due, err := b.Due(e.ctx, 10)
 	wantErr(t, "Due", err, nil)

@@ -36,7 +36,7 @@ func testRestartUnderName(t *testing.T, mk HarnessMaker) {
 // restartCachedHeartbeat: node-b has cached the heartbeat of node-a's
 // first process when node-a restarts, with a clock 10 s behind, and
 // claims an envelope: node-b must not take it through Due, Claim,
-// ClaimLoaded or Takeover. The dead process's claim is free at once.
+// ClaimEnvelope or Takeover. The dead process's claim is free at once.
 func restartCachedHeartbeat(t *testing.T, e *env) {
 	_, ids := e.commit(e.node("committer"), []byte("c"), "x", "y")
 	x, y := ids[0], ids[1]
@@ -95,7 +95,7 @@ func restartForgotten(t *testing.T, e *env, beatsAgain bool) {
 			wantErr(t, "Claim by the restarted process", err, nil)
 			tx, err := a2.Begin(e.ctx)
 			wantErr(t, "Begin", err, nil)
-			tx.Claim(time.Hour)
+			tx.ClaimOnCommit(time.Hour)
 			z, _ = tx.AddEnvelope([]byte("z"))
 			wantErr(t, "Commit", tx.Commit(e.ctx), nil)
 		case deleted && !gap:
@@ -190,8 +190,8 @@ func (e *env) mustNotTake(s *queue.Store, id queue.EvpID, lease queue.Lease, loa
 	_, err = s.Claim(e.ctx, id, time.Minute)
 	wantErr(e.t, s.Node()+": Claim of an envelope held by "+lease.Holder, err, queue.ErrConflict)
 	if loaded != nil {
-		_, err = s.ClaimLoaded(e.ctx, loaded, time.Minute)
-		wantErr(e.t, s.Node()+": ClaimLoaded of an envelope held by "+lease.Holder, err, queue.ErrConflict)
+		_, err = s.ClaimEnvelope(e.ctx, loaded, time.Minute)
+		wantErr(e.t, s.Node()+": ClaimEnvelope of an envelope held by "+lease.Holder, err, queue.ErrConflict)
 	}
 	taken, err := s.Takeover(e.ctx)
 	wantErr(e.t, "Takeover", err, nil)

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"slices"
 	"strings"
@@ -871,7 +872,7 @@ func testChecksum(t *testing.T, mk HarnessMaker) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			m, ids := e.commit(a, content, "a")
-			key := queue.Key(queue.Handle{Kind: queue.KindContent, Msg: m})
+			key := layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)})
 			rc, _, err := raw.Get(e.ctx, key)
 			wantErr(t, "raw Get", err, nil)
 			stored, _ := io.ReadAll(rc)
@@ -917,7 +918,7 @@ func testCorruptEnvelope(t *testing.T, mk HarnessMaker) {
 	a := e.store(nil)
 	raw := e.backend()
 	_, ids := e.commit(a, []byte("c"), "a")
-	key := queue.Key(queue.Handle{Kind: queue.KindEnvelope, Evp: ids[0]})
+	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(ids[0])})
 	for _, c := range []struct{ name, data string }{
 		{"garbage", "garbage"},
 		{"no header end", "mxq-evp/1 {\"p\":1"},
@@ -980,7 +981,7 @@ func testBadInput(t *testing.T, mk HarnessMaker) {
 		t.Fatal("WriteContent from a reader that broke off succeeded")
 	}
 	wantErr(t, "Rollback", tx2.Rollback(ctx), nil)
-	if k := e.rawKeys(e.backend(), "msg/"+queue.Key(queue.Handle{Kind: queue.KindContent, Msg: tx2.ID()})[4:]); len(k) != 0 {
+	if k := e.rawKeys(e.backend(), "msg/"+layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(tx2.ID())})[4:]); len(k) != 0 {
 		t.Fatalf("a failed upload left %v", k)
 	}
 	wantErr(t, "Commit", tx.Commit(ctx), nil)

@@ -376,7 +376,7 @@ func (q *Queue) MessageCommit(ctx context.Context, msgid uint32, f *os.File) err
 	// from this commit. Marked before they become visible.
 	q.markLocal(t.tx.Envelopes()...)
 	if q.opts.Shared {
-		t.tx.Claim(q.opts.Lease)
+		t.tx.ClaimOnCommit(q.opts.Lease)
 	}
 	wctx, rctx := ctx, ctx
 	if cd, rd, ok := commitBudget(ctx); ok {
@@ -483,7 +483,7 @@ func (q *Queue) EnvelopeDelete(ctx context.Context, evpid uint64) error {
 	if !q.opts.Shared {
 		return q.s.DeleteEnvelope(ctx, id)
 	}
-	c, err := q.s.ClaimOf(ctx, id)
+	c, err := q.s.Resume(ctx, id)
 	if err == nil {
 		err = c.Delete(ctx)
 	}
@@ -516,7 +516,7 @@ func (q *Queue) EnvelopeLoad(ctx context.Context, evpid uint64) ([]byte, error) 
 func (q *Queue) EnvelopeUpdate(ctx context.Context, evpid uint64, data []byte) error {
 	id := queue.EvpID(evpid)
 	if q.opts.Shared {
-		c, err := q.s.ClaimOf(ctx, id)
+		c, err := q.s.Resume(ctx, id)
 		if err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"log/slog"
 	"os"
@@ -404,7 +405,7 @@ func TestQueueCommitTimeout(t *testing.T) {
 func TestQueueCorruptBody(t *testing.T) {
 	q, s, _ := newTestQueue(t)
 	msgid, _ := accept(t, q, "Subject: x\n\nintact\n", "a@x")
-	key := queue.Key(queue.Handle{Kind: queue.KindContent, Msg: queue.MsgID(msgid)})
+	key := layout.Key(layout.Handle{Kind: layout.Content, Msg: msgid})
 	b := s.Backend()
 	rc, _, err := b.Get(opCtx(t), key)
 	if err != nil {

@@ -103,7 +103,7 @@ func (q *Queue) handOver(ctx context.Context, ids []queue.EvpID) {
 func (q *Queue) rehome(ctx context.Context, id queue.EvpID) (queue.EvpID, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	c, err := q.s.ClaimOf(ctx, id)
+	c, err := q.s.Resume(ctx, id)
 	if err != nil {
 		return 0, err
 	}
@@ -118,7 +118,7 @@ func (q *Queue) rehome(ctx context.Context, id queue.EvpID) (queue.EvpID, error)
 	}
 	nid, err := tx.AddEnvelope(c.Envelope().Data)
 	if err == nil {
-		tx.Claim(q.opts.Lease)
+		tx.ClaimOnCommit(q.opts.Lease)
 		q.markLocal(nid)
 		if _, err = tx.WriteContent(ctx, rc); err == nil {
 			err = tx.Commit(ctx)

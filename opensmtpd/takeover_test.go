@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"log/slog"
 	"os"
@@ -45,7 +46,7 @@ func TestWalkSkipsCorruptRecord(t *testing.T) {
 	}
 	q1.Shutdown(context.Background())
 	// corrupt e1's record
-	key := queue.Key(queue.Handle{Kind: queue.KindEnvelope, Evp: queue.EvpID(e1)})
+	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: e1})
 	if _, err := b.Put(context.Background(), key, bytes.NewReader([]byte("garbage")), &driver.PutOptions{}); err != nil {
 		t.Fatal(err)
 	}

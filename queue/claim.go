@@ -3,13 +3,21 @@ package queue
 import (
 	"context"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
 )
 
-// Claim is this node's hold on an envelope: the handle through which the
-// holder updates, reschedules, releases and deletes it. Every write through
+// Claim is this node's handle on an envelope it holds a lease on: the
+// handle through which the holder updates, reschedules, releases and
+// deletes it. The lease itself (holder, token, expiry) is recorded in the
+// envelope and read as a Lease.
+//
+// Two verbs give a Claim. Claim and ClaimEnvelope take a new lease (by
+// ID, or on an envelope already loaded); Resume and ResumeEnvelope give
+// back the handle of a lease this node already holds (by ID, or on an
+// envelope already loaded, with its token). Every write through
 // a Claim is fenced: once another node has taken the envelope over, it
 // fails with ErrLeaseLost and changes nothing. A Claim is safe for use by
 // one goroutine at a time.
@@ -21,7 +29,7 @@ type Claim struct {
 // Envelope returns the envelope as this node last wrote or read it.
 func (c *Claim) Envelope() *Envelope { return c.e }
 
-// Lease returns the lease.
+// Lease returns the lease as this node last wrote or read it.
 func (c *Claim) Lease() Lease { return c.e.Lease }
 
 // Claim takes a lease on the envelope id for d (Options.LeaseDuration if d
@@ -34,13 +42,13 @@ func (s *Store) Claim(ctx context.Context, id EvpID, d time.Duration) (*Claim, e
 	if err != nil {
 		return nil, err
 	}
-	return s.ClaimLoaded(ctx, e, d)
+	return s.ClaimEnvelope(ctx, e, d)
 }
 
-// ClaimLoaded is Claim for an envelope already loaded (by Load or Due): one
+// ClaimEnvelope is Claim for an envelope already loaded (by Load or Due): one
 // conditional write, which fails with ErrConflict if the envelope changed
 // since e was read.
-func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (*Claim, error) {
+func (s *Store) ClaimEnvelope(ctx context.Context, e *Envelope, d time.Duration) (*Claim, error) {
 	if err := s.check("claim"); err != nil {
 		return nil, err
 	}
@@ -67,7 +75,7 @@ func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (
 	// without reading the queue. It is written beside the claim, so that a
 	// claim never outlives its pointer's write and a later Delete or
 	// Release removes it for good.
-	pointer := Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: e.ID})
+	pointer := layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Evp: uint64(e.ID)})
 	perr := make(chan error, 1)
 	go func() {
 		_, err := s.putBytes(ctx, pointer, nil, driver.PutOptions{})
@@ -85,10 +93,11 @@ func (s *Store) ClaimLoaded(ctx context.Context, e *Envelope, d time.Duration) (
 	return c, nil
 }
 
-// ClaimOf returns the Claim of an envelope that this node already holds,
-// for instance one committed with Tx.Claim. If it does not, the result is
+// Resume returns the Claim of an envelope that this node already holds,
+// for instance one committed with Tx.ClaimOnCommit, or one that
+// Owned lists after a restart. If it does not, the result is
 // ErrLeaseLost.
-func (s *Store) ClaimOf(ctx context.Context, id EvpID) (*Claim, error) {
+func (s *Store) Resume(ctx context.Context, id EvpID) (*Claim, error) {
 	e, err := s.loadToClaim(ctx, id)
 	if err != nil {
 		return nil, err
@@ -99,13 +108,13 @@ func (s *Store) ClaimOf(ctx context.Context, id EvpID) (*Claim, error) {
 	return &Claim{s: s, e: e}, nil
 }
 
-// ClaimHeld returns the Claim of e, an envelope read by Load or Due, if
+// ResumeEnvelope returns the Claim of e, an envelope read by Load or Due, if
 // this process holds its lease under token and the lease has not expired;
 // otherwise the result is ErrLeaseLost. It makes no request: the writes
 // through the Claim are fenced by e.Version, so they fail if the envelope
 // changed after it was read. It lets a server that acts as one node for
 // many clients (rest) tell one client's claim from another's by token.
-func (s *Store) ClaimHeld(e *Envelope, token uint64) (*Claim, error) {
+func (s *Store) ResumeEnvelope(e *Envelope, token uint64) (*Claim, error) {
 	if err := s.check("claim"); err != nil {
 		return nil, err
 	}
@@ -128,7 +137,7 @@ func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte,
 	if len(data) > s.opts.MaxEnvelopeSize {
 		return errorf(op, id.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(data), s.opts.MaxEnvelopeSize)
 	}
-	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(h, data), driver.PutOptions{IfMatch: c.e.Version})
+	v, err := s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)}), encodeRecord(h, data), driver.PutOptions{IfMatch: c.e.Version})
 	if err != nil {
 		if !s.isPrecondition(err) && !s.isNotFound(err) {
 			return s.wrap(op, id.String(), err, nil)
@@ -192,7 +201,7 @@ func (c *Claim) Release(ctx context.Context) error {
 	if err := c.write(ctx, "release", &h, c.e.Data, ErrLeaseLost); err != nil {
 		return err
 	}
-	c.s.del(ctx, Key(Handle{Kind: KindClaim, Node: c.s.opts.Node, Evp: c.e.ID}))
+	c.s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: c.s.opts.Node, Evp: uint64(c.e.ID)}))
 	return nil
 }
 
@@ -226,7 +235,7 @@ func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Ti
 	if old != 0 && !byMsg && dueBucket(old) != dueBucket(h.Due) {
 		s.del(ctx, dueKey(old, c.e.ID))
 	}
-	s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: c.e.ID}))
+	s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Evp: uint64(c.e.ID)}))
 	return nil
 }
 
@@ -245,7 +254,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 }
 
 // loadToClaim checks the Store and id, and loads the envelope id, for
-// Claim and ClaimOf; errors are those of the "claim" operation.
+// Claim and Resume; errors are those of the "claim" operation.
 func (s *Store) loadToClaim(ctx context.Context, id EvpID) (*Envelope, error) {
 	if err := s.check("claim"); err != nil {
 		return nil, err

@@ -19,7 +19,7 @@
 // Once committed, envelopes are read with Store.Load and Store.Walk, the
 // content with Store.Content, and envelopes are scheduled, delivered and
 // removed through a lease (see below): Store.Due lists envelopes due now,
-// Store.ClaimLoaded takes one, and Claim.Defer (temporary failure),
+// Store.ClaimEnvelope takes one, and Claim.Defer (temporary failure),
 // Claim.Update, Claim.Release and Claim.Delete (delivered or bounced) end
 // the work. When the last envelope of a message goes, its content goes
 // too. A message that cannot be read is moved aside with Store.Quarantine.
@@ -47,7 +47,7 @@
 //
 // A lease lives in the envelope's own record: holder, session, a fencing
 // token that grows with every claim, and an expiry. Store.Claim and
-// Store.ClaimLoaded take it with one conditional write; of concurrent
+// Store.ClaimEnvelope take it with one conditional write; of concurrent
 // claimers exactly one wins and the others get ErrConflict. A lease is held
 // while it has not expired and its holder's session is alive. Every write
 // through a *Claim is fenced by the envelope's version: once another node
@@ -71,9 +71,10 @@
 //
 // # Keys
 //
-// Key computes every storage key from a Handle, and ParseKey is its
-// inverse; Key documents the layout. Keys consist of [a-z0-9._-] and "/"
-// only, so no store needs escaping. A URL's ?prefix= is applied once, by
+// The Store computes every storage key itself; an MTA never sees one.
+// Package queue/layout holds the key layout, in both directions, for tests
+// and tools that look at a store directly. Keys consist of [a-z0-9._-] and
+// "/" only, so no store needs escaping. A URL's ?prefix= is applied once, by
 // driver.Prefixed.
 //
 // # For adapter authors

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"github.com/mxqueue/mxq/queue/layout"
 	"math/rand/v2"
 	"time"
 )
@@ -13,12 +14,12 @@ const dueWidth = 60
 func dueBucket(unix int64) int64 { return unix / dueWidth }
 
 func dueKey(unix int64, id EvpID) string {
-	return Key(Handle{Kind: KindDue, Due: max(dueBucket(unix), 1), Evp: id})
+	return layout.Key(layout.Handle{Kind: layout.Due, Due: max(dueBucket(unix), 1), Evp: uint64(id)})
 }
 
 // Due returns up to limit envelopes that are due now and not held by a
 // live lease, loaded, in random order so that nodes asking at once spread
-// over them. Claim them with ClaimLoaded. It reads the time-bucketed due
+// over them. Claim them with ClaimEnvelope. It reads the time-bucketed due
 // pointers up to now, so its cost follows the number of due and in-flight
 // envelopes, not the size of the queue; stale pointers it meets are
 // removed.
@@ -31,10 +32,10 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	nowBucket := max(dueBucket(now.Unix()), 1)
 	var out []*Envelope
 	errStop := errors.New("stop")
-	err := s.list(ctx, Key(Handle{Kind: KindDue}), func(keys []string) error {
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Due}), func(keys []string) error {
 		for _, k := range keys {
-			h, err := ParseKey(k)
-			if err != nil || h.Kind != KindDue {
+			h, err := layout.Parse(k)
+			if err != nil || h.Kind != layout.Due {
 				continue
 			}
 			bucket := h.Due
@@ -42,7 +43,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 				return errStop
 			}
 			if h.Msg != 0 {
-				more, err := s.dueMessage(ctx, k, bucket, h.Msg, now, &out)
+				more, err := s.dueMessage(ctx, k, bucket, MsgID(h.Msg), now, &out)
 				if err != nil {
 					return err
 				}
@@ -51,12 +52,12 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 				}
 				continue
 			}
-			id := h.Evp
+			id := EvpID(h.Evp)
 			e, err := s.load(ctx, id)
 			if s.isNotFound(err) {
 				// Gone, or written by a transaction not committed yet,
 				// whose pointer must stay.
-				if _, serr := s.stat(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); s.isNotFound(serr) {
+				if _, serr := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})); s.isNotFound(serr) {
 					s.del(ctx, k)
 				}
 				continue
@@ -113,7 +114,7 @@ func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgI
 		return true, nil
 	}
 	var ids []EvpID
-	err = s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(keys []string) error {
+	err = s.list(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), func(keys []string) error {
 		for _, k := range keys {
 			if id, err := parseEnvelopeKey(k); err == nil {
 				ids = append(ids, id)

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"time"
 
@@ -43,7 +44,7 @@ func (s *Store) Load(ctx context.Context, id EvpID) (*Envelope, error) {
 }
 
 func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
-	key := Key(Handle{Kind: KindEnvelope, Evp: id})
+	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})
 	b, a, err := s.getBytes(ctx, key, s.maxRecord())
 	if err != nil {
 		return nil, err
@@ -109,12 +110,12 @@ func (s *Store) Update(ctx context.Context, e *Envelope) error {
 	}
 	h := e.hdr
 	h.Pending = 0
-	v, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
+	v, err := s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(e.ID)}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
 	if err != nil {
 		if s.isPrecondition(err) {
 			// Some stores answer a swap on a missing key with a failed
 			// precondition too.
-			if _, serr := s.stat(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.ID})); s.isNotFound(serr) {
+			if _, serr := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(e.ID)})); s.isNotFound(serr) {
 				err = serr
 			}
 		}
@@ -149,7 +150,7 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 	// names the message, so that whoever deletes the last envelope
 	// removes that pointer too.
 	claimer := ""
-	if keys, _, err := s.b.List(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), "", 1); err == nil && len(keys) > 0 {
+	if keys, _, err := s.b.List(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), "", 1); err == nil && len(keys) > 0 {
 		if b, _, err := s.getBytes(ctx, keys[0], s.maxRecord()); err == nil {
 			if h, _, err := decodeRecord(keys[0], b); err == nil {
 				claimer = h.Claimer
@@ -165,7 +166,7 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 			continue
 		}
 		id := m.Evp(lo)
-		key := Key(Handle{Kind: KindEnvelope, Evp: id})
+		key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})
 		h := envHeader{Claimer: claimer}
 		if !s.opts.SelfScheduled {
 			// Due at once, like a committed envelope; the pointer first,
@@ -194,7 +195,7 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 
 // requireMessage returns nil if m is a committed message with content.
 func (s *Store) requireMessage(ctx context.Context, m MsgID) error {
-	if _, err := s.stat(ctx, Key(Handle{Kind: KindContent, Msg: m})); err != nil {
+	if _, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)})); err != nil {
 		return err
 	}
 	st, err := s.reservationState(ctx, m)
@@ -219,7 +220,7 @@ func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 		return &Error{Op: "delete envelope", ID: id.String(), Kind: ErrInvalid, Err: err}
 	}
 	// The header tells which due pointer goes with the envelope.
-	key := Key(Handle{Kind: KindEnvelope, Evp: id})
+	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})
 	var h *envHeader
 	if b, _, err := s.getBytes(ctx, key, s.maxRecord()); err == nil {
 		h, _, _ = decodeRecord(key, b)
@@ -234,7 +235,7 @@ func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 // it was the last envelope. Any node may finish a delete that a holder
 // began with a tombstone.
 func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error {
-	if err := s.del(ctx, Key(Handle{Kind: KindEnvelope, Evp: id})); err != nil {
+	if err := s.del(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})); err != nil {
 		return err
 	}
 	own, ofMsg := pointers(id, h)
@@ -260,15 +261,15 @@ func pointers(id EvpID, h *envHeader) (own, ofMsg []string) {
 	m := id.MsgID()
 	switch {
 	case h.ByMsg:
-		ofMsg = append(ofMsg, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: m}))
+		ofMsg = append(ofMsg, layout.Key(layout.Handle{Kind: layout.Due, Due: max(dueBucket(h.Due), 1), Msg: uint32(m)}))
 	case h.Due != 0:
 		own = append(own, dueKey(h.Due, id))
 	}
 	if h.Holder != "" && ValidNodeName(h.Holder) == nil {
-		own = append(own, Key(Handle{Kind: KindClaim, Node: h.Holder, Evp: id}))
+		own = append(own, layout.Key(layout.Handle{Kind: layout.Claim, Node: h.Holder, Evp: uint64(id)}))
 	}
 	if h.Claimer != "" && ValidNodeName(h.Claimer) == nil {
-		ofMsg = append(ofMsg, Key(Handle{Kind: KindClaim, Node: h.Claimer, Msg: m}))
+		ofMsg = append(ofMsg, layout.Key(layout.Handle{Kind: layout.Claim, Node: h.Claimer, Msg: uint32(m)}))
 	}
 	return own, ofMsg
 }
@@ -279,14 +280,14 @@ func (s *Store) collected(ctx context.Context, m MsgID) (bool, error) {
 	var keys []string
 	err := s.retry(ctx, func() error {
 		var err error
-		keys, _, err = s.b.List(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), "", 1)
+		keys, _, err = s.b.List(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), "", 1)
 		return err
 	})
 	if err != nil || len(keys) > 0 {
 		return false, err
 	}
 	s.committed.remove(m)
-	return true, s.del(ctx, Key(Handle{Kind: KindContent, Msg: m}))
+	return true, s.del(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
 }
 
 // Envelopes returns the IDs of the committed envelopes of message m, in
@@ -299,7 +300,7 @@ func (s *Store) Envelopes(ctx context.Context, m MsgID) ([]EvpID, error) {
 		return nil, &Error{Op: "envelopes", ID: m.String(), Kind: ErrInvalid, Err: err}
 	}
 	var ids []EvpID
-	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(keys []string) error {
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), func(keys []string) error {
 		for _, k := range keys {
 			id, err := parseEnvelopeKey(k)
 			if err != nil {
@@ -346,7 +347,7 @@ func (s *Store) OpenContent(ctx context.Context, m MsgID) (io.ReadCloser, error)
 	var rc io.ReadCloser
 	err = s.retry(ctx, func() error {
 		var err error
-		rc, _, err = s.b.Get(ctx, Key(Handle{Kind: KindContent, Msg: m}))
+		rc, _, err = s.b.Get(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
 		return err
 	})
 	if err != nil {

@@ -67,29 +67,29 @@ func TestClaimHeld(t *testing.T) {
 
 	// The right token rebuilds the claim, which writes.
 	e := load()
-	c2, err := a.ClaimHeld(e, tok)
+	c2, err := a.ResumeEnvelope(e, tok)
 	if err != nil {
-		t.Fatalf("ClaimHeld with the claim's token: %v", err)
+		t.Fatalf("ResumeEnvelope with the claim's token: %v", err)
 	}
 	if err := c2.Update(ctx, []byte("two")); err != nil {
 		t.Fatal(err)
 	}
 	// The envelope read before that write is stale: the rebuilt claim is
 	// fenced by its version.
-	if c3, err := a.ClaimHeld(e, tok); err != nil {
+	if c3, err := a.ResumeEnvelope(e, tok); err != nil {
 		t.Fatal(err)
 	} else if err := c3.Update(ctx, []byte("stale")); !errors.Is(err, queue.ErrConflict) {
 		t.Fatalf("update through a claim of a stale read: %v, want ErrConflict", err)
 	}
 	// A wrong token, another node, an expired lease: ErrLeaseLost.
-	if _, err := a.ClaimHeld(load(), tok+1); !errors.Is(err, queue.ErrLeaseLost) {
+	if _, err := a.ResumeEnvelope(load(), tok+1); !errors.Is(err, queue.ErrLeaseLost) {
 		t.Fatalf("wrong token: %v, want ErrLeaseLost", err)
 	}
-	if _, err := b.ClaimHeld(load(), tok); !errors.Is(err, queue.ErrLeaseLost) {
+	if _, err := b.ResumeEnvelope(load(), tok); !errors.Is(err, queue.ErrLeaseLost) {
 		t.Fatalf("another node: %v, want ErrLeaseLost", err)
 	}
 	advance(2 * time.Minute)
-	if _, err := a.ClaimHeld(load(), tok); !errors.Is(err, queue.ErrLeaseLost) {
+	if _, err := a.ResumeEnvelope(load(), tok); !errors.Is(err, queue.ErrLeaseLost) {
 		t.Fatalf("expired lease: %v, want ErrLeaseLost", err)
 	}
 	if got := string(load().Data); got != "two" {

@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"sync"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
 )
 
-// nodeRecord is the heartbeat at KindNode.
+// nodeRecord is the heartbeat at layout.Node.
 type nodeRecord struct {
 	Name    string    `json:"name"`
 	Session uint64    `json:"session"`
@@ -83,7 +84,7 @@ func (s *Store) heartbeat(ctx context.Context, ifStale bool) error {
 	if fresh, err := s.alive(); err != nil || fresh && ifStale {
 		return err
 	}
-	key := Key(Handle{Kind: KindNode, Node: s.opts.Node})
+	key := layout.Key(layout.Handle{Kind: layout.Node, Node: s.opts.Node})
 	session := s.session.Load()
 	s.beat.mu.Lock()
 	ver := s.beat.version
@@ -198,7 +199,7 @@ func (s *Store) node(ctx context.Context, name string) (*nodeRecord, error) {
 // nil, without error. A record that does not parse is ErrCorrupt, with its
 // version.
 func (s *Store) readNode(ctx context.Context, n string) (*nodeRecord, Version, error) {
-	key := Key(Handle{Kind: KindNode, Node: n})
+	key := layout.Key(layout.Handle{Kind: layout.Node, Node: n})
 	b, a, err := s.getBytes(ctx, key, 4096)
 	if s.isNotFound(err) {
 		return nil, "", nil

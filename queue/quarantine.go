@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"strings"
 	"time"
@@ -40,7 +41,7 @@ func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
 	}
 	q := Quarantined{ID: m, Reason: reason, Time: s.now().UTC(), Node: s.opts.Node}
 	found := false
-	if err := s.copyObject(ctx, Key(Handle{Kind: KindContent, Msg: m}), Key(Handle{Kind: KindQuarantineContent, Msg: m})); err == nil {
+	if err := s.copyObject(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}), layout.Key(layout.Handle{Kind: layout.QuarantineContent, Msg: uint32(m)})); err == nil {
 		found = true
 	} else if !s.isNotFound(err) {
 		return err
@@ -50,7 +51,7 @@ func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
 		if err != nil {
 			continue
 		}
-		if err := s.copyObject(ctx, k, Key(Handle{Kind: KindQuarantineEnvelope, Evp: id})); err != nil {
+		if err := s.copyObject(ctx, k, layout.Key(layout.Handle{Kind: layout.QuarantineEnvelope, Evp: uint64(id)})); err != nil {
 			if s.isNotFound(err) {
 				continue
 			}
@@ -63,7 +64,7 @@ func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
 		return notFound("quarantine", m)
 	}
 	b, _ := json.Marshal(&q)
-	if _, err := s.putBytes(ctx, Key(Handle{Kind: KindQuarantine, Msg: m}), b, driver.PutOptions{}); err != nil {
+	if _, err := s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Quarantine, Msg: uint32(m)}), b, driver.PutOptions{}); err != nil {
 		return err
 	}
 	s.committed.remove(m)
@@ -86,7 +87,7 @@ func (s *Store) Quarantined(ctx context.Context) ([]Quarantined, error) {
 		return nil, err
 	}
 	var out []Quarantined
-	err := s.list(ctx, Key(Handle{Kind: KindQuarantine}), func(keys []string) error {
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Quarantine}), func(keys []string) error {
 		for _, k := range keys {
 			if !strings.HasSuffix(k, "/info") {
 				continue
@@ -118,6 +119,6 @@ func (s *Store) OpenQuarantined(ctx context.Context, m MsgID) (io.ReadCloser, er
 	if err := m.Valid(); err != nil {
 		return nil, &Error{Op: "open quarantined", ID: m.String(), Kind: ErrInvalid, Err: err}
 	}
-	rc, _, err := s.b.Get(ctx, Key(Handle{Kind: KindQuarantineContent, Msg: m}))
+	rc, _, err := s.b.Get(ctx, layout.Key(layout.Handle{Kind: layout.QuarantineContent, Msg: uint32(m)}))
 	return rc, s.wrap("open quarantined", m.String(), err, nil)
 }

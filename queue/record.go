@@ -14,7 +14,7 @@ const (
 	stateAborted   = "aborted"
 )
 
-// reservation is the record at KindReservation: the transaction of one
+// reservation is the record at layout.Reservation: the transaction of one
 // message. Its switch from open to committed is the commit point; the
 // switch from open to aborted is the abort point. Both are compare-and-swap
 // writes, so exactly one wins.

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -183,7 +184,7 @@ func (s *Store) Ping(ctx context.Context) error {
 		if p, ok := s.b.(driver.Pinger); ok {
 			return p.Ping(ctx)
 		}
-		_, _, err := s.b.List(ctx, Key(Handle{Kind: KindReservation}), "", 1)
+		_, _, err := s.b.List(ctx, layout.Key(layout.Handle{Kind: layout.Reservation}), "", 1)
 		return err
 	})
 	return s.wrap("ping", "", err, nil)

@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"github.com/mxqueue/mxq/queue/layout"
 
 	"github.com/mxqueue/mxq/queue/driver"
 )
@@ -29,10 +30,10 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 		return st, err
 	}
 	var ids []MsgID
-	err := s.list(ctx, Key(Handle{Kind: KindReservation}), func(keys []string) error {
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Reservation}), func(keys []string) error {
 		for _, k := range keys {
-			if h, err := ParseKey(k); err == nil && h.Kind == KindReservation {
-				ids = append(ids, h.Msg)
+			if h, err := layout.Parse(k); err == nil && h.Kind == layout.Reservation {
+				ids = append(ids, MsgID(h.Msg))
 			}
 		}
 		return nil
@@ -45,7 +46,7 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 		if err := ctx.Err(); err != nil {
 			return st, err
 		}
-		key := Key(Handle{Kind: KindReservation, Msg: m})
+		key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(m)})
 		r, v, err := s.readReservation(ctx, m)
 		if s.isNotFound(err) {
 			continue

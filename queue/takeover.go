@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"github.com/mxqueue/mxq/queue/layout"
 	"iter"
 
 	"github.com/mxqueue/mxq/queue/driver"
@@ -48,14 +49,14 @@ func (s *Store) Owned(ctx context.Context) iter.Seq2[EvpID, error] {
 			}
 			return nil
 		}
-		prefix := Key(Handle{Kind: KindClaim, Node: s.opts.Node})
+		prefix := layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node})
 		err := s.list(ctx, prefix, func(keys []string) error {
 			for _, k := range keys {
-				h, err := ParseKey(k)
-				if err != nil || h.Kind != KindClaim {
+				h, err := layout.Parse(k)
+				if err != nil || h.Kind != layout.Claim {
 					continue
 				}
-				if m := h.Msg; m != 0 {
+				if m := MsgID(h.Msg); m != 0 {
 					ids, err := s.Envelopes(ctx, m)
 					if err != nil {
 						return err
@@ -70,7 +71,7 @@ func (s *Store) Owned(ctx context.Context) iter.Seq2[EvpID, error] {
 					}
 					continue
 				}
-				if err := emit(h.Evp); err != nil {
+				if err := emit(EvpID(h.Evp)); err != nil {
 					return err
 				}
 			}
@@ -88,14 +89,14 @@ func (s *Store) Owned(ctx context.Context) iter.Seq2[EvpID, error] {
 func (s *Store) reclaim(ctx context.Context, id EvpID) (bool, error) {
 	e, err := s.load(ctx, id)
 	if s.isNotFound(err) {
-		s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: id}))
+		s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Evp: uint64(id)}))
 		return false, nil
 	}
 	if err != nil {
 		return false, err
 	}
 	if e.hdr.Holder != s.opts.Node {
-		s.del(ctx, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Evp: id}))
+		s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Evp: uint64(id)}))
 		return false, nil
 	}
 	if s.mine(&e.hdr) {
@@ -110,7 +111,7 @@ func (s *Store) reclaim(ctx context.Context, id EvpID) (bool, error) {
 	h.Pending = 0
 	h.Session = s.session.Load()
 	h.Token++
-	_, err = s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: id}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
+	_, err = s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
 	if s.isPrecondition(err) || s.isNotFound(err) {
 		return false, nil // another node was quicker
 	}
@@ -132,9 +133,9 @@ func (s *Store) Takeover(ctx context.Context) ([]EvpID, error) {
 		return nil, err // superseded: this process claims nothing more
 	}
 	var names []string
-	err := s.list(ctx, Key(Handle{Kind: KindNode, Node: ""}), func(keys []string) error {
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Node, Node: ""}), func(keys []string) error {
 		for _, k := range keys {
-			if h, err := ParseKey(k); err == nil && h.Kind == KindNode && h.Node != s.opts.Node {
+			if h, err := layout.Parse(k); err == nil && h.Kind == layout.Node && h.Node != s.opts.Node {
 				names = append(names, h.Node)
 			}
 		}
@@ -165,7 +166,7 @@ func (s *Store) Takeover(ctx context.Context) ([]EvpID, error) {
 // takeNode claims the envelopes of the dead node n.
 func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpID, error) {
 	var taken []EvpID
-	prefix := Key(Handle{Kind: KindClaim, Node: n})
+	prefix := layout.Key(layout.Handle{Kind: layout.Claim, Node: n})
 	take := func(id EvpID) (bool, error) {
 		e, err := s.load(ctx, id)
 		if s.isNotFound(err) || errors.Is(err, ErrCorrupt) {
@@ -180,7 +181,7 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 		if held, err := s.held(ctx, &e.hdr); err != nil || held {
 			return false, err // a later process of n holds it
 		}
-		c, err := s.ClaimLoaded(ctx, e, s.opts.LeaseDuration)
+		c, err := s.ClaimEnvelope(ctx, e, s.opts.LeaseDuration)
 		if errors.Is(err, ErrConflict) || errors.Is(err, ErrNotFound) {
 			return true, nil // another survivor won
 		}
@@ -193,24 +194,24 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 	remaining := 0
 	err := s.list(ctx, prefix, func(keys []string) error {
 		for _, k := range keys {
-			h, err := ParseKey(k)
+			h, err := layout.Parse(k)
 			var ids []EvpID
 			switch {
-			case err != nil || h.Kind != KindClaim:
+			case err != nil || h.Kind != layout.Claim:
 				// Not a claim pointer: nothing to take, and removed below.
 			case h.Msg != 0:
-				if ids, err = s.Envelopes(ctx, h.Msg); err != nil {
+				if ids, err = s.Envelopes(ctx, MsgID(h.Msg)); err != nil {
 					return err
 				}
 				if len(ids) == 0 {
 					// Its transaction may still be open: keep the pointer.
-					if st, err := s.reservationState(ctx, h.Msg); err != nil || st == stateOpen {
+					if st, err := s.reservationState(ctx, MsgID(h.Msg)); err != nil || st == stateOpen {
 						remaining++
 						continue
 					}
 				}
 			default:
-				ids = []EvpID{h.Evp}
+				ids = []EvpID{EvpID(h.Evp)}
 			}
 			done := true
 			for _, id := range ids {
@@ -255,14 +256,14 @@ func (s *Store) forget(ctx context.Context, n string, rec *nodeRecord) {
 	if err != nil || cur == nil || cur.Session != rec.Session || s.now().Before(cur.Expires) {
 		return
 	}
-	key := Key(Handle{Kind: KindNode, Node: n})
+	key := layout.Key(layout.Handle{Kind: layout.Node, Node: n})
 	if s.del(ctx, key) != nil {
 		return
 	}
 	var keys []string
 	err = s.retry(ctx, func() error {
 		var err error
-		keys, _, err = s.b.List(ctx, Key(Handle{Kind: KindClaim, Node: n}), "", 1)
+		keys, _, err = s.b.List(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: n}), "", 1)
 		return err
 	})
 	if err == nil && len(keys) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"sync"
 	"time"
@@ -71,7 +72,7 @@ func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 		}
 		now := s.now()
 		tx := &Tx{s: s, id: id, res: reservation{State: stateOpen, Created: now, Changed: now, Node: s.opts.Node, Nonce: nonce}}
-		key := Key(Handle{Kind: KindReservation, Msg: id})
+		key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(id)})
 		v, err := s.putBytes(ctx, key, tx.res.encode(), driver.PutOptions{IfNoneMatch: true})
 		if s.isPrecondition(err) {
 			continue // reserved by another transaction
@@ -83,7 +84,7 @@ func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 		// A committed message no longer has a reservation; its content
 		// tells that the ID is taken. Deletes remove the content last,
 		// so a message with envelopes left always still has it.
-		_, err = s.stat(ctx, Key(Handle{Kind: KindContent, Msg: id}))
+		_, err = s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(id)}))
 		if err == nil || !s.isNotFound(err) {
 			// Release the reservation even if ctx is done by now.
 			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -138,12 +139,12 @@ func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 	return 0, errorf("add envelope", tx.id.String(), ErrExists, "no free envelope ID after %d attempts", maxIDAttempts)
 }
 
-// Claim makes the transaction commit its envelopes already claimed by this
-// node for d (Options.LeaseDuration if d is 0), so that no other node can
+// ClaimOnCommit makes the transaction commit its envelopes already claimed
+// by this node for d (Options.LeaseDuration if d is 0), so that no other node can
 // take them while this node heartbeats: OpenSMTPD's model, where the
-// instance that accepts a message schedules it. Without Claim, committed
+// instance that accepts a message schedules it. Without it, committed
 // envelopes are due at once for any node's Due.
-func (tx *Tx) Claim(d time.Duration) {
+func (tx *Tx) ClaimOnCommit(d time.Duration) {
 	if d <= 0 {
 		d = tx.s.opts.LeaseDuration
 	}
@@ -190,7 +191,7 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 		}
 	}()
 	sr := newSealer(r)
-	key := Key(Handle{Kind: KindContent, Msg: tx.id})
+	key := layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(tx.id)})
 	_, err := tx.s.b.Put(ctx, key, sr, &driver.PutOptions{IfNoneMatch: true, Size: -1})
 	n = sr.n
 	if err == nil && (sr.err != nil || sr.trailer == nil || len(sr.trailer) != 0) {
@@ -246,11 +247,11 @@ func (tx *Tx) flush(ctx context.Context) error {
 		}
 		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session.Load(), 1, now.Add(tx.claim).UnixNano()
 		h.Claimer = s.opts.Node
-		pointers = append(pointers, Key(Handle{Kind: KindClaim, Node: s.opts.Node, Msg: tx.id}))
+		pointers = append(pointers, layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Msg: uint32(tx.id)}))
 	} else if !s.opts.SelfScheduled {
 		// One pointer makes every envelope of the message due.
 		h.Due, h.ByMsg = now.Unix(), true
-		pointers = append(pointers, Key(Handle{Kind: KindDue, Due: max(dueBucket(h.Due), 1), Msg: tx.id}))
+		pointers = append(pointers, layout.Key(layout.Handle{Kind: layout.Due, Due: max(dueBucket(h.Due), 1), Msg: uint32(tx.id)}))
 	}
 	return s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
 		if j >= len(todo) {
@@ -258,7 +259,7 @@ func (tx *Tx) flush(ctx context.Context) error {
 			return err
 		}
 		e := &tx.envs[todo[j]]
-		_, err := s.putBytes(ctx, Key(Handle{Kind: KindEnvelope, Evp: e.id}), encodeRecord(&h, e.data), driver.PutOptions{IfNoneMatch: true})
+		_, err := s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(e.id)}), encodeRecord(&h, e.data), driver.PutOptions{IfNoneMatch: true})
 		if err != nil {
 			return err
 		}
@@ -297,7 +298,7 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	res := tx.res
 	res.State = stateCommitted
 	res.Changed = s.now()
-	key := Key(Handle{Kind: KindReservation, Msg: tx.id})
+	key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(tx.id)})
 	_, err := s.putBytes(ctx, key, res.encode(), driver.PutOptions{IfMatch: tx.rver})
 	if err != nil {
 		if s.isPrecondition(err) || s.isNotFound(err) {
@@ -329,7 +330,7 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 		return &Error{Op: "rollback", ID: id, Kind: ErrClosed}
 	}
 	tx.done = true
-	key := Key(Handle{Kind: KindReservation, Msg: tx.id})
+	key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(tx.id)})
 	if !tx.anything {
 		return s.wrap("rollback", id, s.del(ctx, key), nil)
 	}
@@ -393,7 +394,7 @@ func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
 			return err
 		}
 	}
-	return s.del(ctx, Key(Handle{Kind: KindContent, Msg: m}))
+	return s.del(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
 }
 
 // reservationState returns the state of m's reservation, or "" if it has
@@ -439,7 +440,7 @@ func (s *Store) visible(ctx context.Context, m MsgID, nonce uint64) (bool, error
 }
 
 func (s *Store) readReservation(ctx context.Context, m MsgID) (*reservation, Version, error) {
-	key := Key(Handle{Kind: KindReservation, Msg: m})
+	key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(m)})
 	b, a, err := s.getBytes(ctx, key, 4096)
 	if err != nil {
 		return nil, "", err
@@ -459,7 +460,7 @@ func notFound(op string, id fmt.Stringer) error {
 // envelopeKeys lists the keys of every envelope of m, committed or not.
 func (s *Store) envelopeKeys(ctx context.Context, m MsgID) ([]string, error) {
 	var keys []string
-	err := s.list(ctx, Key(Handle{Kind: KindEnvelope, Msg: m}), func(page []string) error {
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), func(page []string) error {
 		keys = append(keys, page...)
 		return nil
 	})

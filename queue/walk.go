@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"github.com/mxqueue/mxq/queue/layout"
 	"iter"
 	"strings"
 )
@@ -28,7 +29,7 @@ func (s *Store) WalkPage(ctx context.Context, cursor string, limit int) (WalkPag
 	limit = min(max(limit, 1), 1000)
 	after := ""
 	if cursor != "" {
-		prefix := Key(Handle{Kind: KindEnvelope})
+		prefix := layout.Key(layout.Handle{Kind: layout.Envelope})
 		if !strings.HasPrefix(cursor, prefix) || len(cursor) > 128 || strings.Trim(cursor, "abcdefghijklmnopqrstuvwxyz0123456789._-/") != "" {
 			return WalkPage{}, errorf("walk", cursor, ErrInvalid, "not a walk cursor")
 		}
@@ -49,7 +50,7 @@ func (s *Store) WalkPage(ctx context.Context, cursor string, limit int) (WalkPag
 // listEnvelopes lists one page of envelope keys.
 func (s *Store) listEnvelopes(ctx context.Context, after string, limit int) (keys []string, more bool, err error) {
 	err = s.retry(ctx, func() error {
-		keys, more, err = s.b.List(ctx, Key(Handle{Kind: KindEnvelope}), after, limit)
+		keys, more, err = s.b.List(ctx, layout.Key(layout.Handle{Kind: layout.Envelope}), after, limit)
 		return err
 	})
 	return keys, more, err
@@ -64,10 +65,10 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 		return nil, nil
 	}
 	open := make(map[MsgID]bool)
-	err := s.list(ctx, Key(Handle{Kind: KindReservation}), func(ks []string) error {
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Reservation}), func(ks []string) error {
 		for _, k := range ks {
-			if h, err := ParseKey(k); err == nil && h.Kind == KindReservation {
-				open[h.Msg] = true
+			if h, err := layout.Parse(k); err == nil && h.Kind == layout.Reservation {
+				open[MsgID(h.Msg)] = true
 			}
 		}
 		return nil

@@ -83,11 +83,11 @@ func (h *Handler) claim(w http.ResponseWriter, r *http.Request) error {
 	// The Store lets its node claim again what it holds; through the
 	// server that node is shared, so a live claim of this server belongs
 	// to another client and is a conflict like another node's.
-	if _, err := h.st.ClaimHeld(e, e.Lease.Token); err == nil {
+	if _, err := h.st.ResumeEnvelope(e, e.Lease.Token); err == nil {
 		return errf(CodeConflict, "envelope %s is held through this server (node %s, token %d) until %s",
 			id, e.Lease.Holder, e.Lease.Token, e.Lease.Expires.UTC().Format(time.RFC3339))
 	}
-	c, err := h.st.ClaimLoaded(r.Context(), e, d)
+	c, err := h.st.ClaimEnvelope(r.Context(), e, d)
 	if err != nil {
 		return err
 	}
@@ -129,7 +129,7 @@ func (h *Handler) held(r *http.Request, id queue.EvpID) (*queue.Claim, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := h.st.ClaimHeld(e, tok)
+	c, err := h.st.ResumeEnvelope(e, tok)
 	if err != nil {
 		return nil, err
 	}

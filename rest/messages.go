@@ -388,7 +388,7 @@ func (h *Handler) update(w http.ResponseWriter, r *http.Request) error {
 	// The Store refuses envelopes that other nodes lease; a claim made
 	// through this server belongs to one of its clients, who writes
 	// through PUT /v1/envelopes/{evpid}/leased.
-	if _, err := h.st.ClaimHeld(e, e.Lease.Token); err == nil {
+	if _, err := h.st.ResumeEnvelope(e, e.Lease.Token); err == nil {
 		return errf(CodeConflict, "envelope %s is held through this server (token %d) until %s; its holder writes through PUT /v1/envelopes/%s/leased",
 			id, e.Lease.Token, e.Lease.Expires.UTC().Format(time.RFC3339), id)
 	}

@@ -21,7 +21,7 @@ const MaxKeyLength = queue.MaxKeyLength
 // ValidKey reports whether key can name an object, by the rule every
 // adapter applies too (queue.ValidKey): 1 to MaxKeyLength bytes of a-z
 // 0-9 . _ - and "/", in at least two segments, none empty or starting with
-// a dot. Every key that queue.Key produces is valid. The error wraps
+// a dot. Every key that layout.Key produces is valid. The error wraps
 // queue.ErrInvalid.
 func ValidKey(key string) error {
 	return validKey(key, false)

@@ -14,7 +14,7 @@
 //
 // A queue key becomes the object name prefix+key. Queue keys consist of
 // [a-z0-9._-] and "/", so nothing is escaped. Keys spread over the 256
-// hashed prefixes that queue.Key produces, and no object is rewritten per
+// hashed prefixes that layout.Key produces, and no object is rewritten per
 // message, which keeps every object well under GCS's one write per second
 // per object name.
 //

@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"os"
 	"runtime"
@@ -136,7 +137,7 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	r, err = bench.Measure(ctx, bench.RawList(raw, queue.Key(queue.Handle{Kind: queue.KindEnvelope})), 5, 1)
+	r, err = bench.Measure(ctx, bench.RawList(raw, layout.Key(layout.Handle{Kind: layout.Envelope})), 5, 1)
 	if err != nil {
 		return err
 	}

@@ -183,7 +183,7 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 		s.RunNode(nctx, &queue.NodeOptions{
 			OnTakeover: func(ids []queue.EvpID) {
 				for _, id := range ids {
-					c, err := s.ClaimOf(nctx, id)
+					c, err := s.Resume(nctx, id)
 					if err == nil {
 						err = c.Defer(nctx, nil, time.Now())
 					}

@@ -65,7 +65,7 @@ func (mx *MX) run(ctx, dctx context.Context) {
 func (mx *MX) claim(ctx context.Context, due []*queue.Envelope) []*queue.Claim {
 	var claims []*queue.Claim
 	for _, e := range due {
-		c, err := mx.q.ClaimLoaded(ctx, e, 0)
+		c, err := mx.q.ClaimEnvelope(ctx, e, 0)
 		switch {
 		case err == nil:
 			claims = append(claims, c)
@@ -274,7 +274,7 @@ func (mx *MX) takeover(ctx context.Context, ids []queue.EvpID) {
 	mx.m.takenOver.Add(float64(len(ids)))
 	mx.log.Info("took over", "envelopes", len(ids))
 	for _, id := range ids {
-		c, err := mx.q.ClaimOf(ctx, id)
+		c, err := mx.q.Resume(ctx, id)
 		if err == nil {
 			err = c.Release(ctx)
 		}

@@ -6,7 +6,7 @@
 // mxq. Read it in this order:
 //
 //	accept.go   SMTP in: one envelope per recipient, 250 only after Commit
-//	deliver.go  the delivery loop: Due, ClaimLoaded, SMTP out, Delete/Defer/bounce
+//	deliver.go  the delivery loop: Due, ClaimEnvelope, SMTP out, Delete/Defer/bounce
 //	dsn.go      the RFC 3464 bounce, queued like any other message
 //	main.go     flags, the node (heartbeat and takeover), operations, shutdown
 //

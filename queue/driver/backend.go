@@ -41,7 +41,7 @@ type PutOptions struct {
 // the Store builds the queue on top of it.
 //
 // The Store validates everything before calling a Backend: keys are
-// those produced by queue.Key (optionally under a prefix), opts are
+// those produced by layout.Key (optionally under a prefix), opts are
 // non-nil.
 // All methods must be safe for concurrent use and must honour ctx: once
 // ctx is done they return promptly with an error for which

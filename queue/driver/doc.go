@@ -8,7 +8,7 @@
 // An adapter implements Backend: Get, Put (with the create-only and
 // compare-and-swap conditions of PutOptions), Delete, List in byte order,
 // ErrorCode and Close. The Store above it validates every argument, builds
-// every key (see queue.Key) and wraps every error exactly once, so an
+// every key (see package queue/layout) and wraps every error exactly once, so an
 // adapter returns its service's raw errors and only classifies them in
 // ErrorCode, mapping them onto a Code. It neither logs nor retries.
 //

@@ -307,7 +307,7 @@ func worker(t *testing.T) {
 		case ids := <-taken:
 			// Envelopes taken over from a dead worker: deliver them.
 			for _, id := range ids {
-				c, err := s.ClaimOf(ctx, id)
+				c, err := s.Resume(ctx, id)
 				if err != nil {
 					continue // finished or taken again meanwhile
 				}
@@ -338,12 +338,12 @@ func worker(t *testing.T) {
 		// at any time, as a real one delivering in parallel would.
 		var batch []*queue.Claim
 		for _, e := range due {
-			c, err := s.ClaimLoaded(ctx, e, lease)
+			c, err := s.ClaimEnvelope(ctx, e, lease)
 			if errors.Is(err, queue.ErrConflict) || errors.Is(err, queue.ErrNotFound) {
 				continue
 			}
 			if err != nil {
-				t.Fatalf("ClaimLoaded: %v", err)
+				t.Fatalf("ClaimEnvelope: %v", err)
 			}
 			logf("claim", e.ID, c.Lease().Token)
 			batch = append(batch, c)

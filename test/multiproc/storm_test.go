@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -260,13 +261,13 @@ func stuck(t *testing.T, s *queue.Store) {
 			break
 		}
 		n++
-		t.Logf("left: %v %s", id, raw(queue.Key(queue.Handle{Kind: queue.KindEnvelope, Evp: id})))
+		t.Logf("left: %v %s", id, raw(layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})))
 	}
-	keys, _, _ := s.Backend().List(ctx, queue.Key(queue.Handle{Kind: queue.KindNode}), "", 100)
+	keys, _, _ := s.Backend().List(ctx, layout.Key(layout.Handle{Kind: layout.Node}), "", 100)
 	for _, k := range keys {
 		t.Logf("heartbeat %s: %s", k, raw(k))
 	}
-	own, _, _ := s.Backend().List(ctx, queue.Key(queue.Handle{Kind: queue.KindClaim}), "", 100)
+	own, _, _ := s.Backend().List(ctx, layout.Key(layout.Handle{Kind: layout.Claim}), "", 100)
 	t.Logf("claim pointers: %v", own)
 }
 
@@ -625,7 +626,7 @@ func stormWorker(t *testing.T) {
 			return
 		case ids := <-taken:
 			for _, id := range ids {
-				if c, err := s.ClaimOf(ctx, id); err == nil {
+				if c, err := s.Resume(ctx, id); err == nil {
 					finish(c)
 				}
 			}
@@ -642,12 +643,12 @@ func stormWorker(t *testing.T) {
 		}
 		var batch []*queue.Claim
 		for _, e := range due {
-			c, err := s.ClaimLoaded(ctx, e, stormLease)
+			c, err := s.ClaimEnvelope(ctx, e, stormLease)
 			if errors.Is(err, queue.ErrConflict) || errors.Is(err, queue.ErrNotFound) {
 				continue
 			}
 			if err != nil {
-				t.Fatalf("ClaimLoaded: %v", err)
+				t.Fatalf("ClaimEnvelope: %v", err)
 			}
 			batch = append(batch, c)
 		}
