@@ -1,0 +1,47 @@
+package bench_test
+
+import (
+	"testing"
+
+	"github.com/mxqueue/mxq/adapters/mem"
+	"github.com/mxqueue/mxq/bench"
+)
+
+// TestCosts is the guard on the number of requests each operation makes.
+// Counts are deterministic on mem, so they are asserted exactly: a change
+// that adds a request fails here, and one that saves a request lowers the
+// figure below. docs/performance.md explains each figure.
+func TestCosts(t *testing.T) {
+	want := map[string]float64{
+		"commit, 1 rcpt":                    7,  // reservation, stat, content, envelope, due pointer, commit, delete reservation
+		"commit, 10 rcpt":                   16, // the same with 10 envelopes
+		"walk, per 1,000 envelopes":         2,  // one listing of reservations, one of envelopes
+		"load":                              2,  // the envelope, and its reservation once per message
+		"claim + release":                   6,  // load, reservation, claim, pointer; release, pointer
+		"claim + update + release":          6,  // the reservation is no longer read once a claim settled the envelope
+		"claim + defer":                     6,  // load, claim, claim pointer; defer, due pointer, claim pointer
+		"claim + delete (last envelope)":    9,  // load, claim, pointer; tombstone, listing, envelope, pointers, content
+		"deliver (due scan, claim, delete)": 16, // due listings, reservation, envelope listing, load, claim, delete; grows with the due backlog
+	}
+	const n = 200
+	costs, err := bench.Costs(t.Context(), mem.OpenBackend(""), "bench-test", n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(costs) != len(want) {
+		t.Errorf("%d costs, want %d", len(costs), len(want))
+	}
+	for _, c := range costs {
+		t.Logf("%-36s %6.2f requests (floor %.0f) over %d: %+v", c.Op, c.Requests, c.Floor, c.N, c.By)
+		w, ok := want[c.Op]
+		if !ok {
+			t.Errorf("unexpected cost %q", c.Op)
+			continue
+		}
+		// Integer parts are exact; a fraction comes from the node's
+		// claim pointer or a listing per page, amortised over n.
+		if int(c.Requests) != int(w) {
+			t.Errorf("%s: %.3f requests, want %.0f", c.Op, c.Requests, w)
+		}
+	}
+}
