@@ -211,6 +211,21 @@ func CleanRaw(ctx context.Context, b driver.Backend) error {
 	}
 }
 
+// CleanAll removes every object of b.
+func CleanAll(ctx context.Context, b driver.Backend) error {
+	for {
+		keys, _, err := b.List(ctx, "", "", 1000)
+		if err != nil || len(keys) == 0 {
+			return err
+		}
+		for _, k := range keys {
+			if err := b.Delete(ctx, k); err != nil {
+				return err
+			}
+		}
+	}
+}
+
 func randHex(n int) string {
 	b := make([]byte, n)
 	rand.Read(b)

@@ -27,15 +27,19 @@ type Cost struct {
 // scan, claim and delete of one envelope) and walk (per 1,000 envelopes).
 // Each operation runs n times through a Store of its own over a Counter,
 // and that Store is closed before the count is read, so the requests it
-// leaves to the background are counted too. node names the Stores' node;
-// it must not be the name of a live node. The messages written are
-// removed again; other messages in the store are neither read for their
-// content nor changed.
+// leaves to the background are counted too. The Stores keep their queue
+// under a prefix of b of their own, which is removed at the end, so other
+// messages in b are neither counted nor changed. node names the Stores'
+// node.
 func Costs(ctx context.Context, b driver.Backend, node string, n int) ([]Cost, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("bench: costs of %d operations", n)
 	}
-	c := Count(b)
+	// A queue of its own, under a prefix of b, so that other messages in
+	// b are neither counted nor touched.
+	pb := driver.Prefixed(b, "bench-costs-"+randHex(6))
+	defer CleanAll(context.WithoutCancel(ctx), pb)
+	c := Count(pb)
 	opts := &queue.Options{Node: node, Grace: time.Hour}
 	var out []Cost
 	// phase runs fn on a fresh Store and records the requests it made,
@@ -76,19 +80,6 @@ func Costs(ctx context.Context, b driver.Backend, node string, n int) ([]Cost, e
 		return tx.Envelopes(), tx.Commit(ctx)
 	}
 	var ones, tens []queue.EvpID
-	var msgs []queue.MsgID
-	defer func() {
-		// Remove what is left of the messages written here.
-		s, err := queue.New(b, opts)
-		if err != nil {
-			return
-		}
-		ctx := context.WithoutCancel(ctx)
-		for _, m := range msgs {
-			s.DeleteMessage(ctx, m)
-		}
-		s.Close()
-	}()
 	for _, r := range []int{1, 10} {
 		err := phase(fmt.Sprintf("commit, %d rcpt", r), float64(r+1), n, func(s *queue.Store) error {
 			for range n {
@@ -96,7 +87,6 @@ func Costs(ctx context.Context, b driver.Backend, node string, n int) ([]Cost, e
 				if err != nil {
 					return err
 				}
-				msgs = append(msgs, ids[0].MsgID())
 				if r == 1 {
 					ones = append(ones, ids...)
 				} else {
@@ -187,9 +177,8 @@ func Costs(ctx context.Context, b driver.Backend, node string, n int) ([]Cost, e
 		return nil, err
 	}
 	// Delivery: what a worker pays per envelope to find due mail, take it
-	// and remove it. Envelopes of other messages are left alone, but a due
-	// scan reads them too: on a queue with other due mail the figure is
-	// higher. The 10-recipient messages go first, for that reason.
+	// and remove it. The 10-recipient messages go first, so that the due
+	// scan finds only the envelopes delivered.
 	var due []queue.EvpID
 	if err := phase("", 0, 0, func(s *queue.Store) error {
 		for i, id := range tens {
@@ -205,7 +194,6 @@ func Costs(ctx context.Context, b driver.Backend, node string, n int) ([]Cost, e
 			if err != nil {
 				return err
 			}
-			msgs = append(msgs, ids[0].MsgID())
 			due = append(due, ids...)
 		}
 		return nil

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/mxqueue/mxq/queue/layout"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/mxqueue/mxq/bench"
@@ -21,6 +22,9 @@ import (
 //	CommitParallel/64      the same, 64 at a time
 //	Walk/2000              a walk of 2000 envelopes vs. a listing of their keys
 //	Claim                  claim and release vs. two read-and-swap pairs
+//	Requests               requests per operation (bench.Costs), reported
+//	                       as metrics named after the operation, beside
+//	                       its floor
 func RunBenchmarks(b *testing.B, mk HarnessMaker) {
 	content := bytes.Repeat([]byte("x"), 4096)
 	for _, rcpts := range []int{1, 10} {
@@ -75,6 +79,25 @@ func RunBenchmarks(b *testing.B, mk HarnessMaker) {
 		b.Run("queue", func(b *testing.B) { loop(b, e.ctx, bench.ClaimRelease(s, ids)) })
 		b.Run("raw", func(b *testing.B) { loop(b, e.ctx, rawOp) })
 	})
+	b.Run("Requests", func(b *testing.B) {
+		e := newEnv(b, mk)
+		raw := e.backend()
+		for b.Loop() {
+			costs, err := bench.Costs(e.ctx, raw, "bench-requests", 20)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, c := range costs {
+				b.ReportMetric(c.Requests, metricName(c.Op, "-req/op"))
+				b.ReportMetric(c.Floor, metricName(c.Op, "-floor-req/op"))
+			}
+		}
+	})
+}
+
+// metricName turns an operation's name into a benchmark metric unit.
+func metricName(op, unit string) string {
+	return strings.NewReplacer(" + ", "+", " ", "-", ",", "", "(", "", ")", "").Replace(op) + unit
 }
 
 func loop(b *testing.B, ctx context.Context, op bench.Op) {

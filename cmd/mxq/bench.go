@@ -38,7 +38,10 @@ ratio. It writes to the queue: use a scratch queue. Everything it writes is
 removed at the end. Targets: commit p50 at most 1.5x the floor, 64
 concurrent commits at least 0.8x its throughput, a walk at most 1.2x a
 listing of the same keys, a claim one conditional request, and a 100 MiB
-message in and out with a peak RSS under 64 MiB. Unless --node is given, bench
+message in and out with a peak RSS under 64 MiB. Then it counts the
+requests of each operation (commit, load, claim, update, defer, delete,
+delivery, walk) beside the fewest the store needs, with the request budgets
+of docs/performance.md. Unless --node is given, bench
 runs as a node of its own (the host name, -bench- and a random suffix), so
 that it never supersedes a node running on the same host.`,
 		flags: func(fs *flag.FlagSet) {
@@ -165,6 +168,14 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 		}
 		rows = append(rows, latency("claim + release", q, r, "1 conditional write each"))
 	}
+	progress("requests per operation ...")
+	costs, err := bench.Costs(ctx, raw, s.Node(), min(n, 100))
+	if err != nil {
+		return err
+	}
+	for _, k := range costs {
+		rows = append(rows, benchRow{Op: k.Op, Metric: "requests", Queue: k.Requests, Raw: k.Floor, Ratio: k.Requests / k.Floor, Target: costTargets[k.Op]})
+	}
 	progress("removing what bench wrote ...")
 	if err := removeBenchMessages(ctx, s); err != nil {
 		return err
@@ -182,6 +193,14 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%.2f\t%s\t%s\t%s\n", r.Op, r.Metric, r.Queue, rawv, ratio, r.Target)
 	}
 	return tw.Flush()
+}
+
+// costTargets are the request budgets of issue-tracked targets, shown
+// beside the measured counts.
+var costTargets = map[string]string{
+	"commit, 1 rcpt":                    "<= 3 (R+2)",
+	"commit, 10 rcpt":                   "<= 12 (R+2)",
+	"deliver (due scan, claim, delete)": "<= 4",
 }
 
 func latency(op string, q, r bench.Result, target string) benchRow {
