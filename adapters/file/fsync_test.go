@@ -1,0 +1,47 @@
+package file
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/mxqueue/mxq/bench"
+	"github.com/mxqueue/mxq/queue"
+)
+
+// TestFsyncsPerCommit counts the fsyncs of a commit: every write is one
+// fsync of the data and one of its directory, and a directory created
+// for it costs one more, of its parent. Deletes are not made durable.
+func TestFsyncsPerCommit(t *testing.T) {
+	b, err := openBackend(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := bench.Count(b)
+	s, err := queue.New(c.Backend(), &queue.Options{Node: "fsync-test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	content := bytes.Repeat([]byte("x"), 4096)
+	for _, rcpts := range []int{1, 10} {
+		const n = 50
+		base, f0, m0 := c.Counts(), fsyncs.Load(), mkdirs.Load()
+		op := bench.Commit(s, content, rcpts)
+		for range n {
+			if err := op(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// The background delete of each reservation syncs nothing, so
+		// the counts are complete without closing the Store.
+		d, f, m := c.Counts().Sub(base), fsyncs.Load()-f0, mkdirs.Load()-m0
+		if f != 2*d.Put+m {
+			t.Errorf("%d rcpt: %d fsyncs for %d writes and %d new directories, want %d", rcpts, f, d.Put, m, 2*d.Put+m)
+		}
+		t.Logf("commit, %d rcpt: %.2f fsyncs, %.2f writes, %.2f requests per message",
+			rcpts, float64(f)/n, float64(d.Put)/n, float64(d.Total())/n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
