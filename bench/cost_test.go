@@ -8,20 +8,22 @@ import (
 )
 
 // TestCosts is the guard on the number of requests each operation makes.
-// Counts are deterministic on mem, so they are asserted exactly: a change
-// that adds a request fails here, and one that saves a request lowers the
-// figure below. docs/performance.md explains each figure.
+// Counts are deterministic on mem, but for the order in which a due scan
+// meets stale pointers, so each is held to within one request below its
+// budget: a change that adds a request fails here, and one that saves a
+// request fails too until the budget below is lowered.
+// docs/performance.md explains each figure.
 func TestCosts(t *testing.T) {
 	want := map[string]float64{
 		"commit, 1 rcpt":                    7,  // reservation, stat, content, envelope, due pointer, commit, delete reservation
 		"commit, 10 rcpt":                   16, // the same with 10 envelopes
-		"walk, per 1,000 envelopes":         2,  // one listing of reservations, one of envelopes
+		"walk, per 1,000 envelopes":         3,  // per page of 1,000: a listing of envelopes and one of open transactions; 2,200 make 3 pages
 		"load":                              2,  // the envelope, and its reservation once per message
 		"claim + release":                   6,  // load, reservation, claim, pointer; release, pointer
 		"claim + update + release":          6,  // the reservation is no longer read once a claim settled the envelope
 		"claim + defer":                     6,  // load, claim, claim pointer; defer, due pointer, claim pointer
 		"claim + delete (last envelope)":    9,  // load, claim, pointer; tombstone, listing, envelope, pointers, content
-		"deliver (due scan, claim, delete)": 16, // due listings, reservation, envelope listing, load, claim, delete; grows with the due backlog
+		"deliver (due scan, claim, delete)": 14, // due listing, envelope listing, load, reservation, claim, pointer, tombstone, listing, deletes
 	}
 	const n = 200
 	costs, err := bench.Costs(t.Context(), mem.OpenBackend(""), "bench-test", n)
@@ -38,10 +40,10 @@ func TestCosts(t *testing.T) {
 			t.Errorf("unexpected cost %q", c.Op)
 			continue
 		}
-		// Integer parts are exact; a fraction comes from the node's
-		// claim pointer or a listing per page, amortised over n.
-		if int(c.Requests) != int(w) {
-			t.Errorf("%s: %.3f requests, want %.0f", c.Op, c.Requests, w)
+		// A fraction comes from the node's heartbeat, a listing per
+		// page or a stale pointer, amortised over n.
+		if c.Requests > w+0.1 || c.Requests <= w-1 {
+			t.Errorf("%s: %.3f requests, want %.0f (to %.1f)", c.Op, c.Requests, w, w+0.1)
 		}
 	}
 }

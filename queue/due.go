@@ -30,65 +30,63 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	limit = max(limit, 1)
 	now := s.now()
 	nowBucket := max(dueBucket(now.Unix()), 1)
+	// The pointers are listed in chunks of 4*limit: a listing is cheap,
+	// and nodes that ask at once spread over a shuffled chunk. The
+	// envelopes of a chunk are read in that order until limit are found,
+	// so that no envelope is read that is not returned, but for stale
+	// ones; a chunk that holds too few leads to the next.
+	type pointer struct {
+		key    string
+		bucket int64
+		h      layout.Handle
+	}
 	var out []*Envelope
+	var chunk []pointer
 	errStop := errors.New("stop")
+	process := func() error {
+		rand.Shuffle(len(chunk), func(i, j int) { chunk[i], chunk[j] = chunk[j], chunk[i] })
+		defer func() { chunk = chunk[:0] }()
+		for _, p := range chunk {
+			if len(out) >= limit {
+				return errStop
+			}
+			more, err := s.duePointer(ctx, p.key, p.bucket, p.h, now, &out)
+			if err != nil {
+				return err
+			}
+			if !more {
+				return errStop
+			}
+		}
+		if len(out) >= limit {
+			return errStop
+		}
+		return nil
+	}
 	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Due}), func(keys []string) error {
 		for _, k := range keys {
 			h, err := layout.Parse(k)
 			if err != nil || h.Kind != layout.Due {
 				continue
 			}
-			bucket := h.Due
-			if bucket > nowBucket {
-				return errStop
-			}
-			if h.Msg != 0 {
-				more, err := s.dueMessage(ctx, k, bucket, MsgID(h.Msg), now, &out)
-				if err != nil {
+			if h.Due > nowBucket {
+				if err := process(); err != nil {
 					return err
 				}
-				if !more || len(out) >= 4*limit {
-					return errStop
-				}
-				continue
-			}
-			id := EvpID(h.Evp)
-			e, err := s.load(ctx, id)
-			if s.isNotFound(err) {
-				// Gone, or written by a transaction not committed yet,
-				// whose pointer must stay.
-				if _, serr := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})); s.isNotFound(serr) {
-					s.del(ctx, k)
-				}
-				continue
-			}
-			if errors.Is(err, ErrCorrupt) {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			// A held envelope's pointer may be one its holder's Defer has
-			// just written: leave it alone.
-			if held, err := s.held(ctx, &e.hdr); err != nil {
-				return err
-			} else if held {
-				continue
-			}
-			if e.hdr.ByMsg || e.hdr.Due != 0 && max(dueBucket(e.hdr.Due), 1) != bucket {
-				s.del(ctx, k) // rescheduled since
-				continue
-			}
-			if e.hdr.Due > now.Unix() {
-				continue
-			}
-			out = append(out, e)
-			if len(out) >= 4*limit {
 				return errStop
+			}
+			chunk = append(chunk, pointer{k, h.Due, h})
+			if len(chunk) >= 4*limit {
+				if err := process(); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
 	})
+	if err == nil {
+		err = process()
+	}
 	if err != nil && err != errStop {
 		return nil, s.wrap("due", "", err, nil)
 	}
@@ -99,22 +97,52 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	return out, nil
 }
 
+// duePointer adds to out the envelopes that the due pointer at key makes
+// due now and that are free, removing the pointer if it is stale. It
+// reports false when out is full enough.
+func (s *Store) duePointer(ctx context.Context, key string, bucket int64, h layout.Handle, now time.Time, out *[]*Envelope) (bool, error) {
+	if h.Msg != 0 {
+		return s.dueMessage(ctx, key, bucket, MsgID(h.Msg), now, out)
+	}
+	id := EvpID(h.Evp)
+	e, err := s.load(ctx, id)
+	if s.isNotFound(err) {
+		// Gone, or written by a transaction not committed yet, whose
+		// pointer must stay.
+		if _, serr := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})); s.isNotFound(serr) {
+			s.del(ctx, key)
+		}
+		return true, nil
+	}
+	if errors.Is(err, ErrCorrupt) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	// A held envelope's pointer may be one its holder's Defer has just
+	// written: leave it alone.
+	if held, err := s.held(ctx, &e.hdr); err != nil {
+		return false, err
+	} else if held {
+		return true, nil
+	}
+	if e.hdr.ByMsg || e.hdr.Due != 0 && max(dueBucket(e.hdr.Due), 1) != bucket {
+		s.del(ctx, key) // rescheduled since
+		return true, nil
+	}
+	if e.hdr.Due <= now.Unix() {
+		*out = append(*out, e)
+	}
+	return true, nil
+}
+
 // dueMessage adds to out the envelopes of m that its commit made due and
 // that are due and free now. A pointer to a message that is gone is
 // removed. It reports false when out is full enough.
 func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgID, now time.Time, out *[]*Envelope) (bool, error) {
-	// The state first: an open transaction writes its pointer and its
-	// envelopes in parallel, so an empty listing proves nothing until the
-	// transaction has ended.
-	st, err := s.reservationState(ctx, m)
-	if err != nil {
-		return false, err
-	}
-	if st == stateOpen {
-		return true, nil
-	}
 	var ids []EvpID
-	err = s.list(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), func(keys []string) error {
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), func(keys []string) error {
 		for _, k := range keys {
 			if id, err := parseEnvelopeKey(k); err == nil {
 				ids = append(ids, id)
@@ -126,7 +154,18 @@ func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgI
 		return false, err
 	}
 	if len(ids) == 0 {
-		s.del(ctx, key) // the message is gone
+		// An open transaction writes its pointer and its envelopes in
+		// parallel, so an empty listing proves the message gone only
+		// once its transaction has ended. Loading the envelopes below
+		// checks the transaction of each, so that is the only case that
+		// reads it here.
+		st, err := s.reservationState(ctx, m)
+		if err != nil {
+			return false, err
+		}
+		if st != stateOpen {
+			s.del(ctx, key) // the message is gone
+		}
 		return true, nil
 	}
 	for _, id := range ids {
