@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"github.com/mxqueue/mxq/queue/layout"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/mxqueue/mxq/bench"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // RunBenchmarks measures the queue on an adapter side by side with the raw

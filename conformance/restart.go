@@ -67,7 +67,7 @@ func restartCachedHeartbeat(t *testing.T, e *env) {
 // restartForgotten: node-b takes over the dead node-a and forgets it:
 // it reads node-a's heartbeat, expired, and deletes it. Between the read
 // and the delete, node-a restarts, writes its first heartbeat, claims a
-// due envelope and commits a message claimed for itself (Tx.Claim); the
+// due envelope and commits a message claimed for itself (Tx.ClaimOnCommit); the
 // delete removes the new heartbeat. No other node may take what the new
 // process holds, and once it dies for good, survivors take it all,
 // whether or not it wrote another heartbeat (beatsAgain) before it died.

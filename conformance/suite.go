@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"slices"
 	"strings"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // Run runs the whole suite. Each subtest names the line of the contract it

@@ -37,7 +37,7 @@ type QueueOptions struct {
 	SweepInterval time.Duration
 
 	// Shared makes this instance one of several smtpd instances on one
-	// queue. Envelopes are committed claimed by this node (Tx.Claim), the
+	// queue. Envelopes are committed claimed by this node (Tx.ClaimOnCommit), the
 	// walk yields only this node's envelopes (Store.Owned), updates and
 	// deletes go through the claim, and a background loop (Store.RunNode)
 	// heartbeats and takes over the envelopes of dead nodes, handing them

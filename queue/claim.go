@@ -3,10 +3,10 @@ package queue
 import (
 	"context"
 	"fmt"
-	"github.com/mxqueue/mxq/queue/layout"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // Claim is this node's handle on an envelope it holds a lease on: the

@@ -3,9 +3,10 @@ package queue
 import (
 	"context"
 	"errors"
-	"github.com/mxqueue/mxq/queue/layout"
 	"math/rand/v2"
 	"time"
+
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // dueWidth is the width of a due bucket.

@@ -2,11 +2,11 @@ package queue
 
 import (
 	"context"
-	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // Envelope is one recipient of a message: opaque data that the MTA

@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"strings"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // Quarantined describes a quarantined message.

@@ -7,13 +7,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // Options configure a Store. The zero value gives the defaults.

@@ -2,9 +2,9 @@ package queue
 
 import (
 	"context"
-	"github.com/mxqueue/mxq/queue/layout"
 
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // SweepStats reports what a Sweep did.

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"sync"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // maxIDAttempts bounds the retries of an ID allocation that collides.

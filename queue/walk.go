@@ -2,9 +2,10 @@ package queue
 
 import (
 	"context"
-	"github.com/mxqueue/mxq/queue/layout"
 	"iter"
 	"strings"
+
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // WalkPage is one page of a walk.

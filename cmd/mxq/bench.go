@@ -8,7 +8,6 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
-	"github.com/mxqueue/mxq/queue/layout"
 	"io"
 	"os"
 	"runtime"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/mxqueue/mxq/bench"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 var benchFlags struct {
