@@ -314,3 +314,27 @@ func (s *Store) Stats(ctx context.Context, opts *StatsOptions) (*Stats, error) {
 	st.Cost = StatsCost{Lists: lists.Load(), Gets: gets.Load(), Heads: heads.Load()}
 	return st, nil
 }
+
+// CommitTimes returns the commit time, to the minute, of every committed
+// message that has one in its due pointer: those committed neither
+// claimed (Tx.Claim) nor into a self-scheduled queue. It lists the due
+// pointers and reads nothing: one request per 1000 pointers. Messages gone
+// since their pointer was written may be among them.
+func (s *Store) CommitTimes(ctx context.Context) (map[MsgID]time.Time, error) {
+	if err := s.check("commit times"); err != nil {
+		return nil, err
+	}
+	out := map[MsgID]time.Time{}
+	err := s.list(ctx, Key(Handle{Kind: KindDue}), func(keys []string) error {
+		for _, k := range keys {
+			if h, err := ParseKey(k); err == nil && h.Kind == KindDue && h.Msg != 0 {
+				t := time.Unix(h.Due*dueWidth, 0)
+				if old, ok := out[h.Msg]; !ok || t.Before(old) {
+					out[h.Msg] = t
+				}
+			}
+		}
+		return nil
+	})
+	return out, s.wrap("commit times", "", err, nil)
+}
