@@ -304,8 +304,13 @@ func (mg *migrator) one(ctx context.Context, m queue.MsgID, evps []queue.EvpID) 
 		}
 	}
 	for _, id := range evps {
+		if mg.dryRun {
+			// The walk's IDs are enough to count and to compare.
+			envs = append(envs, queue.ImportEnvelope{ID: id})
+			continue
+		}
 		var e *queue.Envelope
-		if mg.move && !mg.dryRun {
+		if mg.move {
 			cl, err := mg.src.Claim(ctx, id, mg.lease)
 			switch {
 			case errors.Is(err, queue.ErrNotFound):
