@@ -90,6 +90,24 @@ func TestImport(t *testing.T) {
 		t.Errorf("Envelopes = %v, %v; want 2", ids, err)
 	}
 
+	// This node's open transaction, as a killed importer leaves it, is
+	// aborted and replaced.
+	own, err := s.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own.AddEnvelope([]byte("stale"))
+	if _, err := own.WriteContent(ctx, strings.NewReader("stale")); err != nil {
+		t.Fatal(err)
+	}
+	fresh := []queue.ImportEnvelope{{ID: own.ID().Evp(7), Data: []byte("fresh")}}
+	if _, err := s.Import(ctx, own.ID(), fresh, strings.NewReader("fresh")); err != nil {
+		t.Fatalf("import over this node's open transaction: %v", err)
+	}
+	if ids, err := s.Envelopes(ctx, own.ID()); err != nil || len(ids) != 1 || ids[0] != fresh[0].ID {
+		t.Errorf("after replacing an open transaction: envelopes %v, %v; want only %s", ids, err, fresh[0].ID)
+	}
+
 	// Another node's open transaction of an ID is left alone.
 	o := open("other")
 	tx, err := o.Begin(ctx)
