@@ -149,7 +149,7 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var beatErr error
+	var beatErr atomic.Pointer[error]
 	if mg.move && !mg.dryRun {
 		// The claims in SRC hold while this node heartbeats.
 		if err := src.Heartbeat(ctx); err != nil {
@@ -164,7 +164,7 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 					return
 				case <-t.C:
 					if err := src.Heartbeat(ctx); errors.Is(err, queue.ErrConflict) {
-						beatErr = err
+						beatErr.Store(&err)
 						cancel()
 						return
 					}
@@ -223,8 +223,8 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 		}
 	}
 	switch {
-	case beatErr != nil:
-		return fmt.Errorf("another process took over node %s in SRC: %w", node, beatErr)
+	case beatErr.Load() != nil:
+		return fmt.Errorf("another process took over node %s in SRC: %w", node, *beatErr.Load())
 	case walkErr != nil:
 		return fmt.Errorf("SRC: %w", walkErr)
 	case ctx.Err() != nil:
