@@ -68,6 +68,7 @@ type migrateSummary struct {
 	Present   int64    `json:"present"`   // in DST already
 	Removed   int64    `json:"removed"`   // removed from SRC (--move)
 	Busy      int64    `json:"busy"`      // left for a later run: in delivery, or open in DST
+	Held      int64    `json:"held"`      // envelopes held in SRC: not in DST, though their message is
 	Failed    int64    `json:"failed"`    // errors; see Errors
 	Envelopes int64    `json:"envelopes"` // envelopes copied, or to copy
 	Bytes     int64    `json:"bytes"`     // content bytes copied, or to copy
@@ -82,7 +83,7 @@ type migrator struct {
 	dryRun   bool
 	lease    time.Duration
 
-	copied, present, removed, busy, failed, envelopes, bytes, done atomic.Int64
+	copied, present, removed, busy, held, failed, envelopes, bytes, done atomic.Int64
 
 	mu     sync.Mutex
 	errs   []string
@@ -203,7 +204,7 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 	sum := migrateSummary{
 		DryRun: mg.dryRun, Messages: total,
 		Copied: mg.copied.Load(), Present: mg.present.Load(), Removed: mg.removed.Load(),
-		Busy: mg.busy.Load(), Failed: mg.failed.Load(),
+		Busy: mg.busy.Load(), Held: mg.held.Load(), Failed: mg.failed.Load(),
 		Envelopes: mg.envelopes.Load(), Bytes: mg.bytes.Load(),
 		Seconds: time.Since(start).Seconds(), Errors: mg.errs,
 	}
@@ -218,6 +219,9 @@ func runMigrate(ctx context.Context, c *cli, args []string) error {
 		}
 		fmt.Fprintf(c.stdout, "%d message(s) in SRC: %d %s (%d envelope(s), %s), %d in DST already, %d removed from SRC, %d busy, %d failed, in %.1fs\n",
 			total, sum.Copied, verb, sum.Envelopes, humanBytes(sum.Bytes), sum.Present, sum.Removed, sum.Busy, sum.Failed, sum.Seconds)
+		if sum.Held > 0 {
+			fmt.Fprintf(c.stdout, "%d envelope(s) held in SRC for a decision: see below\n", sum.Held)
+		}
 		for _, e := range sum.Errors {
 			fmt.Fprintf(c.stdout, "  %s\n", e)
 		}
@@ -443,12 +447,35 @@ func (mg *migrator) one(ctx context.Context, m queue.MsgID, evps []queue.EvpID) 
 	if migrateStall != nil {
 		migrateStall(m)
 	}
+	inDST := map[queue.EvpID]bool{}
+	for _, id := range have {
+		inDST[id] = true
+	}
+	kept := 0
 	for _, cl := range claims {
+		id := cl.Envelope().ID
+		if len(have) > 0 && !inDST[id] {
+			// Copied by an earlier run and delivered in DST since, or
+			// added to SRC after the copy: which, nothing tells. It is
+			// not removed, since DST does not have it, nor left for
+			// SRC's nodes, which may deliver it a second time: it is
+			// held for the operator.
+			kept++
+			if err := mg.src.Hold(ctx, id); err != nil {
+				mg.fail(m, fmt.Errorf("SRC: hold %s: %w", id, err))
+				return
+			}
+			mg.mu.Lock()
+			mg.errs = append(mg.errs, fmt.Sprintf("%s: envelope %s is not in DST (delivered there since an earlier copy, or added to SRC since): held in SRC; remove it with mxq rm or release it", m, id))
+			mg.mu.Unlock()
+			continue
+		}
 		if err := cl.Delete(ctx); err != nil {
-			mg.fail(m, fmt.Errorf("SRC: remove %s: %w", cl.Envelope().ID, err))
+			mg.fail(m, fmt.Errorf("SRC: remove %s: %w", id, err))
 			return
 		}
 	}
+	mg.held.Add(int64(kept))
 	mg.removed.Add(1)
 }
 

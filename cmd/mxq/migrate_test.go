@@ -356,3 +356,33 @@ func TestMigrateUsage(t *testing.T) {
 		}
 	}
 }
+
+// TestMigrateDeliveredInDST copies a queue, lets DST deliver one envelope,
+// and moves: the envelope DST no longer has is neither removed from SRC
+// (DST never confirmed it whole) nor left for SRC's nodes to deliver again,
+// but held in SRC for the operator.
+func TestMigrateDeliveredInDST(t *testing.T) {
+	src, dst := storeURL(t, "file"), storeURL(t, "file")
+	c := fillQueue(t, src, 3) // message 2 has three envelopes
+	if code, _, errs := migrateJSON(t, src, dst); code != 0 {
+		t.Fatal(errs)
+	}
+	var delivered queue.EvpID
+	for id := range c.envs {
+		if strings.Contains(c.envs[id].data, "s2@") {
+			delivered = id
+			break
+		}
+	}
+	if err := openTest(t, dst, "mx").DeleteEnvelope(t.Context(), delivered); err != nil {
+		t.Fatal(err)
+	}
+	code, sum, errs := migrateJSON(t, "--move", src, dst)
+	if code != 0 || sum.Present != 3 || sum.Removed != 3 || sum.Held != 1 || len(sum.Errors) != 1 || !strings.Contains(sum.Errors[0], delivered.String()) {
+		t.Errorf("move: exit %d, %+v (stderr %q); want 3 removed and %s held", code, sum, errs, delivered)
+	}
+	es := lsJSON(t, src)
+	if len(es) != 1 || es[0].ID != delivered || !es[0].Held {
+		t.Errorf("SRC after the move: %+v, want only %s, held", es, delivered)
+	}
+}
