@@ -61,6 +61,9 @@ func (s *Store) ClaimEnvelope(ctx context.Context, e *Envelope, d time.Duration)
 	if err := s.ensureAlive(ctx); err != nil {
 		return nil, s.wrap("claim", id, err, nil)
 	}
+	if e.hdr.Held {
+		return nil, errorf("claim", id, ErrConflict, "on hold: release it first")
+	}
 	if ok, err := s.held(ctx, &e.hdr); err != nil {
 		return nil, s.wrap("claim", id, err, nil)
 	} else if ok && !s.mine(&e.hdr) {

@@ -57,6 +57,15 @@
 // The protocol, and what a takeover may assume, is described in
 // docs/shared-queue.md.
 //
+// # Operating a queue
+//
+// Store.Hold and Store.ReleaseHold put an envelope on hold and take it
+// off, and Store.Schedule makes one due; all three go through a claim, so
+// they are safe while nodes run. Store.Stats describes a queue from
+// listings of its key layout, and Store.Import commits a message under the
+// IDs it has in another queue, which is how mxq migrate moves a queue
+// between stores. docs/operations.md gives what each costs in requests.
+//
 // # Errors
 //
 // The Store returns *Error, which carries the operation and the ID and

@@ -115,8 +115,8 @@ func (s *Store) duePointer(ctx context.Context, key string, bucket int64, h layo
 		}
 		return true, nil
 	}
-	if errors.Is(err, ErrCorrupt) {
-		return true, nil
+	if errors.Is(err, ErrCorrupt) || err == nil && e.hdr.Held {
+		return true, nil // on hold: ReleaseHold gives it a new pointer
 	}
 	if err != nil {
 		return false, err
@@ -177,8 +177,8 @@ func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgI
 		if err != nil {
 			return false, err
 		}
-		if !e.hdr.ByMsg || max(dueBucket(e.hdr.Due), 1) != bucket || e.hdr.Due > now.Unix() {
-			continue // rescheduled with a pointer of its own
+		if !e.hdr.ByMsg || max(dueBucket(e.hdr.Due), 1) != bucket || e.hdr.Due > now.Unix() || e.hdr.Held {
+			continue // rescheduled with a pointer of its own, or on hold
 		}
 		if held, err := s.held(ctx, &e.hdr); err != nil {
 			return false, err

@@ -25,3 +25,18 @@ func parseEnvelopeKey(key string) (EvpID, error) {
 	}
 	return EvpID(h.Evp), nil
 }
+
+// handle is a layout.Handle with its IDs typed.
+type handle struct {
+	Kind layout.Kind
+	Msg  MsgID
+	Evp  EvpID
+	Node string
+	Due  int64
+}
+
+// parseHandle is layout.Parse with the IDs typed.
+func parseHandle(key string) (handle, error) {
+	h, err := layout.Parse(key)
+	return handle{Kind: h.Kind, Msg: MsgID(h.Msg), Evp: EvpID(h.Evp), Node: h.Node, Due: h.Due}, err
+}

@@ -17,9 +17,9 @@ import (
 	"github.com/mxqueue/mxq/queue/driver"
 )
 
-// TestClaimHeld: a Claim rebuilt from a loaded envelope and a token writes
+// TestResumeEnvelope: a Claim rebuilt from a loaded envelope and a token writes
 // only while this process holds that very lease, unexpired.
-func TestClaimHeld(t *testing.T) {
+func TestResumeEnvelope(t *testing.T) {
 	ctx := t.Context()
 	var mu sync.Mutex
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -73,6 +73,10 @@ type envHeader struct {
 	// Gone marks an envelope that its lease holder deleted; the object is
 	// removed right after.
 	Gone bool `json:"g,omitempty"`
+	// Held marks an envelope an operator put on hold (see Store.Hold):
+	// Due skips it and no node can claim it until ReleaseHold. Records
+	// written before holds existed lack it, and are not held.
+	Held bool `json:"o,omitempty"`
 }
 
 func encodeRecord(h *envHeader, data []byte) []byte {

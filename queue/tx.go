@@ -66,40 +66,54 @@ func (s *Store) reserve(ctx context.Context) (*Tx, error) {
 		if id == 0 {
 			continue
 		}
-		nonce, err := s.rand64()
-		if err != nil {
-			return nil, &Error{Op: "begin", Err: err}
-		}
-		now := s.now()
-		tx := &Tx{s: s, id: id, res: reservation{State: stateOpen, Created: now, Changed: now, Node: s.opts.Node, Nonce: nonce}}
-		key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(id)})
-		v, err := s.putBytes(ctx, key, tx.res.encode(), driver.PutOptions{IfNoneMatch: true})
-		if s.isPrecondition(err) {
-			continue // reserved by another transaction
-		}
-		if err != nil {
-			return nil, s.wrap("begin", id.String(), err, ErrExists)
-		}
-		tx.rver = v
-		// A committed message no longer has a reservation; its content
-		// tells that the ID is taken. Deletes remove the content last,
-		// so a message with envelopes left always still has it.
-		_, err = s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(id)}))
-		if err == nil || !s.isNotFound(err) {
-			// Release the reservation even if ctx is done by now.
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-			s.del(cctx, key)
-			cancel()
-		}
-		if err == nil {
+		tx, err := s.reserveID(ctx, id)
+		if err == errTaken {
 			continue
 		}
-		if !s.isNotFound(err) {
-			return nil, s.wrap("begin", id.String(), err, nil)
-		}
-		return tx, nil
+		return tx, err
 	}
 	return nil, errorf("begin", "", ErrExists, "no free message ID after %d attempts", maxIDAttempts)
+}
+
+// errTaken is reserveID's answer for an ID that a transaction or a stored
+// message has.
+var errTaken = errors.New("message ID taken")
+
+// reserveID reserves the message ID id for a new transaction, or returns
+// errTaken.
+func (s *Store) reserveID(ctx context.Context, id MsgID) (*Tx, error) {
+	nonce, err := s.rand64()
+	if err != nil {
+		return nil, &Error{Op: "begin", Err: err}
+	}
+	now := s.now()
+	tx := &Tx{s: s, id: id, res: reservation{State: stateOpen, Created: now, Changed: now, Node: s.opts.Node, Nonce: nonce}}
+	key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(id)})
+	v, err := s.putBytes(ctx, key, tx.res.encode(), driver.PutOptions{IfNoneMatch: true})
+	if s.isPrecondition(err) {
+		return nil, errTaken // reserved by another transaction
+	}
+	if err != nil {
+		return nil, s.wrap("begin", id.String(), err, ErrExists)
+	}
+	tx.rver = v
+	// A committed message no longer has a reservation; its content
+	// tells that the ID is taken. Deletes remove the content last,
+	// so a message with envelopes left always still has it.
+	_, err = s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(id)}))
+	if err == nil || !s.isNotFound(err) {
+		// Release the reservation even if ctx is done by now.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		s.del(cctx, key)
+		cancel()
+	}
+	if err == nil {
+		return nil, errTaken
+	}
+	if !s.isNotFound(err) {
+		return nil, s.wrap("begin", id.String(), err, nil)
+	}
+	return tx, nil
 }
 
 // ID returns the message's ID.
@@ -304,7 +318,11 @@ func (tx *Tx) Commit(ctx context.Context) error {
 		if s.isPrecondition(err) || s.isNotFound(err) {
 			// Someone else changed the reservation: Sweep aborted it.
 			tx.done = true
-			if st, rerr := s.reservationState(ctx, tx.id); rerr == nil && st == stateCommitted {
+			// A lost answer of our own CAS shows as our transaction
+			// committed; a reservation of another transaction under
+			// the same ID (ours aborted and removed) does not.
+			if r, _, rerr := s.readReservation(ctx, tx.id); rerr == nil && r.State == stateCommitted && r.Nonce == tx.res.Nonce {
+				s.committed.add(tx.id, tx.res.Nonce)
 				return nil
 			}
 			return errorf("commit", id, ErrConflict, "the transaction was aborted by a sweep before it committed")

@@ -3,10 +3,13 @@
 //
 // # Commands
 //
-// put, ls, show, cat, rm, sweep and quarantine inspect and repair a
-// queue; serve runs the REST frontend (package rest) over it; opensmtpd
+// put, ls, show, cat, rm, sweep, quarantine, stats, hold, release and
+// schedule inspect and repair a queue; migrate copies or moves it to
+// another store; serve runs the REST frontend (package rest) over it; opensmtpd
 // and opensmtpd-queue run it as OpenSMTPD's queue process (package
-// opensmtpd); bench measures it (package bench).
+// opensmtpd); bench measures it (package bench). completion and man
+// print shell completion scripts and the manual page, made from the same
+// command table as help.
 //
 // # Queues
 //
@@ -81,7 +84,7 @@ func (c *cli) globalFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.queueURL, "queue", c.queueURL, "queue `URL` (default $MXQ_QUEUE, else file:// under ./spool)")
 	fs.BoolVar(&c.json, "json", c.json, "print JSON for scripts instead of text for people")
 	fs.DurationVar(&c.timeout, "timeout", c.timeout, "give up on the store after this long")
-	fs.StringVar(&c.node, "node", c.node, "this node's `name` in leases (default: from the host name)")
+	fs.StringVar(&c.node, "node", c.node, "this node's `name` in leases (default: the host name; migrate, hold, release and schedule prefix their own name); for ls, the node whose claims to list")
 }
 
 func main() {
@@ -188,7 +191,14 @@ Commands:
 		fmt.Fprintf(w, "  %-16s %s\n", cmd.name, cmd.short)
 	}
 	fmt.Fprintf(w, `
-The queue is chosen by URL with --queue or $MXQ_QUEUE:
+%s
+Registered schemes: %s
+Run 'mxq help <command>' for a command's flags.
+`, queueURLHelp, strings.Join(queue.DefaultURLMux().Schemes(), ", "))
+}
+
+// queueURLHelp is the help on queue URLs, of usage and the manual.
+const queueURLHelp = `The queue is chosen by URL with --queue or $MXQ_QUEUE:
   file:///var/spool/mxq                  a local directory (default: ./spool)
   s3://bucket/prefix?region=eu-west-1    Amazon S3 or a compatible server
   minio://host:9000/bucket/prefix        any S3-compatible server, through minio-go
@@ -196,11 +206,7 @@ The queue is chosen by URL with --queue or $MXQ_QUEUE:
   datastore://project/namespace          Google Cloud Datastore
   http://host:8025/                      an mxq serve frontend
   mem://name                             in memory, for tests
-
-Registered schemes: %s
-Run 'mxq help <command>' for a command's flags.
-`, strings.Join(queue.DefaultURLMux().Schemes(), ", "))
-}
+`
 
 func cmdUsage(w io.Writer, c *cli, cmd *command) {
 	fmt.Fprintf(w, "Usage: mxq %s %s\n\n%s\n", cmd.name, cmd.args, cmd.short)

@@ -22,6 +22,12 @@ type multiFlag []string
 func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
+var lsFlags struct {
+	held, due  bool
+	node, rcpt string
+	olderThan  time.Duration
+}
+
 var putFlags struct {
 	from string
 	rcpt multiFlag
@@ -44,9 +50,26 @@ content and every envelope are stored; if it fails, none of them is visible.`,
 	})
 	register(&command{
 		name:  "ls",
-		args:  "",
-		short: "list the committed envelopes",
-		run:   runLs,
+		args:  "[--held] [--due] [--node NAME] [--older-than DURATION] [--rcpt TEXT]",
+		short: "list the committed envelopes, with their age, due time and holder",
+		long: `Lists the committed envelopes: one listing per 1000 envelopes, one read per
+envelope, and one listing per 1000 messages for the ages. AGE is the time
+since the message was committed, to the minute ("-" for messages committed
+claimed, whose commit time the queue does not keep); DUE is the time until
+the envelope is due, "now", or "hold". The filters add up; --node NAME
+lists the envelopes that node NAME has claimed.`,
+		flags: func(fs *flag.FlagSet) {
+			lsFlags = struct {
+				held, due  bool
+				node, rcpt string
+				olderThan  time.Duration
+			}{}
+			fs.BoolVar(&lsFlags.held, "held", false, "only the envelopes on hold")
+			fs.BoolVar(&lsFlags.due, "due", false, "only the envelopes due now and not claimed")
+			fs.DurationVar(&lsFlags.olderThan, "older-than", 0, "only the messages committed longer ago than this `duration`")
+			fs.StringVar(&lsFlags.rcpt, "rcpt", "", "only the envelopes with a recipient that contains `text`")
+		},
+		run: runLs,
 	})
 	register(&command{
 		name:  "show",
@@ -144,12 +167,16 @@ type envelopeJSON struct {
 	Token   uint64      `json:"token,omitempty"`
 	Expires *time.Time  `json:"expires,omitempty"`
 	Due     *time.Time  `json:"due,omitempty"`
-	Data    string      `json:"data"`
-	Binary  bool        `json:"binary,omitempty"`
+	Held    bool        `json:"held,omitempty"`
+	// Committed is when the message was committed, to the minute, where
+	// the queue keeps it (ls only).
+	Committed *time.Time `json:"committed,omitempty"`
+	Data      string     `json:"data"`
+	Binary    bool       `json:"binary,omitempty"`
 }
 
 func toJSON(e *queue.Envelope) envelopeJSON {
-	j := envelopeJSON{ID: e.ID, MsgID: e.ID.MsgID(), Version: string(e.Version)}
+	j := envelopeJSON{ID: e.ID, MsgID: e.ID.MsgID(), Version: string(e.Version), Held: e.Held()}
 	if e.Lease.Holder != "" {
 		j.Holder, j.Token = e.Lease.Holder, e.Lease.Token
 		t := e.Lease.Expires.UTC()
@@ -183,19 +210,32 @@ func runLs(ctx context.Context, c *cli, args []string) error {
 	if len(args) > 0 {
 		return usagef("unexpected argument %q", args[0])
 	}
+	f := lsFlags
+	// ls claims nothing, so --node, which names the node of tools that
+	// claim, names the node whose claims to list.
+	f.node = c.node
 	ctx, s, done, err := c.session(ctx)
 	if err != nil {
 		return err
 	}
 	defer done()
+	times, err := s.CommitTimes(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
 	tw := tabwriter.NewWriter(c.stdout, 0, 4, 2, ' ', 0)
 	if !c.json {
-		fmt.Fprintln(tw, "ENVELOPE\tHOLDER\tDATA")
+		fmt.Fprintln(tw, "ENVELOPE\tAGE\tDUE\tHOLDER\tDATA")
 	}
 	n := 0
 	for id, err := range s.Walk(ctx) {
 		if err != nil {
 			return err
+		}
+		committed, known := times[id.MsgID()]
+		if f.olderThan > 0 && (!known || now.Sub(committed) <= f.olderThan) {
+			continue
 		}
 		e, err := s.Load(ctx, id)
 		if errors.Is(err, queue.ErrNotFound) {
@@ -204,18 +244,42 @@ func runLs(ctx context.Context, c *cli, args []string) error {
 		if err != nil {
 			return err
 		}
+		claimed := e.Lease.Holder != "" && e.Lease.Expires.After(now)
+		switch {
+		case f.held && !e.Held(),
+			f.due && (e.Held() || claimed || e.Due.After(now)),
+			f.node != "" && (!claimed || e.Lease.Holder != f.node),
+			f.rcpt != "" && !matchEnvelope(e.Data, "", f.rcpt):
+			continue
+		}
 		n++
 		if c.json {
-			if err := c.printJSON(toJSON(e)); err != nil {
+			j := toJSON(e)
+			if known {
+				t := committed.UTC()
+				j.Committed = &t
+			}
+			if err := c.printJSON(j); err != nil {
 				return err
 			}
 			continue
 		}
 		holder := "-"
-		if e.Lease.Holder != "" {
+		if claimed {
 			holder = e.Lease.Holder
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", id, holder, preview(e))
+		ageCol := "-"
+		if known {
+			ageCol = age(now.Sub(committed))
+		}
+		dueCol := "now"
+		switch {
+		case e.Held():
+			dueCol = "hold"
+		case e.Due.After(now):
+			dueCol = "in " + age(e.Due.Sub(now))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", id, ageCol, dueCol, holder, preview(e))
 	}
 	if c.json {
 		return nil
@@ -252,6 +316,9 @@ func runShow(ctx context.Context, c *cli, args []string) error {
 	}
 	if j.Due != nil {
 		fmt.Fprintf(c.stdout, "due:      %s\n", j.Due.Format(time.RFC3339))
+	}
+	if j.Held {
+		fmt.Fprintf(c.stdout, "held:     yes (mxq release %s)\n", j.ID)
 	}
 	if j.Binary {
 		fmt.Fprintf(c.stdout, "data (%d bytes, hex):\n%s\n", len(e.Data), j.Data)

@@ -33,6 +33,7 @@ var serveFlags struct {
 	bodyTimeout time.Duration
 	txTimeout   time.Duration
 	drain       time.Duration
+	statsEvery  time.Duration
 }
 
 func init() {
@@ -50,7 +51,9 @@ dead nodes, making them due for its clients (GET /v1/due).
 
 The bearer token is read from --token-file, else from $MXQ_TOKEN. It is
 required unless --listen is a loopback address. GET /healthz answers without
-it; GET /metrics (Prometheus) needs it when there is one.
+it; GET /metrics (Prometheus) needs it when there is one. Besides the
+server's own metrics, /metrics has the figures of "mxq stats" as
+mxq_queue_* gauges, refreshed at most every --stats-every.
 
 On SIGTERM or SIGINT the server stops accepting connections, lets the
 requests in flight finish (at most --drain), rolls back the transactions
@@ -75,6 +78,7 @@ wait to be accepted.`,
 			fs.DurationVar(&serveFlags.bodyTimeout, "body-timeout", time.Minute, "fail a request whose body sends nothing for this long")
 			fs.DurationVar(&serveFlags.txTimeout, "tx-timeout", 5*time.Minute, "roll back a transaction idle this long")
 			fs.DurationVar(&serveFlags.drain, "drain", time.Minute, "at shutdown, wait this long for requests in flight")
+			fs.DurationVar(&serveFlags.statsEvery, "stats-every", time.Minute, "refresh the mxq_queue_* gauges of /metrics (mxq stats) at most this often; 0: no gauges")
 		},
 		run: runServe,
 	})
@@ -199,6 +203,9 @@ func runServe(ctx context.Context, c *cli, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if f.statsEvery > 0 {
+		reg.MustRegister(newStatsCollector(s, f.statsEvery))
+	}
 	h := rest.New(s, &rest.Options{
 		Token:           token,
 		MaxBodySize:     int64(f.maxBody),

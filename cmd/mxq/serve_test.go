@@ -111,8 +111,23 @@ func TestServe(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"ok"`) {
 		t.Fatalf("healthz: %d %s", resp.StatusCode, body)
 	}
+	// /metrics has the figures of mxq stats: the one message with its two
+	// envelopes, both due now.
+	req, _ := http.NewRequest("GET", url+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"\nmxq_queue_messages 1\n", "\nmxq_queue_envelopes 2\n", `mxq_queue_due_envelopes{when="now"} 2`, "\nmxq_queue_stats_up 1\n"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	// A transaction a client leaves open is rolled back at shutdown.
-	req, _ := http.NewRequest("POST", url+"/v1/messages", nil)
+	req, _ = http.NewRequest("POST", url+"/v1/messages", nil)
 	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err = http.DefaultClient.Do(req)
 	if err != nil || resp.StatusCode != 201 {
