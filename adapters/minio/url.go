@@ -16,6 +16,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Scheme is the URL scheme that minio registers with queue.DefaultURLMux.
@@ -75,7 +76,7 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.O
 
 // client returns a client for u, and the bucket and prefix u names.
 func (o *URLOpener) client(u *url.URL) (*minio.Client, string, string, error) {
-	p, err := queue.URLParams(u, "secure", "region")
+	p, err := driver.URLParams(u, "secure", "region")
 	if err != nil {
 		return nil, "", "", err
 	}
@@ -96,7 +97,7 @@ func (o *URLOpener) client(u *url.URL) (*minio.Client, string, string, error) {
 	if err := s3utils.CheckValidBucketNameStrict(bucket); err != nil {
 		return nil, "", "", bad(fmt.Errorf("minio: %w", err))
 	}
-	secure, err := queue.ParseBool("secure", p["secure"], true)
+	secure, err := driver.ParseBool("secure", p["secure"], true)
 	if err != nil {
 		return nil, "", "", bad(err)
 	}

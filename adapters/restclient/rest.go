@@ -115,7 +115,7 @@ func openBackend(u *url.URL, token string, client *http.Client) (*backend, error
 	if u.Fragment != "" {
 		return nil, invalid("a fragment (#...) means nothing here")
 	}
-	if _, err := queue.URLParams(u); err != nil {
+	if _, err := driver.URLParams(u); err != nil {
 		return nil, err
 	}
 	if strings.ContainsAny(token, "\r\n") {

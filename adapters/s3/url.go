@@ -19,6 +19,7 @@ import (
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Scheme is the URL scheme that s3 registers with queue.DefaultURLMux.
@@ -98,7 +99,7 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.O
 
 // client returns a client for u and the bucket u names.
 func (o *URLOpener) client(ctx context.Context, u *url.URL) (*awss3.Client, string, error) {
-	p, err := queue.URLParams(u, "region", "endpoint", "use_path_style", "disable_https", "profile")
+	p, err := driver.URLParams(u, "region", "endpoint", "use_path_style", "disable_https", "profile")
 	if err != nil {
 		return nil, "", err
 	}
@@ -116,11 +117,11 @@ func (o *URLOpener) client(ctx context.Context, u *url.URL) (*awss3.Client, stri
 	if bucket == "" {
 		return nil, "", bad(errors.New("s3: no bucket: want s3://bucket/prefix"))
 	}
-	pathStyle, err := queue.ParseBool("use_path_style", p["use_path_style"], false)
+	pathStyle, err := driver.ParseBool("use_path_style", p["use_path_style"], false)
 	if err != nil {
 		return nil, "", bad(err)
 	}
-	noHTTPS, err := queue.ParseBool("disable_https", p["disable_https"], false)
+	noHTTPS, err := driver.ParseBool("disable_https", p["disable_https"], false)
 	if err != nil {
 		return nil, "", bad(err)
 	}
