@@ -69,7 +69,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -290,19 +289,7 @@ func errorCode(err error) driver.Code {
 	}
 	var ge *googleapi.Error
 	if errors.As(err, &ge) {
-		switch c := ge.Code; {
-		case c == http.StatusNotFound:
-			return driver.CodeNotFound
-		case c == http.StatusPreconditionFailed:
-			return driver.CodePrecondition
-		case c == http.StatusBadRequest:
-			return driver.CodeInvalid
-		case c == http.StatusNotImplemented:
-			return driver.CodeUnsupported
-		case c == http.StatusRequestTimeout || c == http.StatusTooManyRequests || c >= 500:
-			return driver.CodeUnavailable
-		}
-		return driver.CodeUnknown
+		return driver.HTTPCode(ge.Code)
 	}
 	// The gRPC transport reports status codes.
 	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {

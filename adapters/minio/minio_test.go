@@ -57,37 +57,26 @@ func cleanup(client *minio.Client, bucket, prefix string) error {
 	return ctx.Err()
 }
 
+// deadClient is the s3test.DeadClient of the tests: the server is
+// replaced, or the secret key.
+func deadClient(ctx context.Context, t testing.TB, d conformance.Dead, addr string) (*minio.Client, error) {
+	u := s3test.URL(t, urlVar)
+	if d == conformance.DeadEndpoint {
+		u.Host = addr
+	} else {
+		for _, v := range []string{"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"} {
+			t.Setenv(v, "")
+		}
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-key")
+	}
+	c, _, _, err := new(URLOpener).client(u)
+	return c, err
+}
+
 func newHarness(ctx context.Context, t testing.TB) (conformance.Harness, error) {
 	client, bucket, prefix := target(ctx, t)
-	opts := &Options{Prefix: prefix}
-	return &s3test.Harness{
-		T:     t,
-		Open:  func() (driver.Backend, error) { return openBackend(client, bucket, opts) },
-		Clean: func() error { return cleanup(client, bucket, prefix) },
-		Dead: func(ctx context.Context, d conformance.Dead) (driver.Backend, error) {
-			u := s3test.URL(t, urlVar)
-			switch d {
-			case conformance.DeadEndpoint:
-				addr, err := s3test.DeadAddr()
-				if err != nil {
-					return nil, err
-				}
-				u.Host = addr
-			case conformance.DeadCredentials:
-				for _, v := range []string{"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"} {
-					t.Setenv(v, "")
-				}
-				t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-key")
-			case conformance.DeadContainer:
-				return openBackend(client, s3test.MissingBucket(), opts)
-			}
-			c, _, _, err := new(URLOpener).client(u)
-			if err != nil {
-				return nil, err
-			}
-			return openBackend(c, bucket, opts)
-		},
-	}, nil
+	srv := &server{client: client, bucket: bucket, prefix: prefix}
+	return s3test.NewHarness(t, client, bucket, prefix, srv, openBackend, cleanup, deadClient), nil
 }
 
 func TestConformance(t *testing.T) { conformance.Run(t, newHarness) }
@@ -235,12 +224,4 @@ func (s *server) Uploads(ctx context.Context) (int, error) {
 
 // TestFindings records what the server under test does where stores
 // differ; the package doc lists the results for MinIO.
-func TestFindings(t *testing.T) {
-	client, bucket, prefix := target(t.Context(), t)
-	t.Cleanup(func() { cleanup(client, bucket, prefix) })
-	b, err := openBackend(client, bucket, &Options{Prefix: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s3test.Findings(t, b, &server{client: client, bucket: bucket, prefix: prefix})
-}
+func TestFindings(t *testing.T) { s3test.Findings(t, newHarness) }

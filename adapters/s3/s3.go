@@ -204,15 +204,11 @@ func conditions(opts *driver.PutOptions) (ifNoneMatch, ifMatch *string, optFns [
 
 // PutObject implements s3proto.Uploader.
 func (b *backend) PutObject(ctx context.Context, key string, data []byte, opts *driver.PutOptions) (driver.Version, error) {
-	in := &awss3.PutObjectInput{
-		Bucket:        &b.bucket,
-		Key:           &key,
-		Body:          bytes.NewReader(data),
-		ContentLength: aws.Int64(int64(len(data))),
-	}
-	var optFns []func(*awss3.Options)
-	in.IfNoneMatch, in.IfMatch, optFns = conditions(opts)
-	out, err := b.client.PutObject(ctx, in, optFns...)
+	ifNoneMatch, ifMatch, optFns := conditions(opts)
+	out, err := b.client.PutObject(ctx, &awss3.PutObjectInput{
+		Bucket: &b.bucket, Key: &key, IfNoneMatch: ifNoneMatch, IfMatch: ifMatch,
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+	}, optFns...)
 	if err != nil {
 		return "", err
 	}

@@ -75,39 +75,25 @@ func cleanup(client *awss3.Client, bucket, prefix string) error {
 
 func newHarness(ctx context.Context, t testing.TB) (conformance.Harness, error) {
 	client, bucket, prefix := target(ctx, t)
-	opts := &Options{Prefix: prefix}
-	return &s3test.Harness{
-		T:     t,
-		Open:  func() (driver.Backend, error) { return openBackend(client, bucket, opts) },
-		Clean: func() error { return cleanup(client, bucket, prefix) },
-		Dead: func(ctx context.Context, d conformance.Dead) (driver.Backend, error) {
-			switch d {
-			case conformance.DeadEndpoint:
-				addr, err := s3test.DeadAddr()
-				if err != nil {
-					return nil, err
-				}
-				u := s3test.URL(t, urlVar)
-				q := u.Query()
-				q.Set("endpoint", "http://"+addr)
-				u.RawQuery = q.Encode()
-				c, _, err := testOpener.client(ctx, u)
-				if err != nil {
-					return nil, err
-				}
-				return openBackend(c, bucket, opts)
-			case conformance.DeadCredentials:
-				// A fresh opener, as the configuration is loaded once.
-				t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-key")
-				c, _, err := new(URLOpener).client(ctx, s3test.URL(t, urlVar))
-				if err != nil {
-					return nil, err
-				}
-				return openBackend(c, bucket, opts)
-			}
-			return openBackend(client, s3test.MissingBucket(), opts)
-		},
-	}, nil
+	srv := &server{client: client, bucket: bucket, prefix: prefix}
+	return s3test.NewHarness(t, client, bucket, prefix, srv, openBackend, cleanup, deadClient), nil
+}
+
+// deadClient is the s3test.DeadClient of the tests: the endpoint is
+// replaced, or the secret key.
+func deadClient(ctx context.Context, t testing.TB, d conformance.Dead, addr string) (*awss3.Client, error) {
+	u := s3test.URL(t, urlVar)
+	q := u.Query()
+	switch d {
+	case conformance.DeadEndpoint:
+		q.Set("endpoint", "http://"+addr)
+		u.RawQuery = q.Encode()
+	case conformance.DeadCredentials:
+		// A fresh opener below, as an opener loads the configuration once.
+		t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-key")
+	}
+	c, _, err := new(URLOpener).client(ctx, u)
+	return c, err
 }
 
 func TestConformance(t *testing.T) { conformance.Run(t, newHarness) }
@@ -254,12 +240,4 @@ func (s *server) Uploads(ctx context.Context) (int, error) {
 
 // TestFindings records what the server under test does where stores
 // differ; the package doc lists the results for MinIO.
-func TestFindings(t *testing.T) {
-	client, bucket, prefix := target(t.Context(), t)
-	t.Cleanup(func() { cleanup(client, bucket, prefix) })
-	b, err := openBackend(client, bucket, &Options{Prefix: prefix})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s3test.Findings(t, b, &server{client: client, bucket: bucket, prefix: prefix})
-}
+func TestFindings(t *testing.T) { s3test.Findings(t, newHarness) }

@@ -137,10 +137,10 @@ func PingError(sdk, bucket string, missing bool, status int, err error) error {
 	return err
 }
 
-// ErrorCode maps an error of an S3 request onto a driver code, by its S3
-// error code and HTTP status (empty and 0 when the error has none), then
-// by transient, the SDK's judgement of errors without an answer
-// (network, throttling):
+// ErrorCode maps an error of an S3 request onto a driver code: by its S3
+// error code (empty when the error has none), then by transient, the
+// SDK's judgement of errors without an answer (network, throttling), then
+// by the HTTP status (0 without an answer) as driver.HTTPCode does:
 //
 //	NoSuchKey, NotFound, 404                     CodeNotFound
 //	NoSuchBucket, ErrNoSuchBucket                CodeInvalid
@@ -149,7 +149,7 @@ func PingError(sdk, bucket string, missing bool, status int, err error) error {
 //	NotImplemented, 501                          CodeUnsupported
 //	NoSuchUpload                                 CodeUnknown
 //	SlowDown, RequestTimeout, Throttling...      CodeUnavailable
-//	transient, 429, 5xx                          CodeUnavailable
+//	transient, 408, 429, 5xx                     CodeUnavailable
 //	other 400                                    CodeInvalid
 //	403, everything else                         CodeUnknown
 func ErrorCode(err error, code string, status int, transient func(error) bool) driver.Code {
@@ -173,21 +173,10 @@ func ErrorCode(err error, code string, status int, transient func(error) bool) d
 		"ServiceUnavailable", "InternalError", "XMinioServerNotInitialized":
 		return driver.CodeUnavailable
 	}
-	switch {
-	case status == http.StatusNotFound:
-		return driver.CodeNotFound
-	case status == http.StatusPreconditionFailed:
-		return driver.CodePrecondition
-	case status == http.StatusNotImplemented:
-		return driver.CodeUnsupported
-	case transient != nil && transient(err):
+	if transient != nil && transient(err) {
 		return driver.CodeUnavailable
-	case status == http.StatusTooManyRequests || status >= 500:
-		return driver.CodeUnavailable
-	case status == http.StatusBadRequest:
-		return driver.CodeInvalid
 	}
-	return driver.CodeUnknown
+	return driver.HTTPCode(status)
 }
 
 // Uploader is what an SDK does for Put, with P the SDK's record of an

@@ -94,38 +94,74 @@ func CreateBucket(bucket string, create func() error, code func(error) string) e
 	return err
 }
 
-// Harness is the conformance harness of the adapters.
-type Harness struct {
-	T testing.TB
-	// Open returns a Backend over the harness's prefix.
-	Open func() (driver.Backend, error)
-	// Clean deletes every object under the harness's prefix.
-	Clean func() error
-	// Dead makes the dead stores of conformance.DeadHarness.
-	Dead func(ctx context.Context, d conformance.Dead) (driver.Backend, error)
+// Harness is the conformance harness of the adapters, with C the SDK's
+// client.
+type Harness[C any] struct {
+	t              testing.TB
+	client         *C
+	bucket, prefix string
+	srv            Server
+	open           func(*C, string, *s3proto.Options) (driver.Backend, error)
+	clean          func(*C, string, string) error
+	dead           DeadClient[C]
 }
 
-var _ conformance.DeadHarness = (*Harness)(nil)
+// DeadClient returns a client of a store that fails as d says, for
+// conformance.DeadEndpoint (with addr, where nothing listens) and
+// conformance.DeadCredentials; a missing bucket needs no client of its
+// own.
+type DeadClient[C any] func(ctx context.Context, t testing.TB, d conformance.Dead, addr string) (*C, error)
+
+var _ conformance.DeadHarness = (*Harness[int])(nil)
+
+// NewHarness returns the harness of the keys under prefix in bucket,
+// through client, with srv the server for Findings. open is the adapter's
+// openBackend, clean deletes every object under a prefix of a bucket, and
+// dead makes the clients of the dead stores.
+func NewHarness[C any](t testing.TB, client *C, bucket, prefix string, srv Server,
+	open func(*C, string, *s3proto.Options) (driver.Backend, error), clean func(*C, string, string) error, dead DeadClient[C]) *Harness[C] {
+	return &Harness[C]{t: t, client: client, bucket: bucket, prefix: prefix, srv: srv, open: open, clean: clean, dead: dead}
+}
 
 // MakeBackend implements conformance.Harness.
-func (h *Harness) MakeBackend(context.Context) (driver.Backend, error) { return h.Open() }
+func (h *Harness[C]) MakeBackend(context.Context) (driver.Backend, error) {
+	return h.open(h.client, h.bucket, &s3proto.Options{Prefix: h.prefix})
+}
 
 // Capabilities implements conformance.Harness: If-Match on a missing key
 // is 404 NoSuchKey.
-func (h *Harness) Capabilities() conformance.Capabilities {
+func (h *Harness[C]) Capabilities() conformance.Capabilities {
 	return conformance.Capabilities{IfMatchMissing: driver.CodeNotFound}
 }
 
 // Close implements conformance.Harness.
-func (h *Harness) Close() {
-	if err := h.Clean(); err != nil {
-		h.T.Errorf("cleanup: %v", err)
+func (h *Harness[C]) Close() {
+	if err := h.clean(h.client, h.bucket, h.prefix); err != nil {
+		h.t.Errorf("cleanup of %s: %v", h.prefix, err)
 	}
 }
 
 // MakeDeadBackend implements conformance.DeadHarness.
-func (h *Harness) MakeDeadBackend(ctx context.Context, d conformance.Dead) (driver.Backend, error) {
-	return h.Dead(ctx, d)
+func (h *Harness[C]) MakeDeadBackend(ctx context.Context, d conformance.Dead) (driver.Backend, error) {
+	opts := &s3proto.Options{Prefix: h.prefix}
+	if d == conformance.DeadContainer {
+		return h.open(h.client, MissingBucket(), opts)
+	}
+	addr, err := DeadAddr()
+	if err != nil {
+		return nil, err
+	}
+	c, err := h.dead(ctx, h.t, d, addr)
+	if err != nil {
+		return nil, err
+	}
+	return h.open(c, h.bucket, opts)
+}
+
+// findings returns a backend and the server under it.
+func (h *Harness[C]) findings() (driver.Backend, Server, error) {
+	b, err := h.MakeBackend(context.Background())
+	return b, h.srv, err
 }
 
 // ErrorCode checks code, an adapter's ErrorCode, on the errors that
@@ -189,9 +225,21 @@ type Server interface {
 	Uploads(ctx context.Context) (int, error)
 }
 
-// Findings records what the server under b does where stores differ; the
-// adapters' package docs list the results for MinIO.
-func Findings(t *testing.T, b driver.Backend, srv Server) {
+// Findings records what the server under the Harness that mk makes does
+// where stores differ; the adapters' package docs list the results for
+// MinIO.
+func Findings(t *testing.T, mk conformance.HarnessMaker) {
+	h, err := mk(t.Context(), t)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	b, srv, err := h.(interface {
+		findings() (driver.Backend, Server, error)
+	}).findings()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := t.Context()
 	put := func(key, data string, o driver.PutOptions) (driver.Version, error) {
 		o.Size = int64(len(data))
