@@ -47,14 +47,17 @@
 // # Errors
 //
 // ErrorCode maps minio.ErrorResponse codes and HTTP statuses onto queue
-// codes as adapters/s3 does:
+// codes with the table that adapters/s3 shares; errors without an answer
+// are transient when they are network errors, but for a host name that
+// does not resolve:
 //
 //	NoSuchKey, 404                               CodeNotFound
 //	NoSuchBucket                                 CodeInvalid (a misspelt bucket must not look like an empty queue)
 //	PreconditionFailed, 412                      CodePrecondition
 //	ConditionalRequestConflict, OperationAborted CodePrecondition
 //	NotImplemented, 501                          CodeUnsupported
-//	5xx, SlowDown, RequestTimeout, network       CodeUnavailable
+//	408, 429, 5xx, SlowDown, RequestTimeout      CodeUnavailable
+//	network errors, but an unknown host          CodeUnavailable
 //	other 400                                    CodeInvalid
 //	403, everything else                         CodeUnknown
 //

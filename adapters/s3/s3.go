@@ -37,14 +37,17 @@
 //
 // # Errors
 //
-// ErrorCode maps the S3 error code or HTTP status onto queue codes:
+// ErrorCode maps the S3 error code or HTTP status onto queue codes, with
+// the table that adapters/minio shares; network errors are transient when
+// the SDK's retryer would retry them:
 //
 //	NoSuchKey, NotFound, 404                     CodeNotFound
 //	NoSuchBucket                                 CodeInvalid (see below)
 //	PreconditionFailed, 412                      CodePrecondition
 //	ConditionalRequestConflict, OperationAborted CodePrecondition (409: a concurrent conditional write won)
 //	NotImplemented, 501                          CodeUnsupported
-//	5xx, throttling, RequestTimeout, network     CodeUnavailable
+//	408, 429, 5xx, throttling, RequestTimeout    CodeUnavailable
+//	network errors the SDK retries               CodeUnavailable
 //	other 400 (InvalidArgument, KeyTooLong...)   CodeInvalid
 //	403, everything else                         CodeUnknown
 //

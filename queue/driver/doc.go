@@ -23,7 +23,8 @@
 // queue.URLMux and parse their query with URLParams and ParseBool. ValidKey
 // is the one rule for keys; an adapter that takes keys from elsewhere than
 // the Store (the REST server) checks them with it. Errors of these helpers
-// wrap ErrInvalid, which is queue.ErrInvalid.
+// wrap ErrInvalid, which is queue.ErrInvalid. HTTPCode maps the status of
+// an HTTP answer onto a Code, for ErrorCode.
 //
 // # Conformance
 //
