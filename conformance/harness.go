@@ -15,6 +15,15 @@
 // call MakeBackend several times; all backends of one Harness must share
 // one storage. Capabilities tells the suite where adapters may differ.
 //
+// # Dead stores
+//
+// A Harness that is also a DeadHarness opens stores that cannot work: an
+// endpoint where nothing listens, credentials the store refuses, a bucket
+// that does not exist. The subtest DeadStore checks that each fails within
+// its deadline with the error an operator can act on (ErrUnavailable,
+// neither ErrNotFound nor ErrUnavailable, ErrInvalid), the store's own
+// error reachable beneath. An adapter provides only the openers.
+//
 // # Benchmarks
 //
 // RunBenchmarks takes the same HarnessMaker and measures the Store on the

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,6 +49,7 @@ func Run(t *testing.T, mk HarnessMaker) {
 	t.Run("Closed", func(t *testing.T) { testClosed(t, mk) })
 	t.Run("CancelledContext", func(t *testing.T) { testCancelledContext(t, mk) })
 	t.Run("LargeMessage", func(t *testing.T) { testLargeMessage(t, mk) })
+	t.Run("DeadStore", func(t *testing.T) { testDeadStore(t, mk) })
 	runLeaseTests(t, mk)
 }
 
@@ -159,6 +161,33 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 			t.Fatalf("a refused CAS on a missing key created it: %v", err)
 		}
 	})
+	t.Run("CompareAndSwapRace", func(t *testing.T) {
+		// Of writers that swap the same version, exactly one wins, round
+		// after round.
+		for round := range 3 {
+			v, err := put("inc/00000009", "v0", driver.PutOptions{})
+			wantErr(t, "Put", err, nil)
+			var wins, losses atomic.Int32
+			var wg sync.WaitGroup
+			for i := range 8 {
+				wg.Go(func() {
+					_, err := put("inc/00000009", fmt.Sprint("w", i), driver.PutOptions{IfMatch: v})
+					switch {
+					case err == nil:
+						wins.Add(1)
+					case b.ErrorCode(err) == driver.CodePrecondition:
+						losses.Add(1)
+					default:
+						t.Errorf("CAS: %v (code %d)", err, b.ErrorCode(err))
+					}
+				})
+			}
+			wg.Wait()
+			if wins.Load() != 1 || losses.Load() != 7 {
+				t.Fatalf("round %d, 8 racing CAS: %d won, %d lost; want 1 and 7", round, wins.Load(), losses.Load())
+			}
+		}
+	})
 	t.Run("PutBrokenReader", func(t *testing.T) {
 		// A body that breaks off, as a network body does, is not an
 		// object: nothing may be stored. The error is the reader's own
@@ -191,8 +220,19 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 				t.Fatal(err)
 			}
 		}
-		if _, err := put("own/listers", "x", driver.PutOptions{}); err != nil {
-			t.Fatal(err)
+		// Keys whose byte order differs from a path order, and keys just
+		// outside the prefix on either side.
+		want = append(want, "own/lister/0-", "own/lister/0.a", "own/lister/0_b", "own/lister/0/x", "own/lister/x")
+		for _, k := range want[25:] {
+			if _, err := put(k, "x", driver.PutOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		slices.Sort(want)
+		for _, k := range []string{"own/listeq/z", "own/lister0/x", "own/listers"} {
+			if _, err := put(k, "x", driver.PutOptions{}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		var got []string
 		after := ""
@@ -215,6 +255,50 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 		wantErr(t, "List", err, nil)
 		if !slices.Equal(keys, want[23:]) {
 			t.Fatalf("List after %s = %v, want %v", want[22], keys, want[23:])
+		}
+		keys, _, err = b.List(ctx, "own/", "own/lister0", 1000)
+		wantErr(t, "List", err, nil)
+		if want := []string{"own/lister0/x", "own/listers"}; !slices.Equal(keys, want) {
+			t.Fatalf("List of own/ after own/lister0 = %v, want %v", keys, want)
+		}
+		keys, more, err := b.List(ctx, "nothing/", "", 10)
+		if err != nil || len(keys) != 0 || more {
+			t.Fatalf("List of an empty prefix = %q, more %v, %v", keys, more, err)
+		}
+	})
+	t.Run("Ping", func(t *testing.T) {
+		p, ok := b.(driver.Pinger)
+		if !ok {
+			t.Skip("not a Pinger")
+		}
+		wantErr(t, "Ping", p.Ping(ctx), nil)
+	})
+	t.Run("CancelledContext", func(t *testing.T) {
+		// Once ctx is done, every method fails with ctx's error or one
+		// that ErrorCode maps to CodeUnavailable.
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		check := func(op string, err error) {
+			t.Helper()
+			if !errors.Is(err, context.Canceled) && (err == nil || b.ErrorCode(err) != driver.CodeUnavailable) {
+				t.Errorf("%s with a cancelled ctx: %v", op, err)
+			}
+		}
+		_, err := b.Put(cctx, "inc/0000000a", strings.NewReader("x"), &driver.PutOptions{Size: 1})
+		check("Put", err)
+		_, err = b.Put(cctx, "inc/0000000a", strings.NewReader("x"), &driver.PutOptions{Size: 1, IfNoneMatch: true})
+		check("Put create-only", err)
+		_, _, err = b.Get(cctx, "inc/00000002")
+		check("Get", err)
+		_, _, err = b.List(cctx, "inc/", "", 10)
+		check("List", err)
+		check("Delete", b.Delete(cctx, "inc/00000002"))
+		if st, ok := b.(driver.Stater); ok {
+			_, err := st.Stat(cctx, "inc/00000002")
+			check("Stat", err)
+		}
+		if p, ok := b.(driver.Pinger); ok {
+			check("Ping", p.Ping(cctx))
 		}
 	})
 }

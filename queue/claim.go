@@ -136,6 +136,9 @@ func (s *Store) ResumeEnvelope(e *Envelope, token uint64) (*Claim, error) {
 // When the swap fails, it tells a lost lease from another change.
 func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte, otherwise error) error {
 	s := c.s
+	if err := s.check(op); err != nil {
+		return err
+	}
 	id := c.e.ID
 	if len(data) > s.opts.MaxEnvelopeSize {
 		return errorf(op, id.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(data), s.opts.MaxEnvelopeSize)

@@ -91,7 +91,8 @@
 // The contract a store implements, driver.Backend, and the helpers for
 // adapters are in package queue/driver, whose doc explains how to write an
 // adapter. An adapter registers a URLOpener under its scheme with
-// URLMux.Register, parses its query with URLParams and ParseBool, and runs
-// the conformance suite (package conformance) from its tests.
+// URLMux.Register, parses its query with driver.URLParams and
+// driver.ParseBool, and runs the conformance suite (package conformance)
+// from its tests.
 // adapters/mem is the reference adapter.
 package queue

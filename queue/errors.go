@@ -22,8 +22,9 @@ var (
 	ErrConflict = errors.New("version conflict")
 	// ErrCorrupt: stored data does not parse or fails its checksum.
 	ErrCorrupt = errors.New("corrupt")
-	// ErrInvalid: the caller passed a bad argument (ID, URL, size).
-	ErrInvalid = errors.New("invalid argument")
+	// ErrInvalid: the caller passed a bad argument (ID, URL, size). It is
+	// driver.ErrInvalid, which the adapters' helpers return.
+	ErrInvalid = driver.ErrInvalid
 	// ErrClosed: the Store, or the transaction, was already closed.
 	ErrClosed = errors.New("closed")
 	// ErrUnsupported: the backend cannot do what was asked.

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mxqueue/mxq/queue/driver"
 	"github.com/mxqueue/mxq/queue/layout"
 )
 
@@ -42,20 +43,6 @@ func TestValidNodeName(t *testing.T) {
 	}
 }
 
-func TestValidKey(t *testing.T) {
-	for _, k := range []string{"inc/ab12cd34", "node/mx1.example", "a/b", "a/b.c/d_e-f", strings.Repeat("a/", 511) + "ab"} {
-		if err := ValidKey(k); err != nil {
-			t.Errorf("ValidKey(%q): %v", k, err)
-		}
-	}
-	for _, k := range []string{"", "foo", ".tmp/x", ".hidden/x", "a/.b", "a//b", "a/b/", "/a/b", "a/./b", "a/../b",
-		"A/b", "a/b,c", "a/b c", "a/b\x00", "a/é", strings.Repeat("a/", 512) + "ab"} {
-		if err := ValidKey(k); !errors.Is(err, ErrInvalid) {
-			t.Errorf("ValidKey(%q) = %v, want ErrInvalid", k, err)
-		}
-	}
-}
-
 // TestLayoutKeysValid checks that every key of the layout, and every
 // prefix of more than one segment without its final "/", passes the key
 // rule that adapters and the REST server apply.
@@ -69,7 +56,7 @@ func TestLayoutKeysValid(t *testing.T) {
 		{Kind: layout.Due, Due: 29511234, Evp: e}, {Kind: layout.Due, Due: 29511234, Msg: m}, {Kind: layout.Due, Due: 29511234},
 	} {
 		k, _ := strings.CutSuffix(layout.Key(h), "/")
-		if err := ValidKey(k); err != nil {
+		if err := driver.ValidKey(k); err != nil {
 			t.Errorf("ValidKey(%q) of %+v: %v", k, h, err)
 		}
 	}

@@ -182,6 +182,9 @@ func (tx *Tx) Envelopes() []EvpID {
 // bounded memory, and returns its length. Envelopes added so far are
 // written at the same time. It may be called once.
 func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
+	if err := tx.s.check("write content"); err != nil {
+		return 0, err
+	}
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
 	if tx.done {
@@ -288,6 +291,9 @@ func (tx *Tx) flush(ctx context.Context) error {
 // on the final write); then Load tells. A message needs at least one
 // envelope; one without content gets empty content.
 func (tx *Tx) Commit(ctx context.Context) error {
+	if err := tx.s.check("commit"); err != nil {
+		return err
+	}
 	tx.mu.Lock()
 	defer tx.mu.Unlock()
 	s := tx.s

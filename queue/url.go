@@ -113,37 +113,3 @@ func RedactURL(urlstr string) string {
 	}
 	return u.Redacted()
 }
-
-// URLParams checks the query of u against the allowed parameter names and
-// returns the values, one per name. Unknown or repeated parameters are
-// errors wrapping ErrInvalid. Adapters use it in their URL openers.
-func URLParams(u *url.URL, allowed ...string) (map[string]string, error) {
-	out := make(map[string]string)
-	for k, v := range u.Query() {
-		if !slices.Contains(allowed, k) {
-			if len(allowed) == 0 {
-				return nil, errorf("open", u.Redacted(), ErrInvalid, "invalid query parameter %q: this scheme takes none", k)
-			}
-			return nil, errorf("open", u.Redacted(), ErrInvalid, "invalid query parameter %q; valid: %s", k, strings.Join(allowed, ", "))
-		}
-		if len(v) != 1 {
-			return nil, errorf("open", u.Redacted(), ErrInvalid, "query parameter %q given %d times", k, len(v))
-		}
-		out[k] = v[0]
-	}
-	return out, nil
-}
-
-// ParseBool parses a boolean URL parameter: true/false, 1/0, yes/no. An
-// empty value gives def.
-func ParseBool(name, v string, def bool) (bool, error) {
-	switch strings.ToLower(v) {
-	case "":
-		return def, nil
-	case "1", "true", "yes", "on":
-		return true, nil
-	case "0", "false", "no", "off":
-		return false, nil
-	}
-	return false, fmt.Errorf("%w: query parameter %s=%q: want true or false", ErrInvalid, name, v)
-}

@@ -6,13 +6,15 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 type fakeOpener struct{ got *url.URL }
 
 func (o *fakeOpener) OpenStoreURL(ctx context.Context, u *url.URL, opts *Options) (*Store, error) {
 	o.got = u
-	if _, err := URLParams(u, "region"); err != nil {
+	if _, err := driver.URLParams(u, "region"); err != nil {
 		return nil, err
 	}
 	return nil, nil
@@ -70,17 +72,5 @@ func TestRedactURL(t *testing.T) {
 	}
 	if got := RedactURL("s3://bucket/p?region=x"); got != "s3://bucket/p?region=x" {
 		t.Fatalf("RedactURL changed a URL without a password: %s", got)
-	}
-}
-
-func TestParseBool(t *testing.T) {
-	for in, want := range map[string]bool{"": true, "true": true, "1": true, "no": false, "FALSE": false} {
-		got, err := ParseBool("x", in, true)
-		if err != nil || got != want {
-			t.Errorf("ParseBool(%q) = %v, %v", in, got, err)
-		}
-	}
-	if _, err := ParseBool("x", "maybe", true); !errors.Is(err, ErrInvalid) {
-		t.Errorf("ParseBool(maybe) = %v", err)
 	}
 }

@@ -15,11 +15,11 @@ import (
 	"github.com/mxqueue/mxq/queue/driver"
 )
 
-// MaxKeyLength bounds an object key, in bytes: queue.MaxKeyLength.
-const MaxKeyLength = queue.MaxKeyLength
+// MaxKeyLength bounds an object key, in bytes: driver.MaxKeyLength.
+const MaxKeyLength = driver.MaxKeyLength
 
 // ValidKey reports whether key can name an object, by the rule every
-// adapter applies too (queue.ValidKey): 1 to MaxKeyLength bytes of a-z
+// adapter applies too (driver.ValidKey): 1 to MaxKeyLength bytes of a-z
 // 0-9 . _ - and "/", in at least two segments, none empty or starting with
 // a dot. Every key that layout.Key produces is valid. The error wraps
 // queue.ErrInvalid.
@@ -41,7 +41,7 @@ func validKey(key string, prefix bool) error {
 			check += "/x"
 		}
 	}
-	if err := queue.ValidKey(check); err != nil {
+	if err := driver.ValidKey(check); err != nil {
 		return &apiError{code: CodeInvalid, msg: "object " + strings.TrimPrefix(err.Error(), queue.ErrInvalid.Error()+": ")}
 	}
 	return nil

@@ -93,7 +93,6 @@ import (
 	"io"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"cloud.google.com/go/datastore"
@@ -123,7 +122,6 @@ const (
 )
 
 var (
-	errClosed       = errors.New("datastore: backend is closed")
 	errPrecondition = errors.New("datastore: precondition failed")
 	errCorrupt      = errors.New("datastore: stored object is inconsistent")
 	errInvalidKey   = errors.New("datastore: key cannot be an entity name")
@@ -193,10 +191,8 @@ func validNamespace(ns string) error {
 }
 
 type backend struct {
-	c      *datastore.Client
-	ns     string
-	mu     sync.RWMutex
-	closed bool
+	c  *datastore.Client
+	ns string
 }
 
 var (
@@ -204,15 +200,6 @@ var (
 	_ driver.Stater  = (*backend)(nil)
 	_ driver.Pinger  = (*backend)(nil)
 )
-
-func (b *backend) check() error {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		return errClosed
-	}
-	return nil
-}
 
 func (b *backend) headKey(key string) *datastore.Key {
 	k := datastore.NameKey(headKind, key, nil)
@@ -235,9 +222,6 @@ func validKey(key string) error {
 
 // getHead reads the head of key.
 func (b *backend) getHead(ctx context.Context, key string) (*head, error) {
-	if err := b.check(); err != nil {
-		return nil, err
-	}
 	if err := validKey(key); err != nil {
 		return nil, err
 	}
@@ -356,9 +340,6 @@ func newGeneration() (string, error) {
 // it streams and where it commits.
 func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (_ driver.Version, err error) {
 	defer func() { err = ctxErr(ctx, err) }()
-	if err := b.check(); err != nil {
-		return "", err
-	}
 	if err := validKey(key); err != nil {
 		return "", err
 	}
@@ -513,9 +494,6 @@ func (b *backend) cleanup(ctx context.Context, keys []*datastore.Key) {
 // transaction that learns its chunks, then the chunks.
 func (b *backend) Delete(ctx context.Context, key string) (err error) {
 	defer func() { err = ctxErr(ctx, err) }()
-	if err := b.check(); err != nil {
-		return err
-	}
 	if err := validKey(key); err != nil {
 		return err
 	}
@@ -558,9 +536,6 @@ func prefixEnd(prefix string) string {
 // List implements driver.Backend.List with one keys-only query.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) (_ []string, _ bool, err error) {
 	defer func() { err = ctxErr(ctx, err) }()
-	if err := b.check(); err != nil {
-		return nil, false, err
-	}
 	q := datastore.NewQuery(headKind).Namespace(b.ns).KeysOnly().Order("__key__").Limit(limit + 1)
 	if startAfter != "" && startAfter >= prefix {
 		q = q.FilterField("__key__", ">", b.headKey(startAfter))
@@ -590,9 +565,6 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 // Ping implements driver.Pinger: it looks up an entity that never exists.
 func (b *backend) Ping(ctx context.Context) (err error) {
 	defer func() { err = ctxErr(ctx, err) }()
-	if err := b.check(); err != nil {
-		return err
-	}
 	err = b.c.Get(ctx, b.headKey(".ping"), new(head))
 	if errors.Is(err, datastore.ErrNoSuchEntity) {
 		return nil
@@ -654,12 +626,4 @@ func errorCode(err error) driver.Code {
 }
 
 // Close implements driver.Backend.Close. It does not close the client.
-func (b *backend) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return errClosed
-	}
-	b.closed = true
-	return nil
-}
+func (b *backend) Close() error { return nil }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // clientOptions are the options of the clients that URLOpener creates.
@@ -85,7 +86,7 @@ type URLOpener struct {
 
 // OpenStoreURL implements queue.URLOpener.
 func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.Options) (*queue.Store, error) {
-	p, err := queue.URLParams(u, "database")
+	p, err := driver.URLParams(u, "database")
 	if err != nil {
 		return nil, err
 	}

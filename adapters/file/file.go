@@ -107,7 +107,7 @@ func isShard(s string) bool {
 func (b *backend) path(key string) (dir, name string, err error) {
 	// The shared rule keeps ",", the separator below, and leading dots,
 	// the temporary files, out of keys.
-	if err := queue.ValidKey(key); err != nil {
+	if err := driver.ValidKey(key); err != nil {
 		return "", "", fmt.Errorf("file: %w", err)
 	}
 	comps := strings.Split(key, "/")

@@ -113,7 +113,7 @@ func childIncrement(t *testing.T, dir, evp string) {
 	}
 }
 
-// TestInvalidKeys: keys outside the shared rule (queue.ValidKey) are
+// TestInvalidKeys: keys outside the shared rule (driver.ValidKey) are
 // refused as invalid, never as an internal error, and touch nothing.
 func TestInvalidKeys(t *testing.T) {
 	root := t.TempDir()

@@ -69,11 +69,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 
 	"cloud.google.com/go/storage"
@@ -95,7 +93,6 @@ const (
 )
 
 var (
-	errClosed = errors.New("gcs: backend is closed")
 	// errBadVersion is a compare-and-swap against a version that no
 	// object of this backend can have.
 	errBadVersion = errors.New("gcs: version is not a generation")
@@ -136,10 +133,8 @@ func openBackend(_ context.Context, client *storage.Client, bucket, prefix strin
 }
 
 type backend struct {
-	bkt    *storage.BucketHandle
-	name   string
-	mu     sync.RWMutex
-	closed bool
+	bkt  *storage.BucketHandle
+	name string
 }
 
 var (
@@ -148,24 +143,12 @@ var (
 	_ driver.Pinger  = (*backend)(nil)
 )
 
-func (b *backend) check() error {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		return errClosed
-	}
-	return nil
-}
-
 func version(gen int64) driver.Version { return driver.Version(strconv.FormatInt(gen, 10)) }
 
 // Get implements driver.Backend.Get. ctx is used for the lifetime of the
 // reader, which reads the generation it opened even if the object is
 // replaced meanwhile.
 func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
-	if err := b.check(); err != nil {
-		return nil, driver.Attrs{}, err
-	}
 	r, err := b.bkt.Object(key).NewReader(ctx)
 	if err != nil {
 		return nil, driver.Attrs{}, err
@@ -175,9 +158,6 @@ func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.At
 
 // Stat implements driver.Stater.
 func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
-	if err := b.check(); err != nil {
-		return driver.Attrs{}, err
-	}
 	a, err := b.bkt.Object(key).Attrs(ctx)
 	if err != nil {
 		return driver.Attrs{}, err
@@ -187,9 +167,6 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 
 // Put implements driver.Backend.Put.
 func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
-	if err := b.check(); err != nil {
-		return "", err
-	}
 	obj := b.bkt.Object(key)
 	switch {
 	case opts.IfNoneMatch:
@@ -250,9 +227,6 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver
 
 // Delete implements driver.Backend.Delete. It is unconditional.
 func (b *backend) Delete(ctx context.Context, key string) error {
-	if err := b.check(); err != nil {
-		return err
-	}
 	err := b.bkt.Object(key).Delete(ctx)
 	if errors.Is(err, storage.ErrObjectNotExist) {
 		return nil
@@ -265,9 +239,6 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 // and skips startAfter itself; as a page holds at most 1000 keys, a List
 // after a key with limit 1000 returns 999 keys and more.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
-	if err := b.check(); err != nil {
-		return nil, false, err
-	}
 	q := &storage.Query{Prefix: prefix}
 	page := limit
 	if startAfter >= prefix {
@@ -297,9 +268,6 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 
 // Ping implements driver.Pinger: it reads the bucket's attributes.
 func (b *backend) Ping(ctx context.Context) error {
-	if err := b.check(); err != nil {
-		return err
-	}
 	_, err := b.bkt.Attrs(ctx)
 	return err
 }
@@ -321,19 +289,7 @@ func errorCode(err error) driver.Code {
 	}
 	var ge *googleapi.Error
 	if errors.As(err, &ge) {
-		switch c := ge.Code; {
-		case c == http.StatusNotFound:
-			return driver.CodeNotFound
-		case c == http.StatusPreconditionFailed:
-			return driver.CodePrecondition
-		case c == http.StatusBadRequest:
-			return driver.CodeInvalid
-		case c == http.StatusNotImplemented:
-			return driver.CodeUnsupported
-		case c == http.StatusRequestTimeout || c == http.StatusTooManyRequests || c >= 500:
-			return driver.CodeUnavailable
-		}
-		return driver.CodeUnknown
+		return driver.HTTPCode(ge.Code)
 	}
 	// The gRPC transport reports status codes.
 	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
@@ -363,12 +319,4 @@ func errorCode(err error) driver.Code {
 }
 
 // Close implements driver.Backend.Close. It does not close the client.
-func (b *backend) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return errClosed
-	}
-	b.closed = true
-	return nil
-}
+func (b *backend) Close() error { return nil }

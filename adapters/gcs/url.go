@@ -10,6 +10,7 @@ import (
 	"cloud.google.com/go/storage"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Scheme is the URL scheme that gcs registers with queue.DefaultURLMux.
@@ -39,7 +40,7 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.O
 	if qopts != nil {
 		opts.Queue = *qopts
 	}
-	if _, err := queue.URLParams(u); err != nil {
+	if _, err := driver.URLParams(u); err != nil {
 		return nil, err
 	}
 	if u.Host == "" {

@@ -14,8 +14,8 @@
 // # Errors
 //
 // Missing keys are driver.CodeNotFound, refused conditional writes
-// driver.CodePrecondition. Nothing else fails, except a closed store, which
-// is queue.ErrClosed.
+// driver.CodePrecondition. Nothing else fails; a closed Store refuses
+// calls with queue.ErrClosed before they reach the adapter.
 package mem
 
 import (
@@ -35,7 +35,6 @@ import (
 var (
 	errNotFound     = errors.New("mem: key not found")
 	errPrecondition = errors.New("mem: precondition failed")
-	errClosed       = errors.New("mem: store is closed")
 )
 
 // storage is one named key space.
@@ -52,9 +51,7 @@ type object struct {
 }
 
 type backend struct {
-	st     *storage
-	mu     sync.RWMutex
-	closed bool
+	st *storage
 }
 
 var _ driver.Backend = (*backend)(nil)
@@ -100,20 +97,8 @@ var registry = struct {
 	m  map[string]*storage
 }{m: make(map[string]*storage)}
 
-func (b *backend) check() error {
-	b.mu.RLock()
-	defer b.mu.RUnlock()
-	if b.closed {
-		return errClosed
-	}
-	return nil
-}
-
 // Get implements driver.Backend.Get.
 func (b *backend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
-	if err := b.check(); err != nil {
-		return nil, driver.Attrs{}, err
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, driver.Attrs{}, err
 	}
@@ -137,9 +122,6 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 
 // Put implements driver.Backend.Put.
 func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
-	if err := b.check(); err != nil {
-		return "", err
-	}
 	data, err := readAll(r, opts.Size)
 	if err != nil {
 		return "", err
@@ -174,9 +156,6 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver
 
 // Delete implements driver.Backend.Delete.
 func (b *backend) Delete(ctx context.Context, key string) error {
-	if err := b.check(); err != nil {
-		return err
-	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -195,9 +174,6 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 
 // List implements driver.Backend.List.
 func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
-	if err := b.check(); err != nil {
-		return nil, false, err
-	}
 	if err := ctx.Err(); err != nil {
 		return nil, false, err
 	}
@@ -238,15 +214,7 @@ func (b *backend) ErrorCode(err error) driver.Code {
 }
 
 // Close implements driver.Backend.Close.
-func (b *backend) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return errClosed
-	}
-	b.closed = true
-	return nil
-}
+func (b *backend) Close() error { return nil }
 
 // readAll reads r whole. With an unknown size it reads in chunks and
 // copies them once into a slice of the exact size, so that a large object

@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Scheme is the URL scheme that mem registers with queue.DefaultURLMux.
@@ -24,7 +25,7 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.O
 	if qopts != nil {
 		opts.Queue = *qopts
 	}
-	if _, err := queue.URLParams(u); err != nil {
+	if _, err := driver.URLParams(u); err != nil {
 		return nil, err
 	}
 	name := u.Host + strings.TrimSuffix(u.Path, "/")

@@ -47,14 +47,17 @@
 // # Errors
 //
 // ErrorCode maps minio.ErrorResponse codes and HTTP statuses onto queue
-// codes as adapters/s3 does:
+// codes with the table that adapters/s3 shares; errors without an answer
+// are transient when they are network errors, but for a host name that
+// does not resolve:
 //
 //	NoSuchKey, 404                               CodeNotFound
 //	NoSuchBucket                                 CodeInvalid (a misspelt bucket must not look like an empty queue)
 //	PreconditionFailed, 412                      CodePrecondition
 //	ConditionalRequestConflict, OperationAborted CodePrecondition
 //	NotImplemented, 501                          CodeUnsupported
-//	5xx, SlowDown, RequestTimeout, network       CodeUnavailable
+//	408, 429, 5xx, SlowDown, RequestTimeout      CodeUnavailable
+//	network errors, but an unknown host          CodeUnavailable
 //	other 400                                    CodeInvalid
 //	403, everything else                         CodeUnknown
 //
@@ -78,73 +81,41 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
-	"time"
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/mxqueue/mxq/adapters/internal/s3proto"
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // DefaultPartSize is the size of the parts of a multipart upload, and the
 // size up to which an object goes up in a single PUT.
-const DefaultPartSize = 5 << 20
+const DefaultPartSize = s3proto.DefaultPartSize
 
-// minPartSize is S3's minimum size of every part but the last.
-const minPartSize = 5 << 20
-
-// abortTimeout bounds the abort of a failed multipart upload, which runs
-// even when the caller's ctx is done.
-const abortTimeout = 10 * time.Second
-
-// Options are the options of Open.
-type Options struct {
-	// Prefix is put before every key, so that several queues can share a
-	// bucket. A missing trailing "/" is added. Default: none.
-	Prefix string
-	// PartSize is the size of a multipart upload's parts and the largest
-	// object written with a single PUT. A Put holds at most two parts in
-	// memory. Default and minimum: DefaultPartSize and 5 MiB.
-	PartSize int64
-	// Queue are the options of the Store.
-	Queue queue.Options
-}
+// Options are the options of Open: Prefix, put before every key so that
+// several queues can share a bucket; PartSize, the size of a multipart
+// upload's parts and the largest object written with a single PUT
+// (default and minimum: DefaultPartSize); and Queue, the options of the
+// Store. The s3 adapter has the same.
+type Options = s3proto.Options
 
 // Open returns a Store over bucket, which must exist, through client.
 // opts may be nil.
 func Open(ctx context.Context, client *minio.Client, bucket string, opts *Options) (*queue.Store, error) {
-	if opts == nil {
-		opts = new(Options)
-	}
-	b, err := openBackend(client, bucket, opts)
-	if err != nil {
-		return nil, err
-	}
-	return queue.New(b, &opts.Queue)
+	return s3proto.Open("minio", client, bucket, opts, newBackend)
 }
 
 // openBackend returns the Backend of Open, under opts.Prefix.
 func openBackend(client *minio.Client, bucket string, opts *Options) (driver.Backend, error) {
-	if client == nil {
-		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: errors.New("minio: nil client")}
-	}
-	if bucket == "" {
-		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: errors.New("minio: no bucket")}
-	}
-	ps := opts.PartSize
-	if ps == 0 {
-		ps = DefaultPartSize
-	}
-	if ps < minPartSize {
-		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: fmt.Errorf("minio: part size %d is below the minimum of %d", ps, minPartSize)}
-	}
-	b := &backend{client: client, core: minio.Core{Client: client}, bucket: bucket, partSize: ps}
-	return driver.Prefixed(b, opts.Prefix), nil
+	return s3proto.OpenBackend("minio", client, bucket, opts, newBackend)
+}
+
+func newBackend(client *minio.Client, bucket string, partSize int64) driver.Backend {
+	return &backend{client: client, core: minio.Core{Client: client}, bucket: bucket, partSize: partSize}
 }
 
 type backend struct {
@@ -155,13 +126,11 @@ type backend struct {
 }
 
 var (
-	_ driver.Backend = (*backend)(nil)
-	_ driver.Stater  = (*backend)(nil)
-	_ driver.Pinger  = (*backend)(nil)
+	_ driver.Backend                       = (*backend)(nil)
+	_ driver.Stater                        = (*backend)(nil)
+	_ driver.Pinger                        = (*backend)(nil)
+	_ s3proto.Uploader[minio.CompletePart] = (*backend)(nil)
 )
-
-// errNoSuchBucket marks a Ping that found no bucket.
-var errNoSuchBucket = errors.New("bucket does not exist")
 
 // onlyReader hides the Seek of a body, so that minio-go sends it once.
 type onlyReader struct{ io.Reader }
@@ -187,19 +156,11 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 }
 
 // Ping implements driver.Pinger with BucketExists. A missing bucket is an
-// error naming it, which ErrorCode maps to CodeInvalid.
+// error naming it, which ErrorCode maps to CodeInvalid; a refused one
+// (403: wrong credentials or no permission) says so.
 func (b *backend) Ping(ctx context.Context) error {
 	ok, err := b.client.BucketExists(ctx, b.bucket)
-	if err != nil {
-		if minio.ToErrorResponse(err).StatusCode == http.StatusForbidden {
-			return fmt.Errorf("minio: access to bucket %q denied (check the credentials): %w", b.bucket, err)
-		}
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("minio: bucket %q: %w", b.bucket, errNoSuchBucket)
-	}
-	return nil
+	return s3proto.PingError("minio", b.bucket, err == nil && !ok, minio.ToErrorResponse(err).StatusCode, err)
 }
 
 func conditions(opts *driver.PutOptions) (po minio.PutObjectOptions, conditional bool) {
@@ -214,66 +175,62 @@ func conditions(opts *driver.PutOptions) (po minio.PutObjectOptions, conditional
 	return po, conditional
 }
 
-// Put implements driver.Backend.Put. Up to partSize bytes go up in one
-// PUT; more in a multipart upload.
+// Put implements driver.Backend.Put with s3proto.Put: up to partSize
+// bytes go up in one PUT; more in a multipart upload.
 func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
-	first, last, err := driver.ReadChunk(r, nil, b.partSize, opts.Size)
-	if err != nil {
-		return "", err
-	}
-	if !last {
-		return b.putMultipart(ctx, key, r, first, opts)
-	}
+	return s3proto.Put(ctx, b, b.partSize, key, r, opts)
+}
+
+// PutObject implements s3proto.Uploader. A conditional PUT's body is a
+// plain reader, which minio-go sends once.
+func (b *backend) PutObject(ctx context.Context, key string, data []byte, opts *driver.PutOptions) (driver.Version, error) {
 	po, conditional := conditions(opts)
-	var body io.Reader = bytes.NewReader(first)
+	var body io.Reader = bytes.NewReader(data)
 	if conditional {
 		body = onlyReader{body}
 	}
-	info, err := b.core.PutObject(ctx, b.bucket, key, body, int64(len(first)), "", "", po)
+	info, err := b.core.PutObject(ctx, b.bucket, key, body, int64(len(data)), "", "", po)
 	if err != nil {
 		return "", err
 	}
 	return version(info.ETag), nil
 }
 
-// putMultipart uploads first and the rest of r as parts with
-// driver.UploadParts, which holds two buffers of partSize bytes, and
-// completes the upload under the conditions of opts. A failed upload is
-// aborted.
-func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *driver.PutOptions) (driver.Version, error) {
-	id, err := b.core.NewMultipartUpload(ctx, b.bucket, key, minio.PutObjectOptions{})
+// CreateUpload implements s3proto.Uploader.
+func (b *backend) CreateUpload(ctx context.Context, key string) (string, error) {
+	return b.core.NewMultipartUpload(ctx, b.bucket, key, minio.PutObjectOptions{})
+}
+
+// UploadPart implements s3proto.Uploader.
+func (b *backend) UploadPart(ctx context.Context, key, id string, n int, data []byte) (minio.CompletePart, error) {
+	p, err := b.core.PutObjectPart(ctx, b.bucket, key, id, n, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
+	if err != nil {
+		return minio.CompletePart{}, err
+	}
+	return minio.CompletePart{
+		PartNumber:        p.PartNumber,
+		ETag:              p.ETag,
+		ChecksumCRC32:     p.ChecksumCRC32,
+		ChecksumCRC32C:    p.ChecksumCRC32C,
+		ChecksumSHA1:      p.ChecksumSHA1,
+		ChecksumSHA256:    p.ChecksumSHA256,
+		ChecksumCRC64NVME: p.ChecksumCRC64NVME,
+	}, nil
+}
+
+// CompleteUpload implements s3proto.Uploader.
+func (b *backend) CompleteUpload(ctx context.Context, key, id string, parts []minio.CompletePart, opts *driver.PutOptions) (driver.Version, error) {
+	po, _ := conditions(opts)
+	info, err := b.core.CompleteMultipartUpload(ctx, b.bucket, key, id, parts, po)
 	if err != nil {
 		return "", err
 	}
-	var parts []minio.CompletePart // UploadParts runs one part at a time
-	err = driver.UploadParts(ctx, r, first, b.partSize, func(ctx context.Context, n int, data []byte) error {
-		p, err := b.core.PutObjectPart(ctx, b.bucket, key, id, n, bytes.NewReader(data), int64(len(data)), minio.PutObjectPartOptions{})
-		if err != nil {
-			return err
-		}
-		parts = append(parts, minio.CompletePart{
-			PartNumber:        p.PartNumber,
-			ETag:              p.ETag,
-			ChecksumCRC32:     p.ChecksumCRC32,
-			ChecksumCRC32C:    p.ChecksumCRC32C,
-			ChecksumSHA1:      p.ChecksumSHA1,
-			ChecksumSHA256:    p.ChecksumSHA256,
-			ChecksumCRC64NVME: p.ChecksumCRC64NVME,
-		})
-		return nil
-	})
-	if err == nil {
-		po, _ := conditions(opts)
-		var info minio.UploadInfo
-		if info, err = b.core.CompleteMultipartUpload(ctx, b.bucket, key, id, parts, po); err == nil {
-			return version(info.ETag), nil
-		}
-	}
-	// Abort even when ctx is done, but not for long.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-	defer cancel()
-	_ = b.core.AbortMultipartUpload(actx, b.bucket, key, id)
-	return "", err
+	return version(info.ETag), nil
+}
+
+// AbortUpload implements s3proto.Uploader.
+func (b *backend) AbortUpload(ctx context.Context, key, id string) {
+	_ = b.core.AbortMultipartUpload(ctx, b.bucket, key, id)
 }
 
 // Delete implements driver.Backend.Delete. A missing key is success.
@@ -314,58 +271,28 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	return keys, false, nil
 }
 
-// ErrorCode implements driver.Backend.ErrorCode. See the package doc for
+// ErrorCode implements driver.Backend.ErrorCode with s3proto.ErrorCode,
+// on the code and status of a minio.ErrorResponse. See the package doc for
 // the mapping.
 func (b *backend) ErrorCode(err error) driver.Code {
-	if errors.Is(err, errNoSuchBucket) {
-		return driver.CodeInvalid
-	}
 	var er minio.ErrorResponse
 	if errors.As(err, &er) {
-		switch er.Code {
-		case "NoSuchKey", "NotFound":
-			return driver.CodeNotFound
-		case "NoSuchBucket":
-			return driver.CodeInvalid
-		case "PreconditionFailed", "ConditionalRequestConflict", "OperationAborted":
-			return driver.CodePrecondition
-		case "NotImplemented":
-			return driver.CodeUnsupported
-		case "NoSuchUpload":
-			// A multipart upload vanished: aborted, or completed by an
-			// attempt whose answer was lost. Not a missing key.
-			return driver.CodeUnknown
-		case "SlowDown", "SlowDownRead", "SlowDownWrite", "RequestTimeout", "Throttling", "ThrottlingException",
-			"ServiceUnavailable", "InternalError", "XMinioServerNotInitialized":
-			return driver.CodeUnavailable
-		}
-		switch s := er.StatusCode; {
-		case s == http.StatusNotFound:
-			return driver.CodeNotFound
-		case s == http.StatusPreconditionFailed:
-			return driver.CodePrecondition
-		case s == http.StatusNotImplemented:
-			return driver.CodeUnsupported
-		case s == http.StatusTooManyRequests || s >= 500:
-			return driver.CodeUnavailable
-		case s == http.StatusBadRequest:
-			return driver.CodeInvalid
-		}
-		return driver.CodeUnknown
+		return s3proto.ErrorCode(err, er.Code, er.StatusCode, nil)
 	}
+	return s3proto.ErrorCode(err, "", 0, transient)
+}
+
+// transient reports whether err, which came without an answer, is a
+// network failure that may pass. A wrong host name is not: retrying will
+// not help.
+func transient(err error) bool {
 	var dns *net.DNSError
 	if errors.As(err, &dns) && dns.IsNotFound {
-		return driver.CodeUnknown // a wrong host name: retrying will not help
+		return false
 	}
 	var ne net.Error
-	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
-		return driver.CodeUnavailable
-	}
 	var oe *net.OpError
-	if errors.As(err, &oe) {
-		return driver.CodeUnavailable
-	}
-	return driver.CodeUnknown
+	return errors.As(err, &ne) || errors.As(err, &oe) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed)
 }
 
 // Close implements driver.Backend.Close. The client is the caller's and

@@ -4,35 +4,24 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 
+	"github.com/mxqueue/mxq/adapters/internal/s3proto"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Scheme is the URL scheme that minio registers with queue.DefaultURLMux.
 const Scheme = "minio"
 
 func init() { queue.DefaultURLMux().Register(Scheme, new(URLOpener)) }
-
-// The settings of the clients that URLOpener builds, so that a dead store
-// fails within seconds rather than hangs. A ctx deadline still bounds
-// every call.
-const (
-	dialTimeout           = 5 * time.Second
-	tlsHandshakeTimeout   = 5 * time.Second
-	responseHeaderTimeout = 30 * time.Second
-	// maxRetries counts the first try (minio-go's default is 10).
-	maxRetries = 3
-)
 
 // URLOpener opens minio URLs:
 //
@@ -75,14 +64,12 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.O
 
 // client returns a client for u, and the bucket and prefix u names.
 func (o *URLOpener) client(u *url.URL) (*minio.Client, string, string, error) {
-	p, err := queue.URLParams(u, "secure", "region")
+	p, err := driver.URLParams(u, "secure", "region")
 	if err != nil {
 		return nil, "", "", err
 	}
 	id := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
-	bad := func(err error) error {
-		return &queue.Error{Op: "open", ID: id, Kind: queue.ErrInvalid, Err: err}
-	}
+	bad := func(err error) error { return s3proto.Invalid(id, err) }
 	if u.User != nil {
 		return nil, "", "", bad(errors.New("minio: credentials do not belong in the URL; set MINIO_ROOT_USER and MINIO_ROOT_PASSWORD or the AWS variables"))
 	}
@@ -96,7 +83,7 @@ func (o *URLOpener) client(u *url.URL) (*minio.Client, string, string, error) {
 	if err := s3utils.CheckValidBucketNameStrict(bucket); err != nil {
 		return nil, "", "", bad(fmt.Errorf("minio: %w", err))
 	}
-	secure, err := queue.ParseBool("secure", p["secure"], true)
+	secure, err := driver.ParseBool("secure", p["secure"], true)
 	if err != nil {
 		return nil, "", "", bad(err)
 	}
@@ -110,7 +97,7 @@ func (o *URLOpener) client(u *url.URL) (*minio.Client, string, string, error) {
 		Secure:     secure,
 		Region:     p["region"],
 		Transport:  o.transport,
-		MaxRetries: maxRetries,
+		MaxRetries: s3proto.MaxAttempts,
 	})
 	if err != nil {
 		return nil, "", "", bad(err)
@@ -120,13 +107,8 @@ func (o *URLOpener) client(u *url.URL) (*minio.Client, string, string, error) {
 
 func newTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
-	t.TLSHandshakeTimeout = tlsHandshakeTimeout
-	t.ResponseHeaderTimeout = responseHeaderTimeout
-	// Store operations run up to queue.Options.Concurrency requests each,
-	// and many operations run at once.
-	t.MaxIdleConns = 256
-	t.MaxIdleConnsPerHost = 256
+	t.DialContext = s3proto.Dialer().DialContext
+	s3proto.Tune(t)
 	// minio-go checks content itself; compressed answers would hide sizes.
 	t.DisableCompression = true
 	return t

@@ -115,7 +115,7 @@ func openBackend(u *url.URL, token string, client *http.Client) (*backend, error
 	if u.Fragment != "" {
 		return nil, invalid("a fragment (#...) means nothing here")
 	}
-	if _, err := queue.URLParams(u); err != nil {
+	if _, err := driver.URLParams(u); err != nil {
 		return nil, err
 	}
 	if strings.ContainsAny(token, "\r\n") {
@@ -169,7 +169,11 @@ func (b *backend) do(ctx context.Context, method, path string, body io.Reader, s
 		// while the object changes under it. So once ctx is done, a
 		// write whose body is not complete is aborted (the server
 		// stores nothing from a broken body), and one that was sent
-		// whole waits for its answer, at most writeSettle.
+		// whole waits for its answer, at most writeSettle. A write
+		// whose ctx is done already is not sent at all.
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		var cancel context.CancelFunc
 		rctx, cancel = context.WithCancel(context.WithoutCancel(ctx))
 		defer cancel()

@@ -37,14 +37,17 @@
 //
 // # Errors
 //
-// ErrorCode maps the S3 error code or HTTP status onto queue codes:
+// ErrorCode maps the S3 error code or HTTP status onto queue codes, with
+// the table that adapters/minio shares; network errors are transient when
+// the SDK's retryer would retry them:
 //
 //	NoSuchKey, NotFound, 404                     CodeNotFound
 //	NoSuchBucket                                 CodeInvalid (see below)
 //	PreconditionFailed, 412                      CodePrecondition
 //	ConditionalRequestConflict, OperationAborted CodePrecondition (409: a concurrent conditional write won)
 //	NotImplemented, 501                          CodeUnsupported
-//	5xx, throttling, RequestTimeout, network     CodeUnavailable
+//	408, 429, 5xx, throttling, RequestTimeout    CodeUnavailable
+//	network errors the SDK retries               CodeUnavailable
 //	other 400 (InvalidArgument, KeyTooLong...)   CodeInvalid
 //	403, everything else                         CodeUnknown
 //
@@ -78,10 +81,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net/http"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
@@ -90,70 +90,41 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"github.com/aws/smithy-go"
 
+	"github.com/mxqueue/mxq/adapters/internal/s3proto"
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // DefaultPartSize is the size of the parts of a multipart upload, and the
 // size up to which an object goes up in a single PutObject.
-const DefaultPartSize = 5 << 20
+const DefaultPartSize = s3proto.DefaultPartSize
 
-// minPartSize is S3's minimum size of every part but the last.
-const minPartSize = 5 << 20
-
-// abortTimeout bounds the AbortMultipartUpload of a failed upload, which
-// runs even when the caller's ctx is done.
-const abortTimeout = 10 * time.Second
-
-// Options are the options of Open.
-type Options struct {
-	// Prefix is put before every key, so that several queues can share a
-	// bucket. A missing trailing "/" is added. Default: none.
-	Prefix string
-	// PartSize is the size of a multipart upload's parts and the largest
-	// object written with a single PutObject. A Put holds at most two parts
-	// in memory. Default and minimum: DefaultPartSize and 5 MiB.
-	PartSize int64
-	// Queue are the options of the Store.
-	Queue queue.Options
-}
+// Options are the options of Open: Prefix, put before every key so that
+// several queues can share a bucket; PartSize, the size of a multipart
+// upload's parts and the largest object written with a single PutObject
+// (default and minimum: DefaultPartSize); and Queue, the options of the
+// Store. The minio adapter has the same.
+type Options = s3proto.Options
 
 // Open returns a Store over bucket, which must exist, through client. The
 // client's retryer and HTTP client bound how long a dead store takes to
 // fail; see URLOpener for the settings it uses. opts may be nil.
 func Open(ctx context.Context, client *awss3.Client, bucket string, opts *Options) (*queue.Store, error) {
-	if opts == nil {
-		opts = new(Options)
-	}
-	b, err := openBackend(client, bucket, opts)
-	if err != nil {
-		return nil, err
-	}
-	return queue.New(b, &opts.Queue)
+	return s3proto.Open("s3", client, bucket, opts, newBackend)
 }
 
 // openBackend returns the Backend of Open, under opts.Prefix.
 func openBackend(client *awss3.Client, bucket string, opts *Options) (driver.Backend, error) {
-	if client == nil {
-		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: errors.New("s3: nil client")}
-	}
-	if bucket == "" {
-		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: errors.New("s3: no bucket")}
-	}
-	ps := opts.PartSize
-	if ps == 0 {
-		ps = DefaultPartSize
-	}
-	if ps < minPartSize {
-		return nil, &queue.Error{Op: "open", Kind: queue.ErrInvalid, Err: fmt.Errorf("s3: part size %d is below the minimum of %d", ps, minPartSize)}
-	}
-	b := &backend{
+	return s3proto.OpenBackend("s3", client, bucket, opts, newBackend)
+}
+
+func newBackend(client *awss3.Client, bucket string, partSize int64) driver.Backend {
+	return &backend{
 		client:   client,
 		bucket:   bucket,
-		partSize: ps,
+		partSize: partSize,
 		checksum: client.Options().RequestChecksumCalculation != aws.RequestChecksumCalculationWhenRequired,
 	}
-	return driver.Prefixed(b, opts.Prefix), nil
 }
 
 type backend struct {
@@ -166,13 +137,11 @@ type backend struct {
 }
 
 var (
-	_ driver.Backend = (*backend)(nil)
-	_ driver.Stater  = (*backend)(nil)
-	_ driver.Pinger  = (*backend)(nil)
+	_ driver.Backend                        = (*backend)(nil)
+	_ driver.Stater                         = (*backend)(nil)
+	_ driver.Pinger                         = (*backend)(nil)
+	_ s3proto.Uploader[types.CompletedPart] = (*backend)(nil)
 )
-
-// errNoSuchBucket marks a Ping that found no bucket.
-var errNoSuchBucket = errors.New("bucket does not exist")
 
 // once makes a request a single attempt: conditional writes must not be
 // retried by the SDK (see the package doc).
@@ -212,27 +181,13 @@ func (b *backend) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 // (403: wrong credentials or no permission) says so.
 func (b *backend) Ping(ctx context.Context) error {
 	_, err := b.client.HeadBucket(ctx, &awss3.HeadBucketInput{Bucket: &b.bucket})
-	switch httpStatus(err) {
-	case http.StatusNotFound:
-		return fmt.Errorf("s3: bucket %q: %w: %w", b.bucket, errNoSuchBucket, err)
-	case http.StatusForbidden:
-		// HEAD answers carry no error code: say what 403 means here.
-		return fmt.Errorf("s3: access to bucket %q denied (check the credentials): %w", b.bucket, err)
-	}
-	return err
+	return s3proto.PingError("s3", b.bucket, false, httpStatus(err), err)
 }
 
-// Put implements driver.Backend.Put. Up to partSize bytes go up in one
-// PutObject; more in a multipart upload.
+// Put implements driver.Backend.Put with s3proto.Put: up to partSize
+// bytes go up in one PutObject; more in a multipart upload.
 func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
-	first, last, err := driver.ReadChunk(r, nil, b.partSize, opts.Size)
-	if err != nil {
-		return "", err
-	}
-	if last {
-		return b.putSingle(ctx, key, first, opts)
-	}
-	return b.putMultipart(ctx, key, r, first, opts)
+	return s3proto.Put(ctx, b, b.partSize, key, r, opts)
 }
 
 // conditions returns the If-None-Match and If-Match headers of opts, and
@@ -250,78 +205,75 @@ func conditions(opts *driver.PutOptions) (ifNoneMatch, ifMatch *string, optFns [
 	return ifNoneMatch, ifMatch, optFns
 }
 
-func (b *backend) putSingle(ctx context.Context, key string, data []byte, opts *driver.PutOptions) (driver.Version, error) {
-	in := &awss3.PutObjectInput{
-		Bucket:        &b.bucket,
-		Key:           &key,
-		Body:          bytes.NewReader(data),
-		ContentLength: aws.Int64(int64(len(data))),
-	}
-	var optFns []func(*awss3.Options)
-	in.IfNoneMatch, in.IfMatch, optFns = conditions(opts)
-	out, err := b.client.PutObject(ctx, in, optFns...)
+// PutObject implements s3proto.Uploader.
+func (b *backend) PutObject(ctx context.Context, key string, data []byte, opts *driver.PutOptions) (driver.Version, error) {
+	ifNoneMatch, ifMatch, optFns := conditions(opts)
+	out, err := b.client.PutObject(ctx, &awss3.PutObjectInput{
+		Bucket: &b.bucket, Key: &key, IfNoneMatch: ifNoneMatch, IfMatch: ifMatch,
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
+	}, optFns...)
 	if err != nil {
 		return "", err
 	}
 	return driver.Version(aws.ToString(out.ETag)), nil
 }
 
-// putMultipart uploads first and the rest of r as parts with
-// driver.UploadParts, which holds two buffers of partSize bytes, and
-// completes the upload under the conditions of opts. A failed upload is
-// aborted.
-func (b *backend) putMultipart(ctx context.Context, key string, r io.Reader, first []byte, opts *driver.PutOptions) (driver.Version, error) {
-	create := &awss3.CreateMultipartUploadInput{Bucket: &b.bucket, Key: &key}
+// CreateUpload implements s3proto.Uploader.
+func (b *backend) CreateUpload(ctx context.Context, key string) (string, error) {
+	in := &awss3.CreateMultipartUploadInput{Bucket: &b.bucket, Key: &key}
 	if b.checksum {
-		create.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
+		in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
 	}
-	up, err := b.client.CreateMultipartUpload(ctx, create)
+	out, err := b.client.CreateMultipartUpload(ctx, in)
 	if err != nil {
 		return "", err
 	}
-	id := up.UploadId
+	return aws.ToString(out.UploadId), nil
+}
 
-	var parts []types.CompletedPart // UploadParts runs one part at a time
-	err = driver.UploadParts(ctx, r, first, b.partSize, func(ctx context.Context, n int, data []byte) error {
-		in := &awss3.UploadPartInput{
-			Bucket: &b.bucket, Key: &key, UploadId: id, PartNumber: aws.Int32(int32(n)),
-			Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
-		}
-		if b.checksum {
-			in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
-		}
-		out, err := b.client.UploadPart(ctx, in)
-		if err != nil {
-			return err
-		}
-		parts = append(parts, types.CompletedPart{
-			PartNumber:        aws.Int32(int32(n)),
-			ETag:              out.ETag,
-			ChecksumCRC32:     out.ChecksumCRC32,
-			ChecksumCRC32C:    out.ChecksumCRC32C,
-			ChecksumCRC64NVME: out.ChecksumCRC64NVME,
-			ChecksumSHA1:      out.ChecksumSHA1,
-			ChecksumSHA256:    out.ChecksumSHA256,
-		})
-		return nil
-	})
-	if err == nil {
-		in := &awss3.CompleteMultipartUploadInput{
-			Bucket: &b.bucket, Key: &key, UploadId: id,
-			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
-		}
-		var optFns []func(*awss3.Options)
-		in.IfNoneMatch, in.IfMatch, optFns = conditions(opts)
-		var out *awss3.CompleteMultipartUploadOutput
-		if out, err = b.client.CompleteMultipartUpload(ctx, in, optFns...); err == nil {
-			return driver.Version(aws.ToString(out.ETag)), nil
-		}
+// UploadPart implements s3proto.Uploader. With checksums on, the part
+// declares its algorithm and passes its checksums on to the completion.
+func (b *backend) UploadPart(ctx context.Context, key, id string, n int, data []byte) (types.CompletedPart, error) {
+	in := &awss3.UploadPartInput{
+		Bucket: &b.bucket, Key: &key, UploadId: &id, PartNumber: aws.Int32(int32(n)),
+		Body: bytes.NewReader(data), ContentLength: aws.Int64(int64(len(data))),
 	}
-	// Abort even when ctx is done, but not for long.
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abortTimeout)
-	defer cancel()
-	_, _ = b.client.AbortMultipartUpload(actx, &awss3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: id})
-	return "", err
+	if b.checksum {
+		in.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
+	}
+	out, err := b.client.UploadPart(ctx, in)
+	if err != nil {
+		return types.CompletedPart{}, err
+	}
+	return types.CompletedPart{
+		PartNumber:        aws.Int32(int32(n)),
+		ETag:              out.ETag,
+		ChecksumCRC32:     out.ChecksumCRC32,
+		ChecksumCRC32C:    out.ChecksumCRC32C,
+		ChecksumCRC64NVME: out.ChecksumCRC64NVME,
+		ChecksumSHA1:      out.ChecksumSHA1,
+		ChecksumSHA256:    out.ChecksumSHA256,
+	}, nil
+}
+
+// CompleteUpload implements s3proto.Uploader.
+func (b *backend) CompleteUpload(ctx context.Context, key, id string, parts []types.CompletedPart, opts *driver.PutOptions) (driver.Version, error) {
+	in := &awss3.CompleteMultipartUploadInput{
+		Bucket: &b.bucket, Key: &key, UploadId: &id,
+		MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
+	}
+	var optFns []func(*awss3.Options)
+	in.IfNoneMatch, in.IfMatch, optFns = conditions(opts)
+	out, err := b.client.CompleteMultipartUpload(ctx, in, optFns...)
+	if err != nil {
+		return "", err
+	}
+	return driver.Version(aws.ToString(out.ETag)), nil
+}
+
+// AbortUpload implements s3proto.Uploader.
+func (b *backend) AbortUpload(ctx context.Context, key, id string) {
+	_, _ = b.client.AbortMultipartUpload(ctx, &awss3.AbortMultipartUploadInput{Bucket: &b.bucket, Key: &key, UploadId: &id})
 }
 
 // Delete implements driver.Backend.Delete. S3 answers 204 for a missing
@@ -355,48 +307,18 @@ func (b *backend) List(ctx context.Context, prefix, startAfter string, limit int
 	return keys, aws.ToBool(out.IsTruncated), nil
 }
 
-// ErrorCode implements driver.Backend.ErrorCode. See the package doc for
-// the mapping.
+// ErrorCode implements driver.Backend.ErrorCode with s3proto.ErrorCode;
+// errors without an answer are transient when the SDK's retryer would
+// retry them. See the package doc for the mapping.
 func (b *backend) ErrorCode(err error) driver.Code {
-	if errors.Is(err, errNoSuchBucket) {
-		return driver.CodeInvalid
-	}
-	switch apiCode(err) {
-	case "NoSuchKey", "NotFound":
-		return driver.CodeNotFound
-	case "NoSuchBucket":
-		return driver.CodeInvalid
-	case "PreconditionFailed", "ConditionalRequestConflict", "OperationAborted":
-		return driver.CodePrecondition
-	case "NotImplemented":
-		return driver.CodeUnsupported
-	case "NoSuchUpload":
-		// A multipart upload vanished: aborted, or completed by an attempt
-		// whose answer was lost. Not a missing key.
-		return driver.CodeUnknown
-	}
-	status := httpStatus(err)
-	switch {
-	case status == http.StatusNotFound:
-		return driver.CodeNotFound
-	case status == http.StatusPreconditionFailed:
-		return driver.CodePrecondition
-	case status == http.StatusNotImplemented:
-		return driver.CodeUnsupported
-	}
-	if retry.IsErrorRetryables(retry.DefaultRetryables).IsErrorRetryable(err) == aws.TrueTernary {
-		return driver.CodeUnavailable
-	}
-	if retry.IsErrorThrottles(retry.DefaultThrottles).IsErrorThrottle(err) == aws.TrueTernary {
-		return driver.CodeUnavailable
-	}
-	switch {
-	case status >= 500:
-		return driver.CodeUnavailable
-	case status == http.StatusBadRequest:
-		return driver.CodeInvalid
-	}
-	return driver.CodeUnknown
+	return s3proto.ErrorCode(err, apiCode(err), httpStatus(err), transient)
+}
+
+// transient reports whether the SDK's standard retryer deems err
+// retryable or a throttle.
+func transient(err error) bool {
+	return retry.IsErrorRetryables(retry.DefaultRetryables).IsErrorRetryable(err) == aws.TrueTernary ||
+		retry.IsErrorThrottles(retry.DefaultThrottles).IsErrorThrottle(err) == aws.TrueTernary
 }
 
 // apiCode returns the S3 error code of err, or "".

@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
@@ -18,27 +16,15 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	awss3 "github.com/aws/aws-sdk-go-v2/service/s3"
 
+	"github.com/mxqueue/mxq/adapters/internal/s3proto"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // Scheme is the URL scheme that s3 registers with queue.DefaultURLMux.
 const Scheme = "s3"
 
 func init() { queue.DefaultURLMux().Register(Scheme, new(URLOpener)) }
-
-// The settings of the clients that URLOpener builds, so that a dead store
-// fails within seconds rather than hangs. A ctx deadline still bounds
-// every call.
-const (
-	dialTimeout           = 5 * time.Second
-	tlsHandshakeTimeout   = 5 * time.Second
-	responseHeaderTimeout = 30 * time.Second
-	// maxAttempts counts the first try: the SDK retries a transient
-	// failure twice, with backoff up to maxBackoff, before the Store's own
-	// retries (queue.Options.Retries) see it.
-	maxAttempts = 3
-	maxBackoff  = 2 * time.Second
-)
 
 // URLOpener opens s3 URLs:
 //
@@ -98,16 +84,14 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.O
 
 // client returns a client for u and the bucket u names.
 func (o *URLOpener) client(ctx context.Context, u *url.URL) (*awss3.Client, string, error) {
-	p, err := queue.URLParams(u, "region", "endpoint", "use_path_style", "disable_https", "profile")
+	p, err := driver.URLParams(u, "region", "endpoint", "use_path_style", "disable_https", "profile")
 	if err != nil {
 		return nil, "", err
 	}
 	// The query is left out of the errors: an endpoint could hold a
 	// password.
 	id := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
-	bad := func(err error) error {
-		return &queue.Error{Op: "open", ID: id, Kind: queue.ErrInvalid, Err: err}
-	}
+	bad := func(err error) error { return s3proto.Invalid(id, err) }
 	if u.User != nil {
 		id = "s3://" + u.Host + u.Path
 		return nil, "", bad(errors.New("s3: credentials do not belong in the URL; use the AWS credential chain"))
@@ -116,11 +100,11 @@ func (o *URLOpener) client(ctx context.Context, u *url.URL) (*awss3.Client, stri
 	if bucket == "" {
 		return nil, "", bad(errors.New("s3: no bucket: want s3://bucket/prefix"))
 	}
-	pathStyle, err := queue.ParseBool("use_path_style", p["use_path_style"], false)
+	pathStyle, err := driver.ParseBool("use_path_style", p["use_path_style"], false)
 	if err != nil {
 		return nil, "", bad(err)
 	}
-	noHTTPS, err := queue.ParseBool("disable_https", p["disable_https"], false)
+	noHTTPS, err := driver.ParseBool("disable_https", p["disable_https"], false)
 	if err != nil {
 		return nil, "", bad(err)
 	}
@@ -147,7 +131,7 @@ func (o *URLOpener) client(ctx context.Context, u *url.URL) (*awss3.Client, stri
 
 	cfg, err := o.config(ctx, configKey{profile: p["profile"], region: p["region"]})
 	if err != nil {
-		return nil, "", &queue.Error{Op: "open", ID: id, Kind: queue.ErrInvalid, Err: fmt.Errorf("s3: loading the AWS configuration: %w", err)}
+		return nil, "", bad(fmt.Errorf("s3: loading the AWS configuration: %w", err))
 	}
 	if cfg.Region == "" {
 		if endpoint == "" {
@@ -191,21 +175,14 @@ func (o *URLOpener) config(ctx context.Context, k configKey) (aws.Config, error)
 
 func loadConfig(ctx context.Context, k configKey) (aws.Config, error) {
 	httpClient := awshttp.NewBuildableClient().
-		WithDialerOptions(func(d *net.Dialer) { d.Timeout = dialTimeout }).
-		WithTransportOptions(func(t *http.Transport) {
-			t.TLSHandshakeTimeout = tlsHandshakeTimeout
-			t.ResponseHeaderTimeout = responseHeaderTimeout
-			// Store operations run up to queue.Options.Concurrency
-			// requests each, and many operations run at once.
-			t.MaxIdleConns = 256
-			t.MaxIdleConnsPerHost = 256
-		})
+		WithDialerOptions(func(d *net.Dialer) { d.Timeout = s3proto.DialTimeout }).
+		WithTransportOptions(s3proto.Tune)
 	opts := []func(*config.LoadOptions) error{
 		config.WithHTTPClient(httpClient),
 		config.WithRetryer(func() aws.Retryer {
 			return retry.NewStandard(func(so *retry.StandardOptions) {
-				so.MaxAttempts = maxAttempts
-				so.MaxBackoff = maxBackoff
+				so.MaxAttempts = s3proto.MaxAttempts
+				so.MaxBackoff = s3proto.MaxBackoff
 				// No client-wide retry budget: attempts are bounded
 				// per request, and the Store's retries come on top.
 				so.RateLimiter = ratelimit.None

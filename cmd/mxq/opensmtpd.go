@@ -17,6 +17,7 @@ import (
 
 	"github.com/mxqueue/mxq/opensmtpd"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // DefaultQueueConfig is the configuration the queue process reads when
@@ -150,7 +151,7 @@ func loadQueueConfig(arg string) (*queueConfig, error) {
 				return nil, bad("header: want auto, 6.8 or 7.7")
 			}
 		case "smtpd-patched":
-			b, err := queue.ParseBool(k, v, false)
+			b, err := driver.ParseBool(k, v, false)
 			if err != nil {
 				return nil, bad("smtpd-patched: want true or false")
 			}
@@ -162,7 +163,7 @@ func loadQueueConfig(arg string) (*queueConfig, error) {
 			}
 			cfg.prealloc = n
 		case "shared":
-			b, err := queue.ParseBool(k, v, false)
+			b, err := driver.ParseBool(k, v, false)
 			if err != nil {
 				return nil, bad("shared: want true or false")
 			}

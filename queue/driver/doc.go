@@ -19,9 +19,12 @@
 // The helpers are for adapters too: ReadChunk, ReadFull and UploadParts
 // stream content in bounded memory, ContextReader stops a copy that has no
 // context of its own, and Prefixed places every key under the path of a
-// URL, so that many queues share one bucket. URL openers
-// register with queue.URLMux and parse their query with queue.URLParams and
-// queue.ParseBool.
+// URL, so that many queues share one bucket. URL openers register with
+// queue.URLMux and parse their query with URLParams and ParseBool. ValidKey
+// is the one rule for keys; an adapter that takes keys from elsewhere than
+// the Store (the REST server) checks them with it. Errors of these helpers
+// wrap ErrInvalid, which is queue.ErrInvalid. HTTPCode maps the status of
+// an HTTP answer onto a Code, for ErrorCode.
 //
 // # Conformance
 //

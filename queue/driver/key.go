@@ -1,4 +1,4 @@
-package queue
+package driver
 
 import (
 	"fmt"
@@ -12,9 +12,10 @@ const MaxKeyLength = 1024
 // that every adapter and the REST server apply: 1 to MaxKeyLength bytes of
 // a-z 0-9 . _ - and "/", in at least two segments, none of them empty or
 // starting with a dot (so no "." or "..", and names such as ".tmp" stay
-// free for an adapter's own use). Every key that Key produces is valid. A
-// store never sees an invalid key: adapters refuse it with an error their
-// ErrorCode maps to driver.CodeInvalid, and the error wraps ErrInvalid.
+// free for an adapter's own use). Every key that the Store computes is
+// valid. A store never sees an invalid key: adapters refuse it with an
+// error their ErrorCode maps to CodeInvalid, and the error wraps
+// ErrInvalid.
 func ValidKey(key string) error {
 	switch {
 	case key == "":
