@@ -114,17 +114,9 @@ type opResult struct {
 // runOp applies fn to each envelope the arguments and selectors name.
 func runOp(ctx context.Context, c *cli, verb string, args []string, fn func(context.Context, *queue.Store, queue.EvpID) error) error {
 	sel := opFlags.sel
-	type target struct {
-		m queue.MsgID
-		e queue.EvpID
-	}
-	var ts []target
-	for _, a := range args {
-		m, e, err := queue.ParseID(a)
-		if err != nil {
-			return err
-		}
-		ts = append(ts, target{m, e})
+	ts, err := parseTargets(args)
+	if err != nil {
+		return err
 	}
 	if len(ts) == 0 && sel.sender == "" && sel.rcpt == "" && !sel.all {
 		return usagef("name envelopes or messages by ID, or select them with --sender, --rcpt or --all")

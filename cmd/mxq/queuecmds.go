@@ -353,21 +353,32 @@ func runCat(ctx context.Context, c *cli, args []string) error {
 	return err
 }
 
-func runRm(ctx context.Context, c *cli, args []string) error {
-	if len(args) == 0 {
-		return usagef("want at least one ID")
-	}
-	type target struct {
-		m queue.MsgID
-		e queue.EvpID
-	}
+// target is a message (e zero) or an envelope named on the command line.
+type target struct {
+	m queue.MsgID
+	e queue.EvpID
+}
+
+// parseTargets parses message and envelope IDs.
+func parseTargets(args []string) ([]target, error) {
 	var ts []target
 	for _, a := range args {
 		m, e, err := queue.ParseID(a)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		ts = append(ts, target{m, e})
+	}
+	return ts, nil
+}
+
+func runRm(ctx context.Context, c *cli, args []string) error {
+	if len(args) == 0 {
+		return usagef("want at least one ID")
+	}
+	ts, err := parseTargets(args)
+	if err != nil {
+		return err
 	}
 	ctx, s, done, err := c.session(ctx)
 	if err != nil {
