@@ -3,6 +3,7 @@ package queue_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"sync"
@@ -74,6 +75,12 @@ func FuzzStoredRecord(f *testing.F) {
 	f.Add(uint8(recContent), []byte{})
 	f.Fuzz(func(t *testing.T, kind uint8, raw []byte) {
 		kind %= recKinds
+		// A record that makes a call hang is a failure too: crash with
+		// it, so that the fuzzer keeps the input.
+		watchdog := time.AfterFunc(20*time.Second, func() {
+			panic(fmt.Sprintf("a record of kind %d holding %q: the calls hang", kind, raw))
+		})
+		defer watchdog.Stop()
 		ctx := t.Context()
 		clock := &fuzzClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
 		b := keepOpen{mem.OpenBackend("")} // shared by the Stores below
