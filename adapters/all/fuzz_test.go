@@ -91,7 +91,7 @@ func FuzzOpenURL(f *testing.F) {
 		"gs://bucket/prefix", "gs:///x", "gs://b?x=1",
 		"datastore://project/ns", "datastore://p/__x__", "datastore://p/ns?database=db", "datastore://p/a/b",
 		"http://127.0.0.1:8025", "https://mxq.example.net/queue/", "http://u:secretpw@h", "http://h#frag", "http://h?x=1", "http:opaque",
-		"", "nope://x", "://", "%zz", "S3://Bucket",
+		"", "nope://x", "://", "%zz", "S3://Bucket", "mem://u:pw@q", "file://u@/q", "gs://u@b", "datastore://u:p@proj/ns",
 	} {
 		f.Add(s)
 	}
