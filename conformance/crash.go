@@ -24,17 +24,19 @@ import (
 var crashSeeds = []uint64{1, 2}
 
 // crashOps are the operations of the crash matrix.
-var crashOps = []string{"commit", "update", "claim", "defer", "delete", "takeover", "sweep"}
+var crashOps = []string{"commit", "update", "claim", "defer", "delete", "takeover", "quarantine", "sweep"}
 
 // testCrashMatrix kills a node after each request of each operation
-// (commit, update, claim, defer, delete, takeover of a dead node, sweep of
-// a dead node's open transaction), as CommitCrash does for the
+// (commit, update, claim, defer, delete, takeover of a dead node,
+// quarantine, sweep of a dead node's open transaction), as CommitCrash does for the
 // commit alone, but with drivertest.Faults counting every request, reads
 // included, and with the answers in flight lost or not (see crashSeeds). A new Store on the same storage then takes over from the dead
 // node and sweeps, and the invariants must hold: nothing acknowledged is
 // lost, nothing is half-visible (a message is whole or absent, an
 // envelope holds its old data or its new), and nothing is stranded: every
-// envelope left is due for the survivor, which alone can claim it.
+// envelope left is due for the survivor, which alone can claim it. A
+// quarantine leaves the message whole in the queue or the quarantine
+// whole, and the survivor's retry of it completes it.
 func testCrashMatrix(t *testing.T, mk HarnessMaker) {
 	seeds := crashSeeds
 	if testing.Short() {
@@ -157,6 +159,8 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 		err = c.Delete(ctx)
 	case "takeover":
 		_, err = victim.Takeover(ctx)
+	case "quarantine":
+		err = victim.Quarantine(ctx, m, "crash matrix")
 	case "sweep":
 		_, err = victim.Sweep(ctx)
 	}
@@ -260,7 +264,79 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 		}
 	}
 
+	// quarantined reports whether the quarantine of m is whole: its
+	// record lists every envelope, and it holds the content.
+	quarantined := func() bool {
+		t.Helper()
+		qs, qerr := s.Quarantined(ctx)
+		wantErr(t, what+": Quarantined", qerr, nil)
+		i := slices.IndexFunc(qs, func(q queue.Quarantined) bool { return q.ID == m })
+		if i < 0 {
+			return false
+		}
+		got := slices.Clone(qs[i].Envelopes)
+		slices.Sort(got)
+		want := slices.Clone(ids)
+		slices.Sort(want)
+		if !slices.Equal(got, want) {
+			t.Fatalf("%s: the quarantine record lists %v, want %v", what, got, want)
+		}
+		rc, oerr := s.OpenQuarantined(ctx, m)
+		wantErr(t, what+": OpenQuarantined", oerr, nil)
+		b, rerr := io.ReadAll(rc)
+		rc.Close()
+		wantErr(t, what+": reading the quarantined content", rerr, nil)
+		if !bytes.HasPrefix(b, content) {
+			t.Fatalf("%s: the quarantined content is %d bytes, not the message's %d", what, len(b), len(content))
+		}
+		return true
+	}
+
 	switch op {
+	case "quarantine":
+		if err == nil {
+			if !quarantined() {
+				t.Fatalf("%s: acknowledged, but the message is not in quarantine", what)
+			}
+			for _, id := range ids {
+				absent(id)
+			}
+			noGarbage(m)
+			break
+		}
+		// Either the message is whole in the queue, or the quarantine is
+		// whole; envelopes still in the queue are whole either way.
+		q := quarantined()
+		for i, id := range ids {
+			if _, lerr := s.Load(ctx, id); lerr == nil || !q {
+				if d := present(id); d != old[i] {
+					t.Fatalf("%s: %v holds %q", what, id, d)
+				}
+			}
+		}
+		if !q {
+			contentOK()
+		}
+		// The caller, told of a failure, quarantines again: that
+		// completes the quarantine.
+		qerr := s.Quarantine(ctx, m, "crash matrix, again")
+		if qerr != nil && !(q && errors.Is(qerr, queue.ErrNotFound)) {
+			t.Fatalf("%s: Quarantine again: %v", what, qerr)
+		}
+		if !quarantined() {
+			t.Fatalf("%s: Quarantine again left no quarantine", what)
+		}
+		due, derr = s.Due(ctx, 1000)
+		wantErr(t, "Due", derr, nil)
+		dueIDs = dueIDs[:0]
+		for _, d := range due {
+			dueIDs = append(dueIDs, d.ID)
+		}
+		walked = e.walk(s)
+		for _, id := range ids {
+			absent(id)
+		}
+		noGarbage(m)
 	case "commit":
 		lerr := error(queue.ErrNotFound) // no envelope was added
 		if len(ids) > 0 {

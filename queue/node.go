@@ -169,7 +169,8 @@ func (s *Store) ensureAlive(ctx context.Context) error {
 	return s.heartbeat(ctx, true)
 }
 
-// node returns the heartbeat of the named node. A heartbeat that showed
+// node returns the heartbeat of the named node, nil if it has none or
+// one that does not parse. A heartbeat that showed
 // the node alive is trusted for up to a second, or a quarter of the margin
 // between heartbeats and their expiry if that is shorter; a heartbeat is
 // only ever found expired on a fresh read.
@@ -183,6 +184,13 @@ func (s *Store) node(ctx context.Context, name string) (*nodeRecord, error) {
 		return c.rec, nil
 	}
 	rec, _, err := s.readNode(ctx, name)
+	if errors.Is(err, ErrCorrupt) {
+		// An unreadable heartbeat counts as none: the node's leases are
+		// held until they expire, and a live process of the node
+		// replaces the record at its next heartbeat. One bad record
+		// must not stop every takeover and claim that reads it.
+		rec, err = nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}

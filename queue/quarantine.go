@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 
@@ -24,6 +25,10 @@ type Quarantined struct {
 // Quarantine moves the message m out of the queue, like OpenSMTPD's
 // message_corrupt: its content and envelopes are kept aside under the
 // quarantine prefix with the reason, and no longer walked or loaded.
+//
+// A crash or an error part way leaves the message whole in the queue, or
+// the quarantine whole (its record, its content and every envelope) with
+// some envelopes still in the queue too. Quarantine again completes it.
 func (s *Store) Quarantine(ctx context.Context, m MsgID, reason string) error {
 	if err := s.check("quarantine"); err != nil {
 		return err
@@ -63,8 +68,26 @@ func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
 	if !found {
 		return notFound("quarantine", m)
 	}
+	// A quarantine that was interrupted after its record was written has
+	// removed some envelopes from the queue already: the record keeps
+	// listing them, with its first reason and time.
+	key := layout.Key(layout.Handle{Kind: layout.Quarantine, Msg: uint32(m)})
+	if b, _, err := s.getBytes(ctx, key, 1<<20); err == nil {
+		var prev Quarantined
+		if json.Unmarshal(b, &prev) == nil && prev.ID == m {
+			q.Reason, q.Time, q.Node = prev.Reason, prev.Time, prev.Node
+			for _, id := range prev.Envelopes {
+				if id.MsgID() == m && !slices.Contains(q.Envelopes, id) {
+					q.Envelopes = append(q.Envelopes, id)
+				}
+			}
+			slices.Sort(q.Envelopes)
+		}
+	} else if !s.isNotFound(err) {
+		return err
+	}
 	b, _ := json.Marshal(&q)
-	if _, err := s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Quarantine, Msg: uint32(m)}), b, driver.PutOptions{}); err != nil {
+	if _, err := s.putBytes(ctx, key, b, driver.PutOptions{}); err != nil {
 		return err
 	}
 	s.committed.remove(m)
@@ -102,6 +125,14 @@ func (s *Store) Quarantined(ctx context.Context) ([]Quarantined, error) {
 			var q Quarantined
 			if err := json.Unmarshal(b, &q); err != nil {
 				return fmt.Errorf("%w: quarantine record %s does not parse: %v", ErrCorrupt, k, err)
+			}
+			if h, err := parseHandle(k); err != nil || h.Kind != layout.Quarantine || q.ID != h.Msg {
+				return fmt.Errorf("%w: quarantine record %s names message %v", ErrCorrupt, k, q.ID)
+			}
+			for _, id := range q.Envelopes {
+				if id.MsgID() != q.ID {
+					return fmt.Errorf("%w: quarantine record %s names envelope %v of another message", ErrCorrupt, k, id)
+				}
 			}
 			out = append(out, q)
 		}

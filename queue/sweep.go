@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 
 	"github.com/mxqueue/mxq/queue/driver"
 	"github.com/mxqueue/mxq/queue/layout"
@@ -16,6 +17,9 @@ type SweepStats struct {
 	Removed int
 	// Open counts the transactions still within their grace period.
 	Open int
+	// Corrupt counts the reservations that do not parse, which Sweep
+	// leaves alone.
+	Corrupt int
 }
 
 // Sweep aborts transactions that are older than Options.Grace and still
@@ -49,6 +53,12 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 		key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(m)})
 		r, v, err := s.readReservation(ctx, m)
 		if s.isNotFound(err) {
+			continue
+		}
+		if errors.Is(err, ErrCorrupt) {
+			// Whether its message committed is unknown: leave it alone,
+			// and sweep the others.
+			st.Corrupt++
 			continue
 		}
 		if err != nil {

@@ -68,8 +68,9 @@ func (m *URLMux) ValidScheme(scheme string) bool {
 }
 
 // Open opens the Store that urlstr names with default options. A URL that
-// does not parse or has an unknown scheme is an error wrapping ErrInvalid;
-// the latter lists the registered schemes.
+// does not parse, has an unknown scheme (the error lists the registered
+// ones) or carries credentials (user:password@) is an error wrapping
+// ErrInvalid.
 func (m *URLMux) Open(ctx context.Context, urlstr string) (*Store, error) {
 	return m.OpenOptions(ctx, urlstr, nil)
 }
@@ -88,6 +89,11 @@ func (m *URLMux) OpenOptions(ctx context.Context, urlstr string, opts *Options) 
 	m.mu.RUnlock()
 	if o == nil {
 		return nil, errorf("open", RedactURL(urlstr), ErrInvalid, "unknown scheme %q; registered: %s (forgotten import?)", u.Scheme, strings.Join(m.Schemes(), ", "))
+	}
+	if u.User != nil {
+		// No scheme takes them, and one that ignored them would hide a
+		// mistake: say where they come from instead.
+		return nil, errorf("open", RedactURL(urlstr), ErrInvalid, "credentials do not belong in a queue URL: the URLOpener of %s says where they come from (the AWS chain, MINIO_ROOT_USER, MXQ_TOKEN...)", u.Scheme)
 	}
 	return o.OpenStoreURL(ctx, u, opts)
 }

@@ -439,7 +439,7 @@ func (h *Handler) sweep(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, http.StatusOK, map[string]int{"aborted": st.Aborted, "removed": st.Removed, "open": st.Open})
+	return writeJSON(w, http.StatusOK, map[string]int{"aborted": st.Aborted, "removed": st.Removed, "open": st.Open, "corrupt": st.Corrupt})
 }
 
 func (h *Handler) quarantine(w http.ResponseWriter, r *http.Request) error {

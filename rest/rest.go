@@ -244,7 +244,8 @@ func (h *Handler) routes() {
 		}
 		allowed := strings.Join(methods, ", ")
 		h.mux.HandleFunc(p, func(w http.ResponseWriter, r *http.Request) {
-			if !h.authorized(r) && p != "/healthz" {
+			// Only GET (and HEAD) /healthz go without the token.
+			if !h.authorized(r) {
 				h.fail(w, r, "method_not_allowed", errf(CodeUnauthorized, "missing or wrong bearer token"))
 				return
 			}

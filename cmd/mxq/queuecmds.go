@@ -422,6 +422,9 @@ func runSweep(ctx context.Context, c *cli, args []string) error {
 		return c.printJSON(st)
 	}
 	fmt.Fprintf(c.stdout, "aborted %d abandoned transaction(s), removed %d old record(s), %d still open\n", st.Aborted, st.Removed, st.Open)
+	if st.Corrupt > 0 {
+		fmt.Fprintf(c.stdout, "left %d unreadable transaction record(s) alone\n", st.Corrupt)
+	}
 	return nil
 }
 
