@@ -3,42 +3,13 @@ package multiproc
 import (
 	"context"
 	"fmt"
-	"io"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/bench"
 	"github.com/mxqueue/mxq/queue"
-	"github.com/mxqueue/mxq/queue/driver"
 )
-
-// counting counts the requests a Backend serves.
-type counting struct {
-	driver.Backend
-	n atomic.Int64
-}
-
-func (c *counting) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
-	c.n.Add(1)
-	return c.Backend.Get(ctx, key)
-}
-
-func (c *counting) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
-	c.n.Add(1)
-	return c.Backend.Put(ctx, key, r, o)
-}
-
-func (c *counting) Delete(ctx context.Context, key string) error {
-	c.n.Add(1)
-	return c.Backend.Delete(ctx, key)
-}
-
-func (c *counting) List(ctx context.Context, p, a string, l int) ([]string, bool, error) {
-	c.n.Add(1)
-	return c.Backend.List(ctx, p, a, l)
-}
 
 // TestIdleCost runs idle nodes over queues of two sizes and counts the
 // requests each makes per heartbeat interval: the count must be bounded
@@ -56,13 +27,13 @@ func TestIdleCost(t *testing.T) {
 			t.Fatal(err)
 		}
 		filler.Close()
-		var counters []*counting
+		var counters []*bench.Counter
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
 		for i := range nodes {
-			c := &counting{Backend: mem.OpenBackend(name)}
+			c := bench.Count(mem.OpenBackend(name))
 			counters = append(counters, c)
-			s, err := queue.New(c, &queue.Options{Node: fmt.Sprintf("idle%d", i), HeartbeatInterval: beat})
+			s, err := queue.New(c.Backend(), &queue.Options{Node: fmt.Sprintf("idle%d", i), HeartbeatInterval: beat})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -79,7 +50,7 @@ func TestIdleCost(t *testing.T) {
 		}
 		var total int64
 		for _, c := range counters {
-			total += c.n.Load()
+			total += c.Counts().Total()
 		}
 		return float64(total) / nodes / intervals
 	}
