@@ -58,6 +58,13 @@ type Options struct {
 	// does not see them until Claim.Defer gives them one. Default: false,
 	// every committed envelope is due at once.
 	SelfScheduled bool
+	// Encryption, if set, encrypts message content and envelopes at rest
+	// and may compress content, with the keys it holds (see Sealed and
+	// docs/encryption.md). The URL parameters key_file, key_env,
+	// old_key_files, compress and require_encryption set it for every
+	// scheme (see EncryptionFromURL). Default: nil, objects are stored
+	// plain and sealed ones cannot be read.
+	Encryption *Encryption
 	// Retries is how many times a failed idempotent request whose error is
 	// classified CodeUnavailable is retried, with exponential backoff from
 	// 50ms. Default: 3. Negative: none.
@@ -131,6 +138,13 @@ func New(b driver.Backend, opts *Options) (*Store, error) {
 	}
 	if err := ValidNodeName(o.Node); err != nil {
 		return nil, &Error{Op: "new", Kind: ErrInvalid, Err: err}
+	}
+	if o.Encryption != nil {
+		sb, err := Sealed(s.b, o.Encryption)
+		if err != nil {
+			return nil, err
+		}
+		s.b = sb
 	}
 	s.committed.max = 1 << 14
 	return s, nil

@@ -74,7 +74,9 @@ func (m *URLMux) Open(ctx context.Context, urlstr string) (*Store, error) {
 	return m.OpenOptions(ctx, urlstr, nil)
 }
 
-// OpenOptions is Open with queue options; opts may be nil.
+// OpenOptions is Open with queue options; opts may be nil. The
+// encryption parameters of the query (see EncryptionFromURL) are taken out
+// first, the same for every scheme, and set opts.Encryption.
 func (m *URLMux) OpenOptions(ctx context.Context, urlstr string, opts *Options) (*Store, error) {
 	u, err := url.Parse(urlstr)
 	if err != nil {
@@ -88,6 +90,9 @@ func (m *URLMux) OpenOptions(ctx context.Context, urlstr string, opts *Options) 
 	m.mu.RUnlock()
 	if o == nil {
 		return nil, errorf("open", RedactURL(urlstr), ErrInvalid, "unknown scheme %q; registered: %s (forgotten import?)", u.Scheme, strings.Join(m.Schemes(), ", "))
+	}
+	if opts, err = encryptionOptions(u, opts); err != nil {
+		return nil, err
 	}
 	return o.OpenStoreURL(ctx, u, opts)
 }
