@@ -58,23 +58,30 @@ func (s *Store) stored() driver.Backend {
 }
 
 // Sealed returns a Backend that encrypts and compresses the objects of b
-// that hold mail, as Options.Encryption configures, and reads both sealed
-// and plain ones. New uses it when Options.Encryption is set; tools use it
-// to read a store's objects as the Store does. Its Get and Stat report
-// Size -1 for the objects it seals. It fails with an error wrapping
-// ErrInvalid when the configuration is inconsistent (Require without a
-// current key).
+// that hold mail, as e configures, and reads both sealed and plain ones.
+// e may be nil: objects are then written plain, and reading a sealed one
+// is an error wrapping ErrCorrupt that names its key ID. New always puts
+// it over its Backend; tools use it to read a store's objects as the
+// Store does. Its Get reports Size -1 for sealed objects, and so does its
+// Stat for the objects it would seal, when e encrypts or compresses. It
+// fails with an error wrapping ErrInvalid when the configuration is
+// inconsistent (Require without a current key).
 func Sealed(b driver.Backend, e *Encryption) (driver.Backend, error) {
-	c, err := sealfmt.New(*e)
+	var o Encryption
+	if e != nil {
+		o = *e
+	}
+	c, err := sealfmt.New(o)
 	if err != nil {
 		return nil, &Error{Op: "new", Kind: ErrInvalid, Err: err}
 	}
-	return &sealedBackend{b: b, c: c}, nil
+	return &sealedBackend{b: b, c: c, seals: c.Encrypts() || o.Compress}, nil
 }
 
 type sealedBackend struct {
-	b driver.Backend
-	c *sealfmt.Codec
+	b     driver.Backend
+	c     *sealfmt.Codec
+	seals bool // whether Put seals anything: Stat sizes are then unknown
 }
 
 var (
@@ -100,12 +107,14 @@ func (s *sealedBackend) Get(ctx context.Context, key string) (io.ReadCloser, dri
 	if !sealed {
 		return rc, a, nil
 	}
-	prc, err := s.c.Open(name, rc)
+	prc, h, err := s.c.Open(name, rc)
 	if err != nil {
 		rc.Close()
 		return nil, a, corrupt(err)
 	}
-	a.Size = -1
+	if h.Sealed {
+		a.Size = -1
+	}
 	return &corruptReader{prc}, a, nil
 }
 
@@ -148,7 +157,7 @@ func (s *sealedBackend) Stat(ctx context.Context, key string) (driver.Attrs, err
 		rc.Close()
 		a = ra
 	}
-	if _, sealed, _ := sealClass(key); sealed {
+	if _, sealed, _ := sealClass(key); sealed && s.seals {
 		a.Size = -1
 	}
 	return a, nil

@@ -63,7 +63,8 @@ type Options struct {
 	// docs/encryption.md). The URL parameters key_file, key_env,
 	// old_key_files, compress and require_encryption set it for every
 	// scheme (see EncryptionFromURL). Default: nil, objects are stored
-	// plain and sealed ones cannot be read.
+	// plain, and reading a sealed one fails with ErrCorrupt naming its
+	// key ID.
 	Encryption *Encryption
 	// Retries is how many times a failed idempotent request whose error is
 	// classified CodeUnavailable is retried, with exponential backoff from
@@ -139,13 +140,11 @@ func New(b driver.Backend, opts *Options) (*Store, error) {
 	if err := ValidNodeName(o.Node); err != nil {
 		return nil, &Error{Op: "new", Kind: ErrInvalid, Err: err}
 	}
-	if o.Encryption != nil {
-		sb, err := Sealed(s.b, o.Encryption)
-		if err != nil {
-			return nil, err
-		}
-		s.b = sb
+	sb, err := Sealed(s.b, o.Encryption)
+	if err != nil {
+		return nil, err
 	}
+	s.b = sb
 	s.committed.max = 1 << 14
 	return s, nil
 }

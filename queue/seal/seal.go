@@ -319,7 +319,8 @@ func parseHeader(b []byte, withID bool) (Header, error) {
 }
 
 // Open returns a reader of the plaintext of the object name, whose stored
-// form rc yields, and closes rc when it is closed. A plain object is
+// form rc yields, and closes rc when it is closed, with the object's
+// header. A plain object is
 // returned as it is, unless the Codec requires encryption (ErrPlain).
 // Failures of rc itself are returned as they are; every other failure
 // (authentication, truncation, reordering, a bad header, a key that is not
@@ -327,59 +328,59 @@ func parseHeader(b []byte, withID bool) (Header, error) {
 // by a Read, never as io.EOF, so that no unverified plaintext is taken
 // for the whole object. Each segment is verified before its plaintext is
 // returned.
-func (c *Codec) Open(name string, rc io.ReadCloser) (io.ReadCloser, error) {
+func (c *Codec) Open(name string, rc io.ReadCloser) (io.ReadCloser, Header, error) {
 	raw := &track{r: rc}
 	hb := make([]byte, headerSize, headerSize+IDSize)
 	n, err := driver.ReadFull(raw, hb)
 	if err != nil && err != io.EOF {
-		return nil, err
+		return nil, Header{}, err
 	}
 	hb = hb[:n]
 	h, err := parseHeader(hb, false)
 	if err != nil {
-		return nil, fmt.Errorf("object %s: %w", name, err)
+		return nil, h, fmt.Errorf("object %s: %w", name, err)
 	}
 	if !h.Sealed {
 		if c.o.Require {
-			return nil, fmt.Errorf("object %s: %w", name, ErrPlain)
+			return nil, h, fmt.Errorf("object %s: %w", name, ErrPlain)
 		}
-		return readCloser{io.MultiReader(bytes.NewReader(hb), raw), rc.Close}, nil
+		return readCloser{io.MultiReader(bytes.NewReader(hb), raw), rc.Close}, h, nil
 	}
 	if c.o.Require && !h.Encrypted {
-		return nil, fmt.Errorf("object %s: %w", name, ErrPlain)
+		return nil, h, fmt.Errorf("object %s: %w", name, ErrPlain)
 	}
 	var r io.Reader = raw
 	if h.Encrypted {
 		hb = hb[:headerSize+IDSize]
 		if _, err := driver.ReadFull(raw, hb[headerSize:]); err != nil {
-			return nil, c.fail(name, raw, err)
+			return nil, h, c.fail(name, raw, err)
 		}
 		copy(h.Key[:], hb[headerSize:])
 		k := c.o.Keys.Lookup(h.Key)
 		if k == nil {
 			if c.o.Keys.Len() == 0 {
-				return nil, fmt.Errorf("object %s: %w (%s); no key is configured", name, ErrUnknownKey, h.Key)
+				return nil, h, fmt.Errorf("object %s: %w (%s); no key is configured", name, ErrUnknownKey, h.Key)
 			}
-			return nil, fmt.Errorf("object %s: %w (%s)", name, ErrUnknownKey, h.Key)
+			return nil, h, fmt.Errorf("object %s: %w (%s)", name, ErrUnknownKey, h.Key)
 		}
 		a, err := c.aead(k)
 		if err != nil {
-			return nil, err
+			return nil, Header{}, err
 		}
 		dr, err := a.NewDecryptingReader(raw, aad(name, hb))
 		if err != nil {
-			return nil, c.fail(name, raw, err)
+			return nil, h, c.fail(name, raw, err)
 		}
 		r = &verified{r: dr, raw: raw, name: name}
 	}
 	if h.Compressed {
 		zr, err := zstd.NewReader(r, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxWindow(8<<20))
 		if err != nil {
-			return nil, err
+			return nil, Header{}, err
 		}
-		return readCloser{&verified{r: zr, raw: raw, name: name}, func() error { zr.Close(); return rc.Close() }}, nil
+		return readCloser{&verified{r: zr, raw: raw, name: name}, func() error { zr.Close(); return rc.Close() }}, h, nil
 	}
-	return readCloser{r, rc.Close}, nil
+	return readCloser{r, rc.Close}, h, nil
 }
 
 // fail returns the error of rc if it failed, and otherwise err as

@@ -38,7 +38,7 @@ func seal(t testing.TB, c *Codec, name string, data []byte, compress bool) []byt
 }
 
 func open(c *Codec, name string, stored []byte) ([]byte, error) {
-	rc, err := c.Open(name, io.NopCloser(bytes.NewReader(stored)))
+	rc, _, err := c.Open(name, io.NopCloser(bytes.NewReader(stored)))
 	if err != nil {
 		return nil, err
 	}
@@ -284,7 +284,7 @@ func TestStoreErrorsPassThrough(t *testing.T) {
 			if at >= len(stored) {
 				continue
 			}
-			rc, err := c.Open("msg/01/01020304", io.NopCloser(&failReader{bytes.NewReader(stored), at, boom}))
+			rc, _, err := c.Open("msg/01/01020304", io.NopCloser(&failReader{bytes.NewReader(stored), at, boom}))
 			if err == nil {
 				_, err = io.ReadAll(rc)
 			}
