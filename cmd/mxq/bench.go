@@ -24,12 +24,13 @@ var benchFlags struct {
 	n     int
 	walk  int
 	large bool
+	seal  bool
 }
 
 func init() {
 	register(&command{
 		name:  "bench",
-		args:  "[-n N] [-walk N] [-large=false]",
+		args:  "[-n N] [-walk N] [-large=false] [-encryption]",
 		short: "measure the queue against the raw floor of its store and print ratios",
 		long: `Each operation runs through the queue and, side by side, as the fewest
 requests the same store needs for it (the raw floor), and bench reports the
@@ -44,6 +45,7 @@ that it never supersedes a node running on the same host.`,
 			fs.IntVar(&benchFlags.n, "n", 200, "operations per measurement")
 			fs.IntVar(&benchFlags.walk, "walk", 10000, "envelopes in the queue for the walk")
 			fs.BoolVar(&benchFlags.large, "large", true, "also move a 100 MiB message in and out and report the peak RSS")
+			fs.BoolVar(&benchFlags.seal, "encryption", false, "also measure commit and OpenContent encrypted, and compressed and encrypted, against plain, and the compression ratio of a generated corpus")
 		},
 		run: runBench,
 	})
@@ -163,6 +165,13 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 			return err
 		}
 		rows = append(rows, latency("claim + release", q, r, "1 conditional write each"))
+	}
+	if benchFlags.seal {
+		sr, err := benchEncryption(ctx, c.queueURL, s.Node(), n, progress)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, sr...)
 	}
 	progress("removing what bench wrote ...")
 	if err := removeBenchMessages(ctx, s); err != nil {
