@@ -93,10 +93,17 @@ var (
 // corrupt makes a seal error one that wraps ErrCorrupt.
 func corrupt(err error) error {
 	if err != nil && errors.Is(err, sealfmt.ErrCorrupt) && !errors.Is(err, ErrCorrupt) {
-		return fmt.Errorf("%w: %w", ErrCorrupt, err)
+		return &corruptError{err}
 	}
 	return err
 }
+
+// corruptError is a seal error that also wraps ErrCorrupt, with the seal
+// error's message alone.
+type corruptError struct{ err error }
+
+func (e *corruptError) Error() string   { return e.err.Error() }
+func (e *corruptError) Unwrap() []error { return []error{ErrCorrupt, e.err} }
 
 func (s *sealedBackend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
 	rc, a, err := s.b.Get(ctx, key)
