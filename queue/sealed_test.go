@@ -82,8 +82,10 @@ func rawPut(t *testing.T, s *queue.Store, key string, b []byte) {
 	}
 }
 
-func contentKey(m queue.MsgID) string { return queue.Key(queue.Handle{Kind: queue.KindContent, Msg: m}) }
-func envKey(id queue.EvpID) string   { return queue.Key(queue.Handle{Kind: queue.KindEnvelope, Evp: id}) }
+func contentKey(m queue.MsgID) string {
+	return queue.Key(queue.Handle{Kind: queue.KindContent, Msg: m})
+}
+func envKey(id queue.EvpID) string { return queue.Key(queue.Handle{Kind: queue.KindEnvelope, Evp: id}) }
 
 // TestEncryptionKeys: rotation, wrong and missing keys, and a store that
 // mixes plain and sealed objects while encryption is turned on.
