@@ -911,6 +911,7 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 			runs := []run{{"fs (built-in)", ""}}
 			urls := queueURLs(t)
 			runs = append(runs, run{"mxq file://", urls["file"]})
+			runs = append(runs, run{"mxq file:// zstd+encrypted", urls["file-encrypted"]})
 			if u, ok := urls["minio"]; ok {
 				runs = append(runs, run{"mxq minio", u})
 			}
