@@ -190,12 +190,16 @@ func (s *sealReader) Read(p []byte) (int, error) {
 	}
 }
 
-// start reads the sample, decides on compression, writes the header and
-// the sample into the chain.
+// start reads the sample if the object may be compressed, decides on
+// compression, and writes the header and the sample into the chain.
 func (s *sealReader) start() error {
-	sample, last, err := driver.ReadChunk(s.src, nil, sampleSize, -1)
-	if err != nil {
-		return err
+	var sample []byte
+	last := false
+	if s.compress {
+		var err error
+		if sample, last, err = driver.ReadChunk(s.src, nil, sampleSize, -1); err != nil {
+			return err
+		}
 	}
 	flags := byte(0)
 	first := sample
