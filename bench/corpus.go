@@ -11,7 +11,8 @@ import (
 
 // Mail is one message of a generated corpus.
 type Mail struct {
-	// Kind is "text", "html", "attachment" or "large attachment".
+	// Kind is "text", "html", "attachment", "large attachment" or
+	// "binary attachment".
 	Kind string
 	Data []byte
 }
@@ -29,8 +30,10 @@ schedule review budget quarter customer support ticket update release server que
 // Corpus returns n messages that look like a mail queue's: RFC 5322
 // headers with Received lines, plain-text and HTML bodies of a few hundred
 // bytes to tens of KiB, about one in eight with a small base64 attachment
-// of random bytes, and, first, one message with a large attachment of
-// size bytes that does not compress. The same seed gives the same corpus.
+// of random bytes, and, first, one message with a large base64 attachment
+// of size random bytes, and one with size/4 random bytes sent as binary
+// (BINARYMIME), which does not compress at all. The same seed gives the
+// same corpus.
 func Corpus(seed uint64, n int, large int) []Mail {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	out := make([]Mail, 0, n)
@@ -39,6 +42,8 @@ func Corpus(seed uint64, n int, large int) []Mail {
 		switch {
 		case i == 0 && large > 0:
 			kind = "large attachment"
+		case i == 1 && large > 0:
+			kind = "binary attachment"
 		case r.IntN(8) == 0:
 			kind = "attachment"
 		case r.IntN(4) == 0:
@@ -109,8 +114,11 @@ func mail(r *rand.Rand, i int, kind string, large int) []byte {
 		b.WriteString("</body></html>\r\n--b1--\r\n")
 	default:
 		size := 20<<10 + r.IntN(400<<10)
-		if kind == "large attachment" {
+		switch kind {
+		case "large attachment":
 			size = large
+		case "binary attachment":
+			size = large / 4
 		}
 		att := make([]byte, size)
 		for j := 0; j+8 <= len(att); j += 8 {
@@ -121,6 +129,12 @@ func mail(r *rand.Rand, i int, kind string, large int) []byte {
 		}
 		b.WriteString("Content-Type: multipart/mixed; boundary=\"b2\"\r\n\r\n--b2\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n")
 		b.Write(body)
+		if kind == "binary attachment" {
+			fmt.Fprintf(&b, "\r\n--b2\r\nContent-Type: application/octet-stream; name=\"scan%d.jpg\"\r\nContent-Transfer-Encoding: binary\r\n\r\n", i)
+			b.Write(att)
+			b.WriteString("\r\n--b2--\r\n")
+			break
+		}
 		fmt.Fprintf(&b, "\r\n--b2\r\nContent-Type: application/octet-stream; name=\"scan%d.jpg\"\r\nContent-Transfer-Encoding: base64\r\n\r\n", i)
 		enc := base64.StdEncoding.EncodeToString(att)
 		for len(enc) > 76 {

@@ -43,8 +43,8 @@ func benchEncryption(ctx context.Context, queueURL, node string, n int, progress
 		{"zstd+encrypted", &queue.Encryption{Keys: seal.NewKeyring(key), Compress: true}},
 	}
 	corpus := bench.Corpus(1, 200, 8<<20)
-	small := corpus[1].Data
-	for _, m := range corpus[1:] {
+	small := corpus[2].Data
+	for _, m := range corpus[2:] {
 		if m.Kind == "text" && len(m.Data) >= 3<<10 && len(m.Data) <= 6<<10 {
 			small = m.Data
 			break
@@ -52,7 +52,7 @@ func benchEncryption(ctx context.Context, queueURL, node string, n int, progress
 	}
 	const bigSize = 32 << 20
 	big := make([]byte, 0, bigSize)
-	for _, m := range corpus[1:] {
+	for _, m := range corpus[2:] {
 		if len(big)+len(m.Data) > bigSize {
 			break
 		}
@@ -125,7 +125,7 @@ func corpusRatios(corpus []bench.Mail) ([]benchRow, error) {
 		return nil, err
 	}
 	type sum struct{ n, orig, stored int }
-	kinds := []string{"text", "html", "attachment", "large attachment", "all"}
+	kinds := []string{"text", "html", "attachment", "large attachment", "binary attachment", "all"}
 	sums := map[string]*sum{}
 	for _, k := range kinds {
 		sums[k] = &sum{}
