@@ -197,6 +197,10 @@ The queue is chosen by URL with --queue or $MXQ_QUEUE:
   http://host:8025/                      an mxq serve frontend
   mem://name                             in memory, for tests
 
+Any of them encrypts content and envelopes with ?key_file=FILE (32 random
+bytes, mode 600), plus old_key_files=F1,F2 to read older keys,
+compress=true and require_encryption=true; see docs/encryption.md.
+
 Registered schemes: %s
 Run 'mxq help <command>' for a command's flags.
 `, strings.Join(queue.DefaultURLMux().Schemes(), ", "))
