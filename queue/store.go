@@ -156,7 +156,9 @@ func (s *Store) MaxEnvelopeSize() int { return s.opts.MaxEnvelopeSize }
 func (s *Store) Node() string { return s.opts.Node }
 
 // Backend returns the Backend under s, for tools and tests that need raw
-// access to the storage.
+// access to the storage. It is the Sealed decorator over the adapter's
+// Backend: objects read and write through it as the Store sees them,
+// encrypted in the store when Options.Encryption says so.
 func (s *Store) Backend() driver.Backend { return s.b }
 
 // Close waits for background work and closes the backend. Calls after
