@@ -7,7 +7,7 @@ import (
 	"io"
 
 	"github.com/mxqueue/mxq/queue/driver"
-	sealfmt "github.com/mxqueue/mxq/queue/seal"
+	"github.com/mxqueue/mxq/queue/seal"
 )
 
 // ResealProgress counts what Reseal has done so far.
@@ -97,7 +97,7 @@ const (
 
 // reseal rewrites the object at key under the current key cur, unless it
 // is sealed with it already.
-func (s *Store) reseal(ctx context.Context, sb *sealedBackend, key string, cur sealfmt.KeyID) (resealResult, error) {
+func (s *Store) reseal(ctx context.Context, sb *sealedBackend, key string, cur seal.KeyID) (resealResult, error) {
 	var hb [16]byte
 	var n int
 	err := s.retry(ctx, func() error {
@@ -118,7 +118,7 @@ func (s *Store) reseal(ctx context.Context, sb *sealedBackend, key string, cur s
 	if err != nil {
 		return 0, err
 	}
-	if h, err := sealfmt.ParseHeader(hb[:n]); err == nil && h.Encrypted && h.Key == cur {
+	if h, err := seal.ParseHeader(hb[:n]); err == nil && h.Encrypted && h.Key == cur {
 		return resealCurrent, nil
 	}
 	// Read the plaintext through the seal and write it back through it,

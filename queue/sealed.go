@@ -9,14 +9,14 @@ import (
 	"strings"
 
 	"github.com/mxqueue/mxq/queue/driver"
-	sealfmt "github.com/mxqueue/mxq/queue/seal"
+	"github.com/mxqueue/mxq/queue/seal"
 )
 
 // Encryption configures encryption and compression at rest (see
-// Options.Encryption and docs/encryption.md). It is sealfmt.Options: the
+// Options.Encryption and docs/encryption.md). It is seal.Options: the
 // keys, whether to compress content, and whether plain objects are
 // refused.
-type Encryption = sealfmt.Options
+type Encryption = seal.Options
 
 // What the sealing Backend does with each kind of object. Message content
 // and envelopes hold the mail: they are encrypted, and content may be
@@ -71,7 +71,7 @@ func Sealed(b driver.Backend, e *Encryption) (driver.Backend, error) {
 	if e != nil {
 		o = *e
 	}
-	c, err := sealfmt.New(o)
+	c, err := seal.New(o)
 	if err != nil {
 		return nil, &Error{Op: "new", Kind: ErrInvalid, Err: err}
 	}
@@ -80,7 +80,7 @@ func Sealed(b driver.Backend, e *Encryption) (driver.Backend, error) {
 
 type sealedBackend struct {
 	b     driver.Backend
-	c     *sealfmt.Codec
+	c     *seal.Codec
 	seals bool // whether Put seals anything: Stat sizes are then unknown
 }
 
@@ -92,7 +92,7 @@ var (
 
 // corrupt makes a seal error one that wraps ErrCorrupt.
 func corrupt(err error) error {
-	if err != nil && errors.Is(err, sealfmt.ErrCorrupt) && !errors.Is(err, ErrCorrupt) {
+	if err != nil && errors.Is(err, seal.ErrCorrupt) && !errors.Is(err, ErrCorrupt) {
 		return &corruptError{err}
 	}
 	return err
@@ -180,9 +180,9 @@ func (s *sealedBackend) Ping(ctx context.Context) error {
 
 func (s *sealedBackend) ErrorCode(err error) driver.Code {
 	switch {
-	case errors.Is(err, sealfmt.ErrCorrupt):
+	case errors.Is(err, seal.ErrCorrupt):
 		return driver.CodeCorrupt
-	case errors.Is(err, sealfmt.ErrConfig):
+	case errors.Is(err, seal.ErrConfig):
 		return driver.CodeInvalid
 	}
 	return s.b.ErrorCode(err)
@@ -247,22 +247,22 @@ func EncryptionFromURL(u *url.URL) (*Encryption, error) {
 	if e.Require, err = ParseBool(ParamRequireEncryption, p[ParamRequireEncryption], false); err != nil {
 		return nil, bad(err)
 	}
-	var cur *sealfmt.Key
+	var cur *seal.Key
 	switch f, env := p[ParamKeyFile], p[ParamKeyEnv]; {
 	case f != "" && env != "":
 		return nil, bad(fmt.Errorf("%s and %s together: give one current key", ParamKeyFile, ParamKeyEnv))
 	case f != "":
-		cur, err = sealfmt.LoadKeyFile(f)
+		cur, err = seal.LoadKeyFile(f)
 	case env != "":
-		cur, err = sealfmt.LoadKeyEnv(env)
+		cur, err = seal.LoadKeyEnv(env)
 	}
 	if err != nil {
 		return nil, bad(err)
 	}
-	var old []*sealfmt.Key
+	var old []*seal.Key
 	if v := p[ParamOldKeyFiles]; v != "" {
 		for _, f := range strings.Split(v, ",") {
-			k, err := sealfmt.LoadKeyFile(f)
+			k, err := seal.LoadKeyFile(f)
 			if err != nil {
 				return nil, bad(err)
 			}
@@ -270,9 +270,9 @@ func EncryptionFromURL(u *url.URL) (*Encryption, error) {
 		}
 	}
 	if cur != nil || len(old) > 0 {
-		e.Keys = sealfmt.NewKeyring(cur, old...)
+		e.Keys = seal.NewKeyring(cur, old...)
 	}
-	if _, err := sealfmt.New(*e); err != nil {
+	if _, err := seal.New(*e); err != nil {
 		return nil, bad(err)
 	}
 	return e, nil

@@ -5,10 +5,10 @@
 // current and older keys opens every object. docs/encryption.md describes
 // the format byte by byte.
 //
-// Most programs never use this package directly: they set
-// queue.Options.Encryption, or the key-file query parameter of a queue
-// URL, and the Store seals and opens objects itself. The package is for
-// loading keys and for tools.
+// Programs use it to load keys (LoadKeyFile, LoadKeyEnv, NewKeyring) for
+// queue.Options.Encryption, or not at all: the key_file parameter of a
+// queue URL does the same. The Store seals and opens objects itself; Codec
+// is for tools that read stored objects.
 package seal
 
 import (
