@@ -29,9 +29,15 @@
 // RunBenchmarks takes the same HarnessMaker and measures the Store on the
 // adapter against the adapter's raw floor (package bench).
 //
+// # Encryption
+//
+// RunEncrypted runs the whole suite twice more, with every Store sealing
+// content and envelopes (queue.Options.Encryption), and with compression
+// too; WithEncryption does the same for one configuration.
+//
 // The suite depends only on queue, queue/driver, queue/driver/drivertest
-// (whose fault injection drives the crash matrix), bench and the standard
-// library; it imports no adapter.
+// (whose fault injection drives the crash matrix), queue/seal, bench and
+// the standard library; it imports no adapter.
 package conformance
 
 import (

@@ -67,6 +67,9 @@ func (e *env) storeOn(b driver.Backend, opts *queue.Options) *queue.Store {
 	if o.Clock == nil {
 		o.Clock = e.clock.Now
 	}
+	if eh, ok := e.h.(encryptedHarness); ok && o.Encryption == nil {
+		o.Encryption = eh.encryption()
+	}
 	s, err := queue.New(b, &o)
 	if err != nil {
 		e.t.Fatalf("queue.New: %v", err)

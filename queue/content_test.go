@@ -8,7 +8,7 @@ import (
 	"testing/iotest"
 )
 
-func seal(t testing.TB, data []byte) []byte {
+func withTrailer(t testing.TB, data []byte) []byte {
 	b, err := io.ReadAll(newSealer(bytes.NewReader(data)))
 	if err != nil {
 		t.Fatal(err)
@@ -19,7 +19,7 @@ func seal(t testing.TB, data []byte) []byte {
 func TestSealVerify(t *testing.T) {
 	for _, n := range []int{0, 1, trailerSize - 1, trailerSize, trailerSize + 1, 100000} {
 		data := bytes.Repeat([]byte{'x'}, n)
-		sealed := seal(t, data)
+		sealed := withTrailer(t, data)
 		if len(sealed) != n+trailerSize {
 			t.Fatalf("sealed %d bytes into %d", n, len(sealed))
 		}
@@ -34,7 +34,7 @@ func FuzzVerifier(f *testing.F) {
 	f.Add([]byte("hello"), 3)
 	f.Add([]byte{}, 0)
 	f.Fuzz(func(t *testing.T, data []byte, flip int) {
-		sealed := seal(t, data)
+		sealed := withTrailer(t, data)
 		got, err := io.ReadAll(newVerifier(io.NopCloser(bytes.NewReader(sealed)), "m"))
 		if err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("intact content: %v", err)

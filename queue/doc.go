@@ -78,6 +78,17 @@
 // changed the object first, and ErrLeaseLost means the caller must stop
 // working on the envelope.
 //
+// # Encryption
+//
+// Options.Encryption (or the key_file, key_env, old_key_files, compress
+// and require_encryption parameters of any queue URL) encrypts message
+// content and envelopes before they reach the store, in 64 KiB
+// authenticated segments, and may compress content with zstd first. The
+// Store puts the Sealed decorator over its Backend, so every adapter gets
+// it; objects name the key that sealed them, so keys rotate without a
+// rewrite, and Reseal rewrites a queue under its current key. Format and
+// guarantees: docs/encryption.md and package queue/seal.
+//
 // # Keys
 //
 // The Store computes every storage key itself; an MTA never sees one.

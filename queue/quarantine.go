@@ -95,12 +95,13 @@ func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
 }
 
 func (s *Store) copyObject(ctx context.Context, from, to string) error {
-	rc, a, err := s.b.Get(ctx, from)
+	b := s.stored() // objects move as they are stored, sealed or not
+	rc, a, err := b.Get(ctx, from)
 	if err != nil {
 		return err
 	}
 	defer rc.Close()
-	_, err = s.b.Put(ctx, to, rc, &driver.PutOptions{Size: a.Size})
+	_, err = b.Put(ctx, to, rc, &driver.PutOptions{Size: a.Size})
 	return err
 }
 
@@ -142,7 +143,8 @@ func (s *Store) Quarantined(ctx context.Context) ([]Quarantined, error) {
 }
 
 // OpenQuarantined opens the content of the quarantined message m as it was
-// stored, trailer included, for inspection.
+// stored, trailer included, for inspection: in an encrypted queue, sealed
+// as it was (see docs/encryption.md).
 func (s *Store) OpenQuarantined(ctx context.Context, m MsgID) (io.ReadCloser, error) {
 	if err := s.check("open quarantined"); err != nil {
 		return nil, err
@@ -150,6 +152,6 @@ func (s *Store) OpenQuarantined(ctx context.Context, m MsgID) (io.ReadCloser, er
 	if err := m.Valid(); err != nil {
 		return nil, &Error{Op: "open quarantined", ID: m.String(), Kind: ErrInvalid, Err: err}
 	}
-	rc, _, err := s.b.Get(ctx, layout.Key(layout.Handle{Kind: layout.QuarantineContent, Msg: uint32(m)}))
+	rc, _, err := s.stored().Get(ctx, layout.Key(layout.Handle{Kind: layout.QuarantineContent, Msg: uint32(m)}))
 	return rc, s.wrap("open quarantined", m.String(), err, nil)
 }

@@ -59,6 +59,14 @@ type Options struct {
 	// does not see them until Claim.Defer gives them one. Default: false,
 	// every committed envelope is due at once.
 	SelfScheduled bool
+	// Encryption, if set, encrypts message content and envelopes at rest
+	// and may compress content, with the keys it holds (see Sealed and
+	// docs/encryption.md). The URL parameters key_file, key_env,
+	// old_key_files, compress and require_encryption set it for every
+	// scheme (see EncryptionFromURL). Default: nil, objects are stored
+	// plain, and reading a sealed one fails with ErrCorrupt naming its
+	// key ID.
+	Encryption *Encryption
 	// Retries is how many times a failed idempotent request whose error is
 	// classified CodeUnavailable is retried, with exponential backoff from
 	// 50ms. Default: 3. Negative: none.
@@ -133,6 +141,11 @@ func New(b driver.Backend, opts *Options) (*Store, error) {
 	if err := ValidNodeName(o.Node); err != nil {
 		return nil, &Error{Op: "new", Kind: ErrInvalid, Err: err}
 	}
+	sb, err := Sealed(s.b, o.Encryption)
+	if err != nil {
+		return nil, err
+	}
+	s.b = sb
 	s.committed.max = 1 << 14
 	return s, nil
 }
@@ -144,7 +157,9 @@ func (s *Store) MaxEnvelopeSize() int { return s.opts.MaxEnvelopeSize }
 func (s *Store) Node() string { return s.opts.Node }
 
 // Backend returns the Backend under s, for tools and tests that need raw
-// access to the storage.
+// access to the storage. It is the Sealed decorator over the adapter's
+// Backend: objects read and write through it as the Store sees them,
+// encrypted in the store when Options.Encryption says so.
 func (s *Store) Backend() driver.Backend { return s.b }
 
 // Close waits for background work and closes the backend. Calls after

@@ -75,7 +75,9 @@ func (m *URLMux) Open(ctx context.Context, urlstr string) (*Store, error) {
 	return m.OpenOptions(ctx, urlstr, nil)
 }
 
-// OpenOptions is Open with queue options; opts may be nil.
+// OpenOptions is Open with queue options; opts may be nil. The
+// encryption parameters of the query (see EncryptionFromURL) are taken out
+// first, the same for every scheme, and set opts.Encryption.
 func (m *URLMux) OpenOptions(ctx context.Context, urlstr string, opts *Options) (*Store, error) {
 	u, err := url.Parse(urlstr)
 	if err != nil {
@@ -94,6 +96,9 @@ func (m *URLMux) OpenOptions(ctx context.Context, urlstr string, opts *Options) 
 		// No scheme takes them, and one that ignored them would hide a
 		// mistake: say where they come from instead.
 		return nil, errorf("open", RedactURL(urlstr), ErrInvalid, "credentials do not belong in a queue URL: the URLOpener of %s says where they come from (the AWS chain, MINIO_ROOT_USER, MXQ_TOKEN...)", u.Scheme)
+	}
+	if opts, err = encryptionOptions(u, opts); err != nil {
+		return nil, err
 	}
 	return o.OpenStoreURL(ctx, u, opts)
 }

@@ -81,6 +81,8 @@ func newHarness(ctx context.Context, t testing.TB) (conformance.Harness, error) 
 
 func TestConformance(t *testing.T) { conformance.Run(t, newHarness) }
 
+func TestConformanceEncrypted(t *testing.T) { conformance.RunEncrypted(t, newHarness) }
+
 func BenchmarkConformance(b *testing.B) { conformance.RunBenchmarks(b, newHarness) }
 
 func TestOpenURL(t *testing.T) {

@@ -72,9 +72,12 @@ func TestConformance(t *testing.T) {
 	token := os.Getenv("MXQ_TOKEN")
 	run := fmt.Sprintf("test-%d-%d", time.Now().UnixNano(), os.Getpid())
 	t.Logf("server %s, key prefix %s/", u, run)
-	conformance.Run(t, func(ctx context.Context, t testing.TB) (conformance.Harness, error) {
+	mk := func(ctx context.Context, t testing.TB) (conformance.Harness, error) {
 		return &harness{url: u, token: token, prefix: fmt.Sprintf("%s/%d/", run, runs.Add(1))}, nil
-	})
+	}
+	conformance.Run(t, mk)
+	// End to end: the client seals, so the server never sees plaintext.
+	conformance.RunEncrypted(t, mk)
 }
 
 func TestURLs(t *testing.T) {

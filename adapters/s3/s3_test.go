@@ -98,6 +98,8 @@ func deadClient(ctx context.Context, t testing.TB, d conformance.Dead, addr stri
 
 func TestConformance(t *testing.T) { conformance.Run(t, newHarness) }
 
+func TestConformanceEncrypted(t *testing.T) { conformance.RunEncrypted(t, newHarness) }
+
 func BenchmarkConformance(b *testing.B) { conformance.RunBenchmarks(b, newHarness) }
 
 // isolate keeps the test away from the machine's AWS configuration and

@@ -25,12 +25,13 @@ var benchFlags struct {
 	n     int
 	walk  int
 	large bool
+	seal  bool
 }
 
 func init() {
 	register(&command{
 		name:  "bench",
-		args:  "[-n N] [-walk N] [-large=false]",
+		args:  "[-n N] [-walk N] [-large=false] [-encryption]",
 		short: "measure the queue against the raw floor of its store and print ratios",
 		long: `Each operation runs through the queue and, side by side, as the fewest
 requests the same store needs for it (the raw floor), and bench reports the
@@ -48,6 +49,7 @@ that it never supersedes a node running on the same host.`,
 			fs.IntVar(&benchFlags.n, "n", 200, "operations per measurement")
 			fs.IntVar(&benchFlags.walk, "walk", 10000, "envelopes in the queue for the walk")
 			fs.BoolVar(&benchFlags.large, "large", true, "also move a 100 MiB message in and out and report the peak RSS")
+			fs.BoolVar(&benchFlags.seal, "encryption", false, "also measure commit and OpenContent encrypted, and compressed and encrypted, against plain, and the compression ratio of a generated corpus")
 		},
 		run: runBench,
 	})
@@ -175,6 +177,13 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 	}
 	for _, k := range costs {
 		rows = append(rows, benchRow{Op: k.Op, Metric: "requests", Queue: k.Requests, Raw: k.Floor, Ratio: k.Requests / k.Floor, Target: costTargets[k.Op]})
+	}
+	if benchFlags.seal {
+		sr, err := benchEncryption(ctx, c.queueURL, s.Node(), n, progress)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, sr...)
 	}
 	progress("removing what bench wrote ...")
 	if err := removeBenchMessages(ctx, s); err != nil {

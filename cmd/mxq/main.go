@@ -206,6 +206,10 @@ const queueURLHelp = `The queue is chosen by URL with --queue or $MXQ_QUEUE:
   datastore://project/namespace          Google Cloud Datastore
   http://host:8025/                      an mxq serve frontend
   mem://name                             in memory, for tests
+
+Any of them encrypts content and envelopes with ?key_file=FILE (32 random
+bytes, mode 600), plus old_key_files=F1,F2 to read older keys,
+compress=true and require_encryption=true; see docs/encryption.md.
 `
 
 func cmdUsage(w io.Writer, c *cli, cmd *command) {

@@ -572,6 +572,13 @@ func queueURLs(t *testing.T) map[string]string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	urls := map[string]string{"file": "file://" + dir}
+	// The same, encrypted and compressed: smtpd's queue process and the
+	// test's observer both read the key file that the URL names.
+	key := filepath.Join(t.TempDir(), "queue.key")
+	if err := os.WriteFile(key, []byte(randHex(32)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	urls["file-encrypted"] = "file://" + dir + "/encrypted?key_file=" + key + "&compress=true&require_encryption=true"
 	if u, ok := minioURL(t); ok {
 		urls["minio"] = u
 	}
@@ -904,6 +911,7 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 			runs := []run{{"fs (built-in)", ""}}
 			urls := queueURLs(t)
 			runs = append(runs, run{"mxq file://", urls["file"]})
+			runs = append(runs, run{"mxq file:// zstd+encrypted", urls["file-encrypted"]})
 			if u, ok := urls["minio"]; ok {
 				runs = append(runs, run{"mxq minio", u})
 			}
