@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -234,8 +235,8 @@ func storm(t *testing.T, u string, minRestarts int) {
 		}
 	}
 	st := checkStorm(t, procs, want)
-	t.Logf("%d envelopes in %v; %d processes, %d restarts under old names (%v); %d claims, %d of them taken from a dead process (%d by its own successor), %d defers; %d envelopes delivered twice, each after a kill before the delete; %d overlaps of live holders",
-		len(want), time.Since(begin).Round(100*time.Millisecond), len(procs), restarts, kinds, st.claims, st.takeovers, st.successor, st.defers, st.duplicates, st.overlaps)
+	t.Logf("%d envelopes in %v; %d processes, %d restarts under old names (%v); %d claims, %d of them taken from a dead process (%d by its own successor), %d defers; %d envelopes delivered twice, each after a kill before the delete; %d overlaps of live holders; %d takeovers from a live process whose heartbeat had lapsed",
+		len(want), time.Since(begin).Round(100*time.Millisecond), len(procs), restarts, kinds, st.claims, st.takeovers, st.successor, st.defers, st.duplicates, st.overlaps, st.lapses)
 	for range s.Walk(ctx) {
 		t.Fatal("the queue is not empty after the storm")
 	}
@@ -366,7 +367,7 @@ type stormEvent struct {
 }
 
 type stormStats struct {
-	claims, takeovers, successor, defers, duplicates, overlaps int
+	claims, takeovers, successor, defers, duplicates, overlaps, lapses int
 }
 
 // checkStorm checks the logs of every process of the storm.
@@ -382,6 +383,7 @@ func checkStorm(t *testing.T, procs []*proc, want map[queue.EvpID]bool) stormSta
 	releases := make(map[key]map[*proc]time.Time)
 	var delivers []stormEvent
 	outcome := make(map[key]map[*proc]string)
+	beats := make(map[*proc][]time.Time)
 	for _, p := range procs {
 		f, err := os.Open(p.log)
 		if errors.Is(err, os.ErrNotExist) && !p.killed.IsZero() {
@@ -433,6 +435,9 @@ func checkStorm(t *testing.T, procs []*proc, want map[queue.EvpID]bool) stormSta
 				if _, ok := releases[k][p]; !ok {
 					releases[k][p] = e.at
 				}
+			case "beat":
+				beats[p] = append(beats[p], e.at)
+				continue
 			case "deliver":
 				delivers = append(delivers, e)
 			case "done", "lost":
@@ -447,6 +452,25 @@ func checkStorm(t *testing.T, procs []*proc, want map[queue.EvpID]bool) stormSta
 		f.Close()
 	}
 	alive := func(p *proc, at time.Time) bool { return p.killed.IsZero() || p.killed.After(at) }
+	// current reports whether p's heartbeat was current at at: written
+	// less than the node TTL before. A live process whose heartbeat
+	// lapsed (starved of CPU) is dead to the others by the protocol, and
+	// a takeover of its claims is what must happen.
+	current := func(p *proc, at time.Time) bool {
+		bs := beats[p]
+		i, _ := slices.BinarySearchFunc(bs, at, func(b, at time.Time) int { return b.Compare(at) })
+		return i > 0 && at.Sub(bs[i-1]) < nodeTTL
+	}
+	// lapsed reports whether p's heartbeat ever lapsed while it ran.
+	lapsed := func(p *proc) bool {
+		bs := beats[p]
+		for i := 1; i < len(bs); i++ {
+			if bs[i].Sub(bs[i-1]) >= nodeTTL {
+				return true
+			}
+		}
+		return false
+	}
 
 	// No envelope held by two live processes: each claim after the first
 	// must find the holder of the token before it dead or releasing.
@@ -476,6 +500,12 @@ func checkStorm(t *testing.T, procs []*proc, want map[queue.EvpID]bool) stormSta
 			if h == c.p || !alive(h, c.at) || ok && !released.After(c.at) {
 				overlap = false
 			}
+		}
+		if overlap && !current(holders[0], c.at) {
+			st.lapses++
+			t.Logf("%v: %s claimed token %d at %s from %s, whose heartbeat had lapsed: a takeover by the rules",
+				k.id, c.p.inc, k.token, c.at.Format("15:04:05.000000"), holders[0].inc)
+			continue
 		}
 		if overlap {
 			st.overlaps++
@@ -509,6 +539,9 @@ func checkStorm(t *testing.T, procs []*proc, want map[queue.EvpID]bool) stormSta
 			case "done":
 				done++
 			case "lost":
+				if lapsed(d.p) {
+					continue // taken over while its heartbeat had lapsed
+				}
 				t.Errorf("%v: %s delivered it under token %d and then found its lease lost: a duplicate delivery no kill explains", id, d.p.inc, d.token)
 			default:
 				if d.p.killed.IsZero() {
@@ -663,6 +696,9 @@ func stormWorker(t *testing.T) {
 // claim (the node becomes the holder) before it is sent and its outcome
 // after, and a release before it is sent. It reads the record header,
 // "mxq-evp/1 " and a line of JSON.
+// beatID stands in the envelope ID field of a heartbeat's log line.
+const beatID = queue.EvpID(1<<32 | 1)
+
 type claimLog struct {
 	driver.Backend
 	node string
@@ -670,6 +706,16 @@ type claimLog struct {
 }
 
 func (c *claimLog) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
+	if strings.HasSuffix(key, "node/"+c.node) {
+		// A heartbeat: logged once written, so that the check can tell
+		// a live process whose heartbeat lapsed (a starved machine) from
+		// one whose claim was taken while its heartbeat was current.
+		v, err := c.Backend.Put(ctx, key, r, opts)
+		if err == nil {
+			c.logf("beat", beatID, 0)
+		}
+		return v, err
+	}
 	i := strings.LastIndex(key, "evp/")
 	if i < 0 || opts.IfMatch == "" {
 		return c.Backend.Put(ctx, key, r, opts)
