@@ -14,6 +14,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
@@ -90,6 +91,7 @@ type Faults struct {
 	crashed  bool          // an answer was lost to the crash
 	total    int
 	counts   map[Op]int
+	inflight atomic.Int64 // requests not yet returned
 	injected int
 }
 
@@ -222,14 +224,15 @@ func (f *Faults) Requests(op Op) int {
 	return f.counts[op]
 }
 
-// WaitQuiet waits until no request arrived during one poll interval: the
-// requests a Store makes in the background are done. It reports false if
-// requests still arrive after timeout.
+// WaitQuiet waits until no request is in flight and none arrived during
+// one poll interval: the requests a Store makes in the background are
+// done, landed or failed. It reports false if requests still run after
+// timeout.
 func (f *Faults) WaitQuiet(poll, timeout time.Duration) bool {
 	last := -1
 	for deadline := time.Now().Add(timeout); time.Now().Before(deadline); time.Sleep(poll) {
 		n := f.Requests("")
-		if n == last {
+		if n == last && f.inflight.Load() == 0 {
 			return true
 		}
 		last = n
@@ -319,6 +322,8 @@ func (f *Faults) after(op Op, key string) error {
 
 // Get implements driver.Backend.
 func (f *Faults) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
 	if err := f.before(ctx, OpGet, key); err != nil {
 		return nil, driver.Attrs{}, err
 	}
@@ -334,6 +339,8 @@ func (f *Faults) Get(ctx context.Context, key string) (io.ReadCloser, driver.Att
 
 // Put implements driver.Backend.
 func (f *Faults) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
 	if err := f.before(ctx, OpPut, key); err != nil {
 		return "", err
 	}
@@ -346,6 +353,8 @@ func (f *Faults) Put(ctx context.Context, key string, r io.Reader, opts *driver.
 
 // Delete implements driver.Backend.
 func (f *Faults) Delete(ctx context.Context, key string) error {
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
 	if err := f.before(ctx, OpDelete, key); err != nil {
 		return err
 	}
@@ -357,6 +366,8 @@ func (f *Faults) Delete(ctx context.Context, key string) error {
 
 // List implements driver.Backend.
 func (f *Faults) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
 	if err := f.before(ctx, OpList, prefix); err != nil {
 		return nil, false, err
 	}
@@ -372,6 +383,8 @@ func (f *Faults) List(ctx context.Context, prefix, startAfter string, limit int)
 // Stat implements driver.Stater: it calls the wrapped Backend's Stat, or
 // Get and Close if the wrapped Backend is not a Stater.
 func (f *Faults) Stat(ctx context.Context, key string) (driver.Attrs, error) {
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
 	if err := f.before(ctx, OpStat, key); err != nil {
 		return driver.Attrs{}, err
 	}
@@ -396,6 +409,8 @@ func (f *Faults) Stat(ctx context.Context, key string) (driver.Attrs, error) {
 // Ping implements driver.Pinger: it calls the wrapped Backend's Ping, or
 // lists one key if the wrapped Backend is not a Pinger.
 func (f *Faults) Ping(ctx context.Context) error {
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
 	if err := f.before(ctx, OpPing, ""); err != nil {
 		return err
 	}
