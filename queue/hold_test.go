@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
 )
 
@@ -16,15 +15,7 @@ import (
 // forward.
 func TestHold(t *testing.T) {
 	ctx := t.Context()
-	name := "hold-" + t.Name()
-	open := func(node string) *queue.Store {
-		s, err := queue.New(mem.OpenBackend(name), &queue.Options{Node: node})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
+	open := memNodes(t)
 	mx, op := open("mx"), open("operator")
 	tx, err := mx.Begin(ctx)
 	if err != nil {

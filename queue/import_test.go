@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
 )
 
@@ -17,15 +16,7 @@ import (
 // was interrupted before its commit.
 func TestImport(t *testing.T) {
 	ctx := t.Context()
-	name := "import-" + t.Name()
-	open := func(node string) *queue.Store {
-		s, err := queue.New(mem.OpenBackend(name), &queue.Options{Node: node})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
+	open := memNodes(t)
 	s := open("importer")
 	const m = queue.MsgID(0x1234abcd)
 	later := time.Now().Add(2 * time.Hour).Truncate(time.Second)

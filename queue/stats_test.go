@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
 )
 
@@ -15,15 +14,7 @@ import (
 // every figure of Stats and what it cost.
 func TestStats(t *testing.T) {
 	ctx := t.Context()
-	name := "stats-" + t.Name()
-	open := func(node string) *queue.Store {
-		s, err := queue.New(mem.OpenBackend(name), &queue.Options{Node: node})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
+	open := memNodes(t)
 	a, b := open("a"), open("b")
 	var bytes int64
 	commit := func(s *queue.Store, n int, body string, claim bool) []queue.EvpID {

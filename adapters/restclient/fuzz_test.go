@@ -48,6 +48,24 @@ func (a answer) RoundTrip(req *http.Request) (*http.Response, error) {
 	}, nil
 }
 
+// documentedCodes is the table of docs/rest.md: the code of an error
+// answer's JSON, and what a client makes of it. "exists" and "conflict"
+// are a failed condition only with status 412.
+var documentedCodes = map[string]driver.Code{
+	"not_found":          driver.CodeNotFound,
+	"exists":             driver.CodePrecondition,
+	"conflict":           driver.CodePrecondition,
+	"invalid":            driver.CodeInvalid,
+	"too_large":          driver.CodeInvalid,
+	"unsupported":        driver.CodeUnsupported,
+	"corrupt":            driver.CodeCorrupt,
+	"unavailable":        driver.CodeUnavailable,
+	"closed":             driver.CodeUnavailable,
+	"unauthorized":       driver.CodeUnknown,
+	"internal":           driver.CodeUnknown,
+	"method_not_allowed": driver.CodeUnknown,
+}
+
 // wantCode is how docs/rest.md and the package doc say an error answer is
 // classified: by its JSON code if it has a known one, else by its status.
 func wantCode(status int, body []byte) driver.Code {
@@ -57,24 +75,11 @@ func wantCode(status int, body []byte) driver.Code {
 		} `json:"error"`
 	}
 	if json.Unmarshal(body, &eb) == nil {
-		switch eb.Error.Code {
-		case "not_found":
-			return driver.CodeNotFound
-		case "exists", "conflict":
-			if status == http.StatusPreconditionFailed {
-				return driver.CodePrecondition
+		if c, ok := documentedCodes[eb.Error.Code]; ok {
+			if c == driver.CodePrecondition && status != http.StatusPreconditionFailed {
+				return driver.CodeUnknown // a conflict that is not a failed condition
 			}
-			return driver.CodeUnknown
-		case "invalid", "too_large":
-			return driver.CodeInvalid
-		case "unsupported":
-			return driver.CodeUnsupported
-		case "corrupt":
-			return driver.CodeCorrupt
-		case "unavailable", "closed":
-			return driver.CodeUnavailable
-		case "unauthorized", "internal", "method_not_allowed":
-			return driver.CodeUnknown
+			return c
 		}
 	}
 	switch {
