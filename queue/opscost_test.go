@@ -1,71 +1,29 @@
 package queue_test
 
 import (
-	"context"
-	"io"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/mxqueue/mxq/adapters/mem"
+	"github.com/mxqueue/mxq/bench"
 	"github.com/mxqueue/mxq/queue"
-	"github.com/mxqueue/mxq/queue/driver"
 )
-
-// countingBackend counts the requests of a Backend.
-type countingBackend struct {
-	driver.Backend
-	*requests
-}
-
-// requests counts requests by operation.
-type requests struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-func (c *requests) add(op string) {
-	c.mu.Lock()
-	c.n[op]++
-	c.mu.Unlock()
-}
-
-func (c *requests) take() map[string]int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n := c.n
-	c.n = map[string]int{}
-	return n
-}
-
-func (c *countingBackend) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
-	c.add("get")
-	return c.Backend.Get(ctx, key)
-}
-
-func (c *countingBackend) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
-	c.add("put")
-	return c.Backend.Put(ctx, key, r, o)
-}
-
-func (c *countingBackend) Delete(ctx context.Context, key string) error {
-	c.add("delete")
-	return c.Backend.Delete(ctx, key)
-}
-
-func (c *countingBackend) List(ctx context.Context, prefix, after string, limit int) ([]string, bool, error) {
-	c.add("list")
-	return c.Backend.List(ctx, prefix, after, limit)
-}
 
 // TestOperatorCosts counts the requests of the operator's verbs, which
 // docs/operations.md quotes: each must stay within its budget.
 func TestOperatorCosts(t *testing.T) {
 	ctx := t.Context()
-	cb := &requests{n: map[string]int{}}
+	cnt := bench.Count(mem.OpenBackend("opscost-" + t.Name()))
+	base := cnt.Counts()
+	take := func() bench.Counts {
+		now := cnt.Counts()
+		d := now.Sub(base)
+		base = now
+		return d
+	}
 	open := func() *queue.Store {
-		s, err := queue.New(&countingBackend{mem.OpenBackend("opscost-" + t.Name()), cb}, &queue.Options{Node: "operator"})
+		s, err := queue.New(cnt.Backend(), &queue.Options{Node: "operator"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -97,13 +55,7 @@ func TestOperatorCosts(t *testing.T) {
 	if err := s.Heartbeat(ctx); err != nil {
 		t.Fatal(err)
 	}
-	sum := func(n map[string]int) (t int) {
-		for _, v := range n {
-			t += v
-		}
-		return t
-	}
-	cb.take()
+	take()
 	for _, tc := range []struct {
 		name string
 		max  int
@@ -123,13 +75,13 @@ func TestOperatorCosts(t *testing.T) {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		s.Close() // waits for background deletes
-		n := cb.take()
-		t.Logf("%-24s %2d requests: %v", tc.name, sum(n), n)
-		if sum(n) > tc.max {
-			t.Errorf("%s: %d requests, want at most %d", tc.name, sum(n), tc.max)
+		n := take()
+		t.Logf("%-24s %2d requests: %+v", tc.name, n.Total(), n)
+		if n.Total() > int64(tc.max) {
+			t.Errorf("%s: %d requests, want at most %d", tc.name, n.Total(), tc.max)
 		}
 		s = open()
 		s.Heartbeat(ctx)
-		cb.take()
+		take()
 	}
 }
