@@ -1,59 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/textproto"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mxqueue/mxq/internal/miniotest"
 )
-
-// outageMinIO is a MinIO server of the test's own, on its own port and
-// directory, that the test kills and starts again.
-type outageMinIO struct {
-	bin, dir, addr, console, user, pass string
-	cmd                                 *exec.Cmd
-	out                                 bytes.Buffer
-}
-
-func (s *outageMinIO) start(t *testing.T) {
-	t.Helper()
-	s.cmd = exec.Command(s.bin, "server", "--quiet", "--address", s.addr, "--console-address", s.console, s.dir)
-	s.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+s.user, "MINIO_ROOT_PASSWORD="+s.pass, "MINIO_BROWSER=off", "MINIO_UPDATE=off")
-	s.cmd.Stdout, s.cmd.Stderr = &s.out, &s.out
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + s.addr + "/minio/health/live")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("MinIO does not answer on %s: %v\n%s", s.addr, err, s.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (s *outageMinIO) kill() {
-	if s.cmd != nil {
-		s.cmd.Process.Kill()
-		s.cmd.Wait()
-		s.cmd = nil
-	}
-}
 
 // TestOpenSMTPDOutage runs a real smtpd over a MinIO that is killed
 // mid-run and started again: a message sent before the outage is
@@ -64,30 +23,15 @@ func (s *outageMinIO) kill() {
 func TestOpenSMTPDOutage(t *testing.T) {
 	builds := requireSmtpd(t)
 	b := builds[len(builds)-1]
-	bin := os.Getenv("MXQ_MINIO_BIN")
-	if bin == "" {
-		if os.Getenv("MXQ_REQUIRE_SERVICES") == "1" {
-			t.Fatal("MXQ_MINIO_BIN is not set and MXQ_REQUIRE_SERVICES=1; run scripts/services start minio")
-		}
-		t.Skip("MXQ_MINIO_BIN is not set; see scripts/services")
-	}
-	srv := &outageMinIO{bin: bin, dir: t.TempDir(), user: "outage-" + randHex(3), pass: randHex(12)}
-	srv.addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	srv.console = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	t.Cleanup(func() {
-		srv.kill()
-		if t.Failed() {
-			t.Logf("MinIO output:\n%s", srv.out.String())
-		}
-	})
-	srv.start(t)
+	srv := miniotest.New(t)
+	srv.Start(t)
 	// smtpd's queue process inherits these.
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.user)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.pass)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.User)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.Pass)
 	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("MINIO_ROOT_USER", srv.user)
-	t.Setenv("MINIO_ROOT_PASSWORD", srv.pass)
-	u := fmt.Sprintf("minio://%s/outage/e2e/?secure=false&region=us-east-1", srv.addr)
+	t.Setenv("MINIO_ROOT_USER", srv.User)
+	t.Setenv("MINIO_ROOT_PASSWORD", srv.Pass)
+	u := fmt.Sprintf("minio://%s/outage/e2e/?secure=false&region=us-east-1", srv.Addr)
 	pu, _ := url.Parse(u)
 	must(t, makeBucket(t.Context(), pu))
 
@@ -99,7 +43,7 @@ func TestOpenSMTPDOutage(t *testing.T) {
 	m.send("s@test.local", []string{"a@test.local"}, "before the outage")
 	m.waitFor("delivery before the outage", 30*time.Second, func() bool { return len(m.mailbox("a@test.local")) == 1 })
 
-	srv.kill()
+	srv.Kill()
 	began := time.Now()
 	s, err := dialSMTP(m.addr())
 	if err != nil {
@@ -119,7 +63,7 @@ func TestOpenSMTPDOutage(t *testing.T) {
 		t.Fatalf("smtpd died in the outage:\n%s", m.logTail(60))
 	}
 
-	srv.start(t)
+	srv.Start(t)
 	back := time.Now()
 	tries := 0
 	for {

@@ -14,16 +14,10 @@ package outage
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
-	"net"
-	"net/http"
-	"os"
-	"os/exec"
 	"slices"
 	"sync"
 	"syscall"
@@ -35,6 +29,7 @@ import (
 
 	"github.com/mxqueue/mxq/adapters/minio"
 	"github.com/mxqueue/mxq/adapters/s3"
+	"github.com/mxqueue/mxq/internal/miniotest"
 	"github.com/mxqueue/mxq/queue"
 )
 
@@ -49,89 +44,6 @@ const (
 	// waitFor bounds each wait of the test for progress.
 	waitFor = 60 * time.Second
 )
-
-// server is a MinIO process of the test's own, on its own port and
-// directory, which it kills, pauses and starts again.
-type server struct {
-	bin, dir, addr, console, user, pass string
-
-	cmd *exec.Cmd
-	out bytes.Buffer
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func newServer(t *testing.T) *server {
-	bin := os.Getenv("MXQ_MINIO_BIN")
-	if bin == "" {
-		if os.Getenv("MXQ_REQUIRE_SERVICES") == "1" {
-			t.Fatal("MXQ_MINIO_BIN is not set and MXQ_REQUIRE_SERVICES=1; run scripts/services start minio")
-		}
-		t.Skip("MXQ_MINIO_BIN is not set; see scripts/services")
-	}
-	var b [10]byte
-	rand.Read(b[:])
-	s := &server{bin: bin, dir: t.TempDir(), addr: freeAddr(t), console: freeAddr(t), user: "outage-" + hex.EncodeToString(b[:3]), pass: hex.EncodeToString(b[:])}
-	t.Cleanup(func() {
-		if s.cmd != nil {
-			s.cmd.Process.Signal(syscall.SIGCONT)
-			s.cmd.Process.Kill()
-			s.cmd.Wait()
-		}
-		if t.Failed() {
-			t.Logf("MinIO output:\n%s", s.out.String())
-		}
-	})
-	return s
-}
-
-// start starts the server and waits until it answers.
-func (s *server) start(t *testing.T) {
-	t.Helper()
-	s.cmd = exec.Command(s.bin, "server", "--quiet", "--address", s.addr, "--console-address", s.console, s.dir)
-	s.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+s.user, "MINIO_ROOT_PASSWORD="+s.pass, "MINIO_BROWSER=off", "MINIO_UPDATE=off")
-	s.cmd.Stdout, s.cmd.Stderr = &s.out, &s.out
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(waitFor)
-	for {
-		resp, err := http.Get("http://" + s.addr + "/minio/health/live")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("MinIO does not answer on %s: %v", s.addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// kill kills the server with SIGKILL.
-func (s *server) kill(t *testing.T) {
-	t.Helper()
-	s.cmd.Process.Kill()
-	s.cmd.Wait()
-	s.cmd = nil
-}
-
-func (s *server) signal(t *testing.T, sig os.Signal) {
-	t.Helper()
-	if err := s.cmd.Process.Signal(sig); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // result is one Store call of the workload.
 type result struct {
@@ -231,15 +143,15 @@ func commit(ctx context.Context, st *queue.Store, rng *mrand.Rand, i int) commit
 // directory, so requests fail at once; "pause" stops it with SIGSTOP and
 // resumes it, so requests hang until their deadline.
 func TestRealOutage(t *testing.T) {
-	srv := newServer(t)
-	srv.start(t)
+	srv := miniotest.New(t)
+	srv.Start(t)
 	ctx := t.Context()
-	t.Setenv("AWS_ACCESS_KEY_ID", srv.user)
-	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.pass)
+	t.Setenv("AWS_ACCESS_KEY_ID", srv.User)
+	t.Setenv("AWS_SECRET_ACCESS_KEY", srv.Pass)
 	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("MINIO_ROOT_USER", srv.user)
-	t.Setenv("MINIO_ROOT_PASSWORD", srv.pass)
-	mc, err := miniogo.New(srv.addr, &miniogo.Options{Creds: credentials.NewStaticV4(srv.user, srv.pass, "")})
+	t.Setenv("MINIO_ROOT_USER", srv.User)
+	t.Setenv("MINIO_ROOT_PASSWORD", srv.Pass)
+	mc, err := miniogo.New(srv.Addr, &miniogo.Options{Creds: credentials.NewStaticV4(srv.User, srv.Pass, "")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,9 +165,9 @@ func TestRealOutage(t *testing.T) {
 		for _, mode := range []string{"kill", "pause"} {
 			t.Run(scheme+"/"+mode, func(t *testing.T) {
 				prefix := scheme + "-" + mode + "/"
-				u := fmt.Sprintf("s3://outage/%s?endpoint=http://%s&use_path_style=true&region=us-east-1", prefix, srv.addr)
+				u := fmt.Sprintf("s3://outage/%s?endpoint=http://%s&use_path_style=true&region=us-east-1", prefix, srv.Addr)
 				if scheme == "minio" {
-					u = fmt.Sprintf("minio://%s/outage/%s?secure=false&region=us-east-1", srv.addr, prefix)
+					u = fmt.Sprintf("minio://%s/outage/%s?secure=false&region=us-east-1", srv.Addr, prefix)
 				}
 				runOutage(t, mux, u, srv, mode)
 			})
@@ -263,7 +175,7 @@ func TestRealOutage(t *testing.T) {
 	}
 }
 
-func runOutage(t *testing.T, mux *queue.URLMux, u string, srv *server, mode string) {
+func runOutage(t *testing.T, mux *queue.URLMux, u string, srv *miniotest.Server, mode string) {
 	ctx := t.Context()
 	st, err := mux.OpenOptions(ctx, u, &queue.Options{Node: "worker"})
 	if err != nil {
@@ -351,16 +263,16 @@ func runOutage(t *testing.T, mux *queue.URLMux, u string, srv *server, mode stri
 	rec.waitAcks(t, acks, "before the outage")
 	began := time.Now()
 	if mode == "kill" {
-		srv.kill(t)
+		srv.Kill()
 	} else {
-		srv.signal(t, syscall.SIGSTOP)
+		srv.Signal(t, syscall.SIGSTOP)
 	}
 	time.Sleep(outageFor)
 	before, _ := rec.acked()
 	if mode == "kill" {
-		srv.start(t)
+		srv.Start(t)
 	} else {
-		srv.signal(t, syscall.SIGCONT)
+		srv.Signal(t, syscall.SIGCONT)
 	}
 	ended := time.Now()
 	rec.waitAcks(t, before+acks, "after the outage: the same Store does not recover")
