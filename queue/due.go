@@ -39,7 +39,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	type pointer struct {
 		key    string
 		bucket int64
-		h      layout.Handle
+		h      handle
 	}
 	var out []*Envelope
 	var chunk []pointer
@@ -66,7 +66,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	}
 	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Due}), func(keys []string) error {
 		for _, k := range keys {
-			h, err := layout.Parse(k)
+			h, err := parseHandle(k)
 			if err != nil || h.Kind != layout.Due {
 				continue
 			}
@@ -101,11 +101,11 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 // duePointer adds to out the envelopes that the due pointer at key makes
 // due now and that are free, removing the pointer if it is stale. It
 // reports false when out is full enough.
-func (s *Store) duePointer(ctx context.Context, key string, bucket int64, h layout.Handle, now time.Time, out *[]*Envelope) (bool, error) {
+func (s *Store) duePointer(ctx context.Context, key string, bucket int64, h handle, now time.Time, out *[]*Envelope) (bool, error) {
 	if h.Msg != 0 {
-		return s.dueMessage(ctx, key, bucket, MsgID(h.Msg), now, out)
+		return s.dueMessage(ctx, key, bucket, h.Msg, now, out)
 	}
-	id := EvpID(h.Evp)
+	id := h.Evp
 	e, err := s.load(ctx, id)
 	if s.isNotFound(err) {
 		// Gone, or written by a transaction not committed yet, whose

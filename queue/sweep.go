@@ -36,8 +36,8 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 	var ids []MsgID
 	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Reservation}), func(keys []string) error {
 		for _, k := range keys {
-			if h, err := layout.Parse(k); err == nil && h.Kind == layout.Reservation {
-				ids = append(ids, MsgID(h.Msg))
+			if h, err := parseHandle(k); err == nil && h.Kind == layout.Reservation {
+				ids = append(ids, h.Msg)
 			}
 		}
 		return nil

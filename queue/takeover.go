@@ -52,11 +52,11 @@ func (s *Store) Owned(ctx context.Context) iter.Seq2[EvpID, error] {
 		prefix := layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node})
 		err := s.list(ctx, prefix, func(keys []string) error {
 			for _, k := range keys {
-				h, err := layout.Parse(k)
+				h, err := parseHandle(k)
 				if err != nil || h.Kind != layout.Claim {
 					continue
 				}
-				if m := MsgID(h.Msg); m != 0 {
+				if m := h.Msg; m != 0 {
 					ids, err := s.Envelopes(ctx, m)
 					if err != nil {
 						return err
@@ -71,7 +71,7 @@ func (s *Store) Owned(ctx context.Context) iter.Seq2[EvpID, error] {
 					}
 					continue
 				}
-				if err := emit(EvpID(h.Evp)); err != nil {
+				if err := emit(h.Evp); err != nil {
 					return err
 				}
 			}
@@ -135,7 +135,7 @@ func (s *Store) Takeover(ctx context.Context) ([]EvpID, error) {
 	var names []string
 	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Node, Node: ""}), func(keys []string) error {
 		for _, k := range keys {
-			if h, err := layout.Parse(k); err == nil && h.Kind == layout.Node && h.Node != s.opts.Node {
+			if h, err := parseHandle(k); err == nil && h.Kind == layout.Node && h.Node != s.opts.Node {
 				names = append(names, h.Node)
 			}
 		}
@@ -194,24 +194,24 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 	remaining := 0
 	err := s.list(ctx, prefix, func(keys []string) error {
 		for _, k := range keys {
-			h, err := layout.Parse(k)
+			h, err := parseHandle(k)
 			var ids []EvpID
 			switch {
 			case err != nil || h.Kind != layout.Claim:
 				// Not a claim pointer: nothing to take, and removed below.
 			case h.Msg != 0:
-				if ids, err = s.Envelopes(ctx, MsgID(h.Msg)); err != nil {
+				if ids, err = s.Envelopes(ctx, h.Msg); err != nil {
 					return err
 				}
 				if len(ids) == 0 {
 					// Its transaction may still be open: keep the pointer.
-					if st, err := s.reservationState(ctx, MsgID(h.Msg)); err != nil || st == stateOpen {
+					if st, err := s.reservationState(ctx, h.Msg); err != nil || st == stateOpen {
 						remaining++
 						continue
 					}
 				}
 			default:
-				ids = []EvpID{EvpID(h.Evp)}
+				ids = []EvpID{h.Evp}
 			}
 			done := true
 			for _, id := range ids {

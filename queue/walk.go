@@ -68,8 +68,8 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 	open := make(map[MsgID]bool)
 	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Reservation}), func(ks []string) error {
 		for _, k := range ks {
-			if h, err := layout.Parse(k); err == nil && h.Kind == layout.Reservation {
-				open[MsgID(h.Msg)] = true
+			if h, err := parseHandle(k); err == nil && h.Kind == layout.Reservation {
+				open[h.Msg] = true
 			}
 		}
 		return nil
