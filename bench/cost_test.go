@@ -15,15 +15,15 @@ import (
 // docs/performance.md explains each figure.
 func TestCosts(t *testing.T) {
 	want := map[string]float64{
-		"commit, 1 rcpt":                    7,  // reservation, stat, content, envelope, due pointer, commit, delete reservation
-		"commit, 10 rcpt":                   16, // the same with 10 envelopes
-		"walk, per 1,000 envelopes":         3,  // per page of 1,000: a listing of envelopes and one of open transactions; 2,200 make 3 pages
-		"load":                              2,  // the envelope, and its reservation once per message
-		"claim + release":                   6,  // load, reservation, claim, pointer; release, pointer
-		"claim + update + release":          6,  // the reservation is no longer read once a claim settled the envelope
+		"commit, 1 rcpt":                    4,  // content, envelope, due pointer, block record swap; a block of IDs per 4,096
+		"commit, 10 rcpt":                   13, // the same with 10 envelopes
+		"walk, per 1,000 envelopes":         3,  // per page of 1,000: a listing of envelopes and a read of each block it spans; 2,200 make 3 pages
+		"load":                              1,  // the envelope; its block record is cached
+		"claim + release":                   5,  // load, claim, pointer; release, pointer
+		"claim + update + release":          6,  // load, claim, pointer; update; release, pointer
 		"claim + defer":                     6,  // load, claim, claim pointer; defer, due pointer, claim pointer
 		"claim + delete (last envelope)":    9,  // load, claim, pointer; tombstone, listing, envelope, pointers, content
-		"deliver (due scan, claim, delete)": 14, // due listing, envelope listing, load, reservation, claim, pointer, tombstone, listing, deletes
+		"deliver (due scan, claim, delete)": 12, // due listing, envelope listing, load, claim, pointer, tombstone, listing, deletes
 	}
 	const n = 200
 	costs, err := bench.Costs(t.Context(), mem.OpenBackend(""), "bench-test", n)

@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/mxqueue/mxq/bench"
-	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/layout"
 )
 
@@ -30,7 +29,7 @@ func RunBenchmarks(b *testing.B, mk HarnessMaker) {
 	for _, rcpts := range []int{1, 10} {
 		b.Run(fmt.Sprintf("Commit/4KiB-%drcpt", rcpts), func(b *testing.B) {
 			e := newEnv(b, mk)
-			s := e.store(&queue.Options{Prealloc: 8})
+			s := e.store(nil)
 			raw := e.backend()
 			b.Cleanup(func() { bench.CleanRaw(context.WithoutCancel(e.ctx), raw) })
 			b.Run("queue", func(b *testing.B) { loop(b, e.ctx, bench.Commit(s, content, rcpts)) })
@@ -39,7 +38,7 @@ func RunBenchmarks(b *testing.B, mk HarnessMaker) {
 	}
 	b.Run("CommitParallel/64", func(b *testing.B) {
 		e := newEnv(b, mk)
-		s := e.store(&queue.Options{Prealloc: 64})
+		s := e.store(nil)
 		raw := e.backend()
 		b.Cleanup(func() { bench.CleanRaw(context.WithoutCancel(e.ctx), raw) })
 		par := func(b *testing.B, op bench.Op) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 func testIDs(t *testing.T, mk HarnessMaker) {
@@ -347,36 +348,46 @@ func testSweepKeepsCommitted(t *testing.T, mk HarnessMaker) {
 func testMsgIDCollision(t *testing.T, mk HarnessMaker) {
 	e := newEnv(t, mk)
 	const x, y, z = 0x11111111, 0x22222222, 0x33333333
+	first := func(v uint32) queue.MsgID { return queue.MsgID(layout.BlockOf(v)) }
+	// A Store takes a block of IDs, drawn at random, and hands them out
+	// in order.
 	a := e.store(&queue.Options{Rand: &scripted{vals: []uint32{x}}})
 	tx, err := a.Begin(e.ctx)
 	wantErr(t, "Begin", err, nil)
-	if tx.ID() != x {
-		t.Fatalf("scripted ID: got %v", tx.ID())
+	if tx.ID() != first(x) {
+		t.Fatalf("scripted ID: got %v, want %v", tx.ID(), first(x))
 	}
-	// Another node draws the same ID while the first transaction is open.
+	next, err := a.Begin(e.ctx)
+	wantErr(t, "Begin", err, nil)
+	if next.ID() != first(x)+1 {
+		t.Fatalf("second ID of the block: got %v, want %v", next.ID(), first(x)+1)
+	}
+	wantErr(t, "Rollback", next.Rollback(e.ctx), nil)
+	// Another node draws the same block while the first uses it; 0 is
+	// no block.
 	b := e.store(&queue.Options{Rand: &scripted{vals: []uint32{x, 0, y}}})
 	tx2, err := b.Begin(e.ctx)
 	wantErr(t, "Begin after a collision", err, nil)
-	if tx2.ID() != y {
-		t.Fatalf("colliding Begin got %v, want %08x", tx2.ID(), y)
+	if tx2.ID() != first(y) {
+		t.Fatalf("colliding Begin got %v, want %v", tx2.ID(), first(y))
 	}
 	if _, err := tx.AddEnvelope([]byte("one")); err != nil {
 		t.Fatal(err)
 	}
 	wantErr(t, "Commit", tx.Commit(e.ctx), nil)
-	a.Close() // finishes the reservation's cleanup
-	// A committed message has no reservation left, and still collides.
+	a.Close()
+	// The block of a committed message stays taken.
 	c := e.store(&queue.Options{Rand: &scripted{vals: []uint32{x, z}}})
 	tx3, err := c.Begin(e.ctx)
 	wantErr(t, "Begin after a collision with a committed message", err, nil)
-	if tx3.ID() != z {
-		t.Fatalf("Begin colliding with a committed message got %v, want %08x", tx3.ID(), z)
+	if tx3.ID() != first(z) {
+		t.Fatalf("Begin colliding with a committed message got %v, want %v", tx3.ID(), first(z))
 	}
 	// Envelope IDs within one transaction never repeat.
-	d := e.store(&queue.Options{Rand: &scripted{vals: []uint32{5, 5, 6}}})
+	d := e.store(&queue.Options{Rand: &scripted{vals: []uint32{0x44444444, 5, 5, 6}}})
 	tx4, err := d.Begin(e.ctx)
 	wantErr(t, "Begin", err, nil)
-	// The first value went to the message ID.
+	// The first value went to the block.
 	e1, _ := tx4.AddEnvelope([]byte("a"))
 	e2, _ := tx4.AddEnvelope([]byte("b"))
 	if e1 == e2 {
@@ -397,51 +408,81 @@ func testMsgIDCollision(t *testing.T, mk HarnessMaker) {
 	}
 }
 
-// testPrealloc uses a Store that reserves IDs ahead and checks that the
-// pool changes nothing visible and leaves nothing behind.
-func testPrealloc(t *testing.T, mk HarnessMaker) {
+// testBlockIDs checks that a Store hands out the IDs of one block, that
+// transactions rolled back or left open never show, and that Sweep removes
+// the record of a block once it is done with and empty, but not before.
+func testBlockIDs(t *testing.T, mk HarnessMaker) {
 	e := newEnv(t, mk)
-	a := e.store(&queue.Options{Prealloc: 3})
+	a := e.store(nil)
 	b := e.store(nil)
 	seen := make(map[queue.MsgID]bool)
 	var all []queue.EvpID
+	var open *queue.Tx
 	for i := range 8 {
 		tx, err := a.Begin(e.ctx)
 		wantErr(t, "Begin", err, nil)
-		if seen[tx.ID()] {
-			t.Fatalf("Begin handed out %v twice", tx.ID())
+		if seen[tx.ID()] || len(seen) > 0 && layout.BlockOf(uint32(tx.ID())) != layout.BlockOf(uint32(all[0].MsgID())) {
+			t.Fatalf("Begin handed out %v after %v", tx.ID(), seen)
 		}
 		seen[tx.ID()] = true
 		id, _ := tx.AddEnvelope(fmt.Appendf(nil, "%d", i))
-		if i%3 == 2 {
-			wantErr(t, "Rollback", tx.Rollback(e.ctx), nil)
-			continue
-		}
 		_, err = tx.WriteContent(e.ctx, strings.NewReader("x"))
 		wantErr(t, "WriteContent", err, nil)
+		switch i % 4 {
+		case 2:
+			wantErr(t, "Rollback", tx.Rollback(e.ctx), nil)
+			continue
+		case 3:
+			if open == nil {
+				open = tx // written, never committed
+				continue
+			}
+		}
 		wantErr(t, "Commit", tx.Commit(e.ctx), nil)
 		all = append(all, id)
 	}
-	// Unused reservations never show, and Close releases them.
 	slices.Sort(all)
 	if w := e.walk(b); !slices.Equal(w, all) {
 		t.Fatalf("Walk = %v, want %v", w, all)
 	}
-	wantErr(t, "Close", a.Close(), nil)
-	raw := e.backend()
-	for _, k := range e.rawKeys(raw, "inc/") {
-		rc, _, err := raw.Get(e.ctx, k)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, _ := io.ReadAll(rc)
-		rc.Close()
-		if !strings.Contains(string(d), `"aborted"`) {
-			t.Fatalf("reservation %s left open after Close: %s", k, d)
-		}
+	blocks := e.rawKeys(e.backend(), "blk/")
+	if len(blocks) != 1 {
+		t.Fatalf("block records %v, want one", blocks)
+	}
+	// Within its grace, the open transaction stays.
+	st, err := b.Sweep(e.ctx)
+	wantErr(t, "Sweep", err, nil)
+	if st.Open != 1 || st.Aborted != 0 {
+		t.Fatalf("Sweep within the grace period: %+v, want 1 open", st)
+	}
+	// Past it, the open transaction is aborted and its commit fails;
+	// the block record stays while messages of the block are stored.
+	e.clock.Advance(time.Hour)
+	st, err = b.Sweep(e.ctx)
+	wantErr(t, "Sweep", err, nil)
+	if st.Aborted != 1 {
+		t.Fatalf("Sweep past the grace period: %+v, want 1 aborted", st)
+	}
+	wantErr(t, "Commit of an aborted transaction", open.Commit(e.ctx), queue.ErrConflict)
+	if k := e.rawKeys(e.backend(), "blk/"); !slices.Equal(k, blocks) {
+		t.Fatalf("block records %v after a sweep, want %v", k, blocks)
 	}
 	if w := e.walk(b); !slices.Equal(w, all) {
-		t.Fatalf("Walk after Close = %v, want %v", w, all)
+		t.Fatalf("Walk after the sweep = %v, want %v", w, all)
+	}
+	// Once its messages are gone, the record goes too, and a new
+	// transaction of the Store takes a new block.
+	for _, id := range all {
+		wantErr(t, "DeleteMessage", b.DeleteMessage(e.ctx, id.MsgID()), nil)
+	}
+	_, err = b.Sweep(e.ctx)
+	wantErr(t, "Sweep", err, nil)
+	if k := e.rawKeys(e.backend(), "blk/"); len(k) != 0 {
+		t.Fatalf("block records %v left after its messages went", k)
+	}
+	m, _ := e.commit(a, []byte("y"), "later")
+	if seen[m] {
+		t.Fatalf("the Store handed out %v again", m)
 	}
 }
 

@@ -19,7 +19,7 @@ func Run(t *testing.T, mk HarnessMaker) {
 	t.Run("SweepRacesCommit", func(t *testing.T) { testSweepRacesCommit(t, mk) })
 	t.Run("SweepKeepsCommitted", func(t *testing.T) { testSweepKeepsCommitted(t, mk) })
 	t.Run("MsgIDCollision", func(t *testing.T) { testMsgIDCollision(t, mk) })
-	t.Run("Prealloc", func(t *testing.T) { testPrealloc(t, mk) })
+	t.Run("BlockIDs", func(t *testing.T) { testBlockIDs(t, mk) })
 	t.Run("DeletePartial", func(t *testing.T) { testDeletePartial(t, mk) })
 	t.Run("UpdateCAS", func(t *testing.T) { testUpdateCAS(t, mk) })
 	t.Run("UpdateRace", func(t *testing.T) { testUpdateRace(t, mk) })

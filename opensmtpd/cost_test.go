@@ -19,16 +19,16 @@ func TestMessageCost(t *testing.T) {
 		shared          bool
 		accept, deliver float64
 	}{
-		// accept: reservation, stat, content, envelope, due pointer,
-		// commit, reservation delete. deliver: content; envelope and
-		// its reservation; the envelope read by the delete, a listing
-		// of the message, and the envelope, due pointer and content
-		// deletes.
-		{"single", false, 7, 8},
+		// accept: content, envelope, due pointer, the commit's swap of
+		// the block record (and a block of IDs per 4,096 messages).
+		// deliver: content; envelope (its block record is cached); the
+		// envelope read by the delete, a listing of the message, and
+		// the envelope, due pointer and content deletes.
+		{"single", false, 4, 7},
 		// the same with a claim pointer in place of the due pointer, and
 		// the delete fenced through the claim: its load, a tombstone,
 		// and the claim pointer's delete
-		{"shared", true, 7, 10},
+		{"shared", true, 4, 9},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			cnt := bench.Count(mem.OpenBackend(""))
@@ -70,9 +70,11 @@ func TestMessageCost(t *testing.T) {
 			del := cnt.Counts().Sub(base)
 			a, d := float64(acc.Total())/n, float64(del.Total())/n
 			t.Logf("accept: %.2f requests per message %+v; deliver: %.2f %+v", a, acc, d, del)
-			// The reservation delete runs after the commit returns, so
-			// it may be counted with the next phase; the sum is exact.
-			if a+d > c.accept+c.deliver+0.1 || a+d <= c.accept+c.deliver-1 {
+			// Work left to the background may be counted with the
+			// next phase; the sum is exact.
+			// A block of IDs costs 0.1 in a run of 50; the heartbeat a
+			// little more.
+			if a+d > c.accept+c.deliver+0.2 || a+d <= c.accept+c.deliver-1 {
 				t.Errorf("accept and deliver: %.2f requests per message, want %.0f", a+d, c.accept+c.deliver)
 			}
 		})

@@ -356,8 +356,18 @@ func TestQueueStoreDown(t *testing.T) {
 		t.Fatalf("EnvelopeCreate needs no store: %v", err)
 	}
 	fb.down.Store(true)
-	if _, err := q.MessageCreate(opCtx(t)); err == nil {
-		t.Fatal("MessageCreate succeeded with the store down")
+	// MessageCreate makes no request while the queue has a block of IDs,
+	// so it may succeed; the commit may not.
+	if m2, err := q.MessageCreate(opCtx(t)); err == nil {
+		if _, err := q.EnvelopeCreate(opCtx(t), m2, blob("b@x")); err != nil {
+			t.Fatal(err)
+		}
+		if err := q.MessageCommit(opCtx(t), m2, bodyTemp(t, "y")); err == nil {
+			t.Fatal("MessageCommit of a message created with the store down succeeded")
+		}
+		if err := q.MessageDelete(opCtx(t), m2); err != nil {
+			t.Fatalf("MessageDelete after a failed commit: %v", err)
+		}
 	}
 	if err := q.MessageCommit(opCtx(t), msgid, bodyTemp(t, "x")); err == nil {
 		t.Fatal("MessageCommit succeeded with the store down")

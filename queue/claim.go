@@ -70,7 +70,7 @@ func (s *Store) ClaimEnvelope(ctx context.Context, e *Envelope, d time.Duration)
 		return nil, errorf("claim", id, ErrConflict, "held by node %s until %s", e.hdr.Holder, time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
 	}
 	h := e.hdr
-	h.Pending = 0
+	h.settled()
 	h.Holder, h.Session, h.Expires = s.opts.Node, s.session.Load(), s.now().Add(d).UnixNano()
 	h.Token++
 	c := &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, hdr: e.hdr, loaded: true}}

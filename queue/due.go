@@ -160,7 +160,7 @@ func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgI
 		// once its transaction has ended. Loading the envelopes below
 		// checks the transaction of each, so that is the only case that
 		// reads it here.
-		st, err := s.reservationState(ctx, m)
+		st, err := s.msgState(ctx, m)
 		if err != nil {
 			return false, err
 		}

@@ -59,7 +59,7 @@ func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
 		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h) })
 		return nil, notFound("load", id)
 	}
-	ok, err := s.visible(ctx, id.MsgID(), h.Pending)
+	ok, err := s.visibleEnvelope(ctx, id.MsgID(), h)
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +109,7 @@ func (s *Store) Update(ctx context.Context, e *Envelope) error {
 		return errorf("update", e.ID.String(), ErrConflict, "node %s holds a lease until %s", e.hdr.Holder, time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
 	}
 	h := e.hdr
-	h.Pending = 0
+	h.settled()
 	v, err := s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(e.ID)}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
 	if err != nil {
 		if s.isPrecondition(err) {
@@ -198,7 +198,7 @@ func (s *Store) requireMessage(ctx context.Context, m MsgID) error {
 	if _, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)})); err != nil {
 		return err
 	}
-	st, err := s.reservationState(ctx, m)
+	st, err := s.msgState(ctx, m)
 	if err != nil {
 		return err
 	}
@@ -316,7 +316,7 @@ func (s *Store) Envelopes(ctx context.Context, m MsgID) ([]EvpID, error) {
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	st, err := s.reservationState(ctx, m)
+	st, err := s.msgState(ctx, m)
 	if err != nil {
 		return nil, s.wrap("envelopes", m.String(), err, nil)
 	}
@@ -337,7 +337,7 @@ func (s *Store) OpenContent(ctx context.Context, m MsgID) (io.ReadCloser, error)
 	if err := m.Valid(); err != nil {
 		return nil, &Error{Op: "open content", ID: m.String(), Kind: ErrInvalid, Err: err}
 	}
-	st, err := s.reservationState(ctx, m)
+	st, err := s.msgState(ctx, m)
 	if err != nil {
 		return nil, s.wrap("open content", m.String(), err, nil)
 	}

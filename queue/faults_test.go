@@ -164,7 +164,15 @@ func testOutage(t *testing.T, open func() driver.Backend, hang bool) {
 	waitQuiet(t, f)
 
 	calls := []storeCall{
-		{"Begin", func(ctx context.Context) error { _, err := s.Begin(ctx); return err }},
+		{"Begin and Commit", func(ctx context.Context) error {
+			// Begin makes no request once the Store has a block of IDs.
+			tx, err := s.Begin(ctx)
+			if err != nil {
+				return err
+			}
+			tx.AddEnvelope([]byte("x"))
+			return tx.Commit(ctx)
+		}},
 		{"Tx.WriteContent", func(ctx context.Context) error {
 			_, err := txWrite.WriteContent(ctx, strings.NewReader("during"))
 			return err

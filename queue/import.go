@@ -73,6 +73,17 @@ func (s *Store) Import(ctx context.Context, m MsgID, envs []ImportEnvelope, r io
 	if err != nil {
 		return 0, err
 	}
+	// An ID in a block that a node took is that node's to hand out,
+	// unless the block found it stored when it was taken.
+	if b, _, berr := s.readBlock(ctx, layout.BlockOf(uint32(m))); berr == nil && !b.Foreign.has(lowBits(m)) || berr != nil && !s.isNotFound(berr) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		tx.Rollback(cctx)
+		cancel()
+		if berr != nil {
+			return 0, s.wrap("import", m.String(), berr, nil)
+		}
+		return 0, errorf("import", m.String(), ErrExists, "the message ID is in a block of IDs that node %s hands out", b.Node)
+	}
 	n, err := tx.importData(ctx, envs, r)
 	if err == nil {
 		err = tx.Commit(ctx)

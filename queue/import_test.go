@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver/drivertest"
 )
 
 // TestImport commits a message under given IDs and due times, refuses a
@@ -82,20 +84,24 @@ func TestImport(t *testing.T) {
 	}
 
 	// This node's open transaction, as a killed importer leaves it, is
-	// aborted and replaced.
-	own, err := s.Begin(ctx)
+	// aborted and replaced. The importer dies after its reservation and
+	// content check, the first two requests.
+	f := drivertest.New(mem.OpenBackend("nodes-"+t.Name()), 1)
+	killed, err := queue.New(f, &queue.Options{Node: "importer", Retries: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	own.AddEnvelope([]byte("stale"))
-	if _, err := own.WriteContent(ctx, strings.NewReader("stale")); err != nil {
-		t.Fatal(err)
+	const stale = queue.MsgID(0x2345bcde)
+	f.CrashAfter(2)
+	if _, err := killed.Import(ctx, stale, []queue.ImportEnvelope{{ID: stale.Evp(1), Data: []byte("stale")}}, strings.NewReader("stale")); err == nil {
+		t.Fatal("import by a node that dies succeeded")
 	}
-	fresh := []queue.ImportEnvelope{{ID: own.ID().Evp(7), Data: []byte("fresh")}}
-	if _, err := s.Import(ctx, own.ID(), fresh, strings.NewReader("fresh")); err != nil {
+	killed.Close()
+	fresh := []queue.ImportEnvelope{{ID: stale.Evp(7), Data: []byte("fresh")}}
+	if _, err := s.Import(ctx, stale, fresh, strings.NewReader("fresh")); err != nil {
 		t.Fatalf("import over this node's open transaction: %v", err)
 	}
-	if ids, err := s.Envelopes(ctx, own.ID()); err != nil || len(ids) != 1 || ids[0] != fresh[0].ID {
+	if ids, err := s.Envelopes(ctx, stale); err != nil || len(ids) != 1 || ids[0] != fresh[0].ID {
 		t.Errorf("after replacing an open transaction: envelopes %v, %v; want only %s", ids, err, fresh[0].ID)
 	}
 

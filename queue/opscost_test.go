@@ -64,12 +64,12 @@ func TestOperatorCosts(t *testing.T) {
 		{"hold", 7, func() error { return s.Hold(ctx, ids[0]) }},
 		{"release", 4, func() error { return s.ReleaseHold(ctx, ids[0]) }},
 		{"schedule", 7, func() error { return s.Schedule(ctx, ids[2], time.Time{}) }},
-		{"import of 2 envelopes", 8, func() error {
+		{"import of 2 envelopes", 9, func() error {
 			_, err := s.Import(ctx, 0x0badf00d, []queue.ImportEnvelope{{ID: 0x0badf00d00000001, Data: []byte("a")}, {ID: 0x0badf00d00000002, Data: []byte("b")}}, strings.NewReader("x"))
 			return err
 		}},
-		{"stats of 11 messages", 6 + 2 + 11, func() error { _, err := s.Stats(ctx, &queue.StatsOptions{Sizes: true}); return err }},
-		{"stats without sizes", 6 + 2, func() error { _, err := s.Stats(ctx, nil); return err }},
+		{"stats of 11 messages", 6 + 3 + 11, func() error { _, err := s.Stats(ctx, &queue.StatsOptions{Sizes: true}); return err }},
+		{"stats without sizes", 6 + 3, func() error { _, err := s.Stats(ctx, nil); return err }},
 	} {
 		if err := tc.fn(); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)

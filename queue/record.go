@@ -55,6 +55,11 @@ type envHeader struct {
 	// before its message was committed, or 0. Readers check the
 	// reservation of such envelopes.
 	Pending uint64 `json:"p,omitempty"`
+	// Block is the nonce of the block record whose committed bit makes
+	// an envelope written before its commit visible, or 0; Opened is
+	// when its transaction began, Unix seconds, for Sweep.
+	Block  uint64 `json:"k,omitempty"`
+	Opened int64  `json:"a,omitempty"`
 	// Holder, Session, Token and Expires are the lease, if any. Session
 	// names the holder's process; Token grows with every claim.
 	Holder  string `json:"h,omitempty"`
@@ -77,6 +82,12 @@ type envHeader struct {
 	// Due skips it and no node can claim it until ReleaseHold. Records
 	// written before holds existed lack it, and are not held.
 	Held bool `json:"o,omitempty"`
+}
+
+// settled clears the fields that tie a header to its transaction, for a
+// record written again after its message committed.
+func (h *envHeader) settled() {
+	h.Pending, h.Block, h.Opened = 0, 0, 0
 }
 
 func encodeRecord(h *envHeader, data []byte) []byte {

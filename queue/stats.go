@@ -191,6 +191,40 @@ func (s *Store) Stats(ctx context.Context, opts *StatsOptions) (*Stats, error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
+	// Messages of blocks: their records tell the uncommitted ones.
+	blocks := make(map[uint32]*blockRecord)
+	for m := range msgs {
+		blocks[layout.BlockOf(uint32(m))] = nil
+	}
+	if len(blocks) > 8 {
+		lists.Add(1)
+	}
+	if err := s.readBlocks(ctx, blocks); err != nil {
+		return nil, wrap(err)
+	}
+	for _, r := range blocks {
+		if r != nil {
+			gets.Add(1)
+		}
+	}
+	for m := range msgs {
+		r := blocks[layout.BlockOf(uint32(m))]
+		if r == nil {
+			continue
+		}
+		switch lo := lowBits(m); {
+		case r.Foreign.has(lo) || r.Committed.has(lo):
+			continue
+		case r.Aborted.has(lo):
+			st.Transactions.Aborted++
+		case now.Sub(r.Created) < 2*s.opts.Grace:
+			st.Transactions.Open++
+		default:
+			st.Transactions.Abandoned++
+		}
+		uncommitted[m] = true
+		delete(msgs, m)
+	}
 	st.Messages = int64(len(msgs))
 	for _, ms := range msgs {
 		st.Envelopes += int64(ms.n)

@@ -39,11 +39,10 @@ type Options struct {
 	// Rand is the source of message and envelope IDs. Default:
 	// crypto/rand. Tests inject one to force collisions.
 	Rand io.Reader
-	// Prealloc is how many message IDs the Store reserves ahead, in the
-	// background, so that Begin returns without a store round trip. It is
-	// for MTAs like OpenSMTPD whose queue calls must not wait. Reserved IDs
-	// older than a quarter of Grace are released and replaced. Default: 0,
-	// none.
+	// Prealloc is ignored.
+	//
+	// Deprecated: Begin makes no request but once per block of 4,096
+	// message IDs, so there is nothing left to reserve ahead.
 	Prealloc int
 	// LeaseDuration is the default length of a claim. Default: 5 minutes.
 	LeaseDuration time.Duration
@@ -86,7 +85,10 @@ type Store struct {
 	randMu sync.Mutex
 
 	committed cache // messages known to be committed
-	pool      *pool // reserved message IDs, if Options.Prealloc > 0
+	blocks    blockCache
+
+	blkMu sync.Mutex // guards blk and its next ID
+	blk   *idBlock   // the block this Store hands message IDs out of
 
 	// session is this process's incarnation of the node, 0 until its
 	// first heartbeat is written; see heartbeat.
@@ -171,11 +173,7 @@ func (s *Store) Close() error {
 		return &Error{Op: "close", Kind: ErrClosed}
 	}
 	s.closed = true
-	p := s.pool
 	s.mu.Unlock()
-	if p != nil {
-		p.stop()
-	}
 	s.bg.Wait()
 	return s.b.Close()
 }

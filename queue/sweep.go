@@ -3,6 +3,8 @@ package queue
 import (
 	"context"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
 	"github.com/mxqueue/mxq/queue/layout"
@@ -24,10 +26,15 @@ type SweepStats struct {
 
 // Sweep aborts transactions that are older than Options.Grace and still
 // open, and removes what they wrote. It never touches committed data: the
-// abort is a compare-and-swap from "open" to "aborted", and a commit that
-// races with it either wins (and Sweep leaves it alone) or fails. Aborted
-// reservations stay, as tombstones, for another grace period. Any number
-// of nodes may sweep at once.
+// abort is a compare-and-swap that sets the transaction's aborted bit in
+// its block record (or turns its reservation from "open" to "aborted"),
+// and a commit that races with it either wins (and Sweep leaves it alone)
+// or fails. It removes the records of blocks that are done with and hold
+// no message any more, and aborted reservations after another grace
+// period. Any number of nodes may sweep at once.
+//
+// Its cost is a listing of the blocks and of the reservations, and per
+// block a read of its record and two listings.
 func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 	var st SweepStats
 	if err := s.check("sweep"); err != nil {
@@ -46,6 +53,9 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 		return st, s.wrap("sweep", "", err, nil)
 	}
 	now := s.now()
+	if err := s.sweepBlocks(ctx, now, &st); err != nil {
+		return st, err
+	}
 	for _, m := range ids {
 		if err := ctx.Err(); err != nil {
 			return st, err
@@ -110,4 +120,180 @@ func (s *Store) Sweep(ctx context.Context) (SweepStats, error) {
 		}
 	}
 	return st, nil
+}
+
+// sweepBlocks sweeps the transactions of every block.
+func (s *Store) sweepBlocks(ctx context.Context, now time.Time, st *SweepStats) error {
+	var firsts []uint32
+	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Block}), func(keys []string) error {
+		for _, k := range keys {
+			if h, err := layout.Parse(k); err == nil && h.Kind == layout.Block {
+				firsts = append(firsts, h.Msg)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return s.wrap("sweep", "", err, nil)
+	}
+	for _, f := range firsts {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := s.sweepBlock(ctx, f, now, st); err != nil {
+			return s.wrap("sweep", MsgID(f).String(), err, nil)
+		}
+	}
+	return nil
+}
+
+// sweepBlock aborts the abandoned transactions of the block that starts at
+// first and removes what they left, and removes the block's record once
+// the block is done with and empty. A block is done with twice Grace after
+// it was taken: its holder hands out its IDs for Grace, and a transaction
+// open for Grace fails.
+func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st *SweepStats) error {
+	r, v, err := s.readBlock(ctx, first)
+	if s.isNotFound(err) {
+		return nil
+	}
+	if errors.Is(err, ErrCorrupt) {
+		st.Corrupt++
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	done := now.Sub(r.Created) >= 2*s.opts.Grace
+	objs, err := s.blockObjects(ctx, first, layout.Content, layout.Envelope)
+	if err != nil {
+		return err
+	}
+	var abort, remove []uint32
+	for lo, keys := range objs {
+		switch {
+		case r.Foreign.has(lo) || r.Committed.has(lo):
+			continue
+		case r.Aborted.has(lo):
+			remove = append(remove, lo) // what an abort left
+			continue
+		}
+		old := done
+		if !old {
+			// The header of an envelope tells when its transaction
+			// began; content alone waits for the block to be done.
+			h, ok, err := s.firstHeader(ctx, keys)
+			if err != nil {
+				return err
+			}
+			if ok && h.Block == 0 {
+				continue // not a block transaction's
+			}
+			old = ok && now.Sub(time.Unix(h.Opened, 0)) >= s.opts.Grace
+		}
+		if !old {
+			st.Open++
+			continue
+		}
+		abort = append(abort, lo)
+	}
+	if len(abort) > 0 {
+		aborted, err := s.abortBits(ctx, first, r, v, abort)
+		if err != nil {
+			return err
+		}
+		st.Aborted += len(aborted)
+		remove = append(remove, aborted...)
+	}
+	for _, lo := range remove {
+		if err := s.removeMessageData(ctx, MsgID(first|lo)); err != nil {
+			return err
+		}
+	}
+	if !done || len(objs) > len(remove) {
+		return nil
+	}
+	// Done with, and empty once the removals above are: the record can go
+	// when nothing else of the block is stored either.
+	more, err := s.blockObjects(ctx, first, layout.Reservation, layout.Content, layout.Envelope, layout.Quarantine)
+	if err != nil || len(more) > 0 {
+		return err
+	}
+	s.blkMu.Lock()
+	mine := s.blk != nil && s.blk.first == first
+	s.blkMu.Unlock()
+	if mine {
+		return nil
+	}
+	if err := s.del(ctx, blockKey(first)); err != nil {
+		return err
+	}
+	s.blocks.drop(first)
+	st.Removed++
+	return nil
+}
+
+// firstHeader reads the header of the first envelope among keys, and
+// reports false when there is none.
+func (s *Store) firstHeader(ctx context.Context, keys []string) (*envHeader, bool, error) {
+	for _, k := range keys {
+		h, err := parseHandle(k)
+		if err != nil || h.Kind != layout.Envelope {
+			continue
+		}
+		b, _, err := s.getBytes(ctx, k, s.maxRecord())
+		if s.isNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		hdr, _, err := decodeRecord(k, b)
+		if err != nil {
+			continue
+		}
+		return hdr, true, nil
+	}
+	return nil, false, nil
+}
+
+// abortBits sets the aborted bits of the transactions los of the block
+// that starts at first, whose record r was read at version v, and returns
+// those whose aborted bit is set now, by this call or earlier; a
+// transaction that committed meanwhile is not among them.
+func (s *Store) abortBits(ctx context.Context, first uint32, r *blockRecord, v Version, los []uint32) ([]uint32, error) {
+	for range maxSettleRounds {
+		rec := r.clone()
+		var aborted []uint32
+		changed := false
+		for _, lo := range los {
+			switch {
+			case rec.Committed.has(lo):
+			case rec.Aborted.has(lo):
+				aborted = append(aborted, lo)
+			default:
+				rec.Aborted.set(lo)
+				aborted = append(aborted, lo)
+				changed = true
+			}
+		}
+		if !changed {
+			return aborted, nil
+		}
+		_, err := s.putBytes(ctx, blockKey(first), rec.encode(), driver.PutOptions{IfMatch: v})
+		if err == nil {
+			return aborted, nil
+		}
+		if !s.isPrecondition(err) && !s.isNotFound(err) {
+			return nil, err
+		}
+		r, v, err = s.readBlock(ctx, first)
+		if s.isNotFound(err) {
+			return nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("%w: the block record kept changing", ErrConflict)
 }

@@ -108,7 +108,7 @@ func (s *Store) reclaim(ctx context.Context, id EvpID) (bool, error) {
 		return false, nil
 	}
 	h := e.hdr
-	h.Pending = 0
+	h.settled()
 	h.Session = s.session.Load()
 	h.Token++
 	_, err = s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)}), encodeRecord(&h, e.Data), driver.PutOptions{IfMatch: e.Version})
@@ -205,7 +205,7 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 				}
 				if len(ids) == 0 {
 					// Its transaction may still be open: keep the pointer.
-					if st, err := s.reservationState(ctx, h.Msg); err != nil || st == stateOpen {
+					if st, err := s.msgState(ctx, h.Msg); err != nil || st == stateOpen {
 						remaining++
 						continue
 					}

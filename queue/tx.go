@@ -20,10 +20,14 @@ const maxIDAttempts = 20
 // invisible to every node until Commit returns nil. A Tx is safe for use by
 // one goroutine at a time.
 type Tx struct {
-	s    *Store
-	id   MsgID
-	res  reservation
-	rver Version
+	s  *Store
+	id MsgID
+	// blk is the block the ID came from, whose record is the commit
+	// point; nil for a transaction with a reservation of its own (Import).
+	blk    *idBlock
+	opened time.Time
+	res    reservation
+	rver   Version
 
 	mu       sync.Mutex
 	envs     []txEnvelope
@@ -31,6 +35,7 @@ type Tx struct {
 	claim    time.Duration
 	done     bool
 	anything bool // something besides the reservation may have been written
+	settling bool // a commit was tried: the block's bit may be set
 }
 
 type txEnvelope struct {
@@ -39,40 +44,17 @@ type txEnvelope struct {
 	written bool
 }
 
-// Begin starts a message. It allocates a MsgID that no other node uses: a
-// create-only write reserves it, and a collision with a reserved or stored
-// message picks another. The transaction must end with Commit or Rollback;
-// one that is abandoned is aborted by Sweep after Options.Grace.
+// Begin starts a message with a MsgID that no other node uses. IDs come
+// from a block of layout.BlockSize IDs that this Store took with one
+// create-only write, so Begin makes no request but once per block. The
+// transaction must end with Commit or Rollback; one that is abandoned is
+// aborted by Sweep after Options.Grace, and one that stays open longer
+// than Options.Grace fails.
 func (s *Store) Begin(ctx context.Context) (*Tx, error) {
 	if err := s.check("begin"); err != nil {
 		return nil, err
 	}
-	if s.opts.Prealloc > 0 {
-		if tx := s.fromPool(ctx); tx != nil {
-			return tx, nil
-		}
-	}
-	return s.reserve(ctx)
-}
-
-// reserve allocates and reserves a message ID.
-func (s *Store) reserve(ctx context.Context) (*Tx, error) {
-	for range maxIDAttempts {
-		r, err := s.rand32()
-		if err != nil {
-			return nil, &Error{Op: "begin", Err: err}
-		}
-		id := MsgID(r)
-		if id == 0 {
-			continue
-		}
-		tx, err := s.reserveID(ctx, id)
-		if err == errTaken {
-			continue
-		}
-		return tx, err
-	}
-	return nil, errorf("begin", "", ErrExists, "no free message ID after %d attempts", maxIDAttempts)
+	return s.beginBlock(ctx)
 }
 
 // errTaken is reserveID's answer for an ID that a transaction or a stored
@@ -257,6 +239,14 @@ func (tx *Tx) flush(ctx context.Context) error {
 	s := tx.s
 	now := s.now()
 	h := envHeader{Pending: tx.res.Nonce}
+	if tx.blk != nil {
+		if now.Sub(tx.opened) >= s.opts.Grace {
+			// A sweep may abort it and, its block done with, remove
+			// the record that would tell its writes apart.
+			return errorf("write", tx.id.String(), ErrConflict, "the transaction has been open longer than the grace period of %v", s.opts.Grace)
+		}
+		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix()}
+	}
 	var pointers []string
 	if tx.claim > 0 {
 		if err := s.ensureAlive(ctx); err != nil {
@@ -315,6 +305,19 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	} else if err := tx.flush(ctx); err != nil {
 		return s.wrap("commit", id, err, ErrExists)
 	}
+	if tx.blk != nil {
+		tx.settling = true
+		err := s.settle(ctx, tx.blk, lowBits(tx.id), false)
+		if err == errAborted {
+			tx.done = true
+			return errorf("commit", id, ErrConflict, "%v", err)
+		}
+		if err != nil {
+			return s.wrap("commit", id, err, ErrConflict)
+		}
+		tx.done = true
+		return nil
+	}
 	res := tx.res
 	res.State = stateCommitted
 	res.Changed = s.now()
@@ -354,6 +357,22 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 		return &Error{Op: "rollback", ID: id, Kind: ErrClosed}
 	}
 	tx.done = true
+	if tx.blk != nil {
+		if !tx.anything {
+			return nil
+		}
+		if tx.settling {
+			// A commit was tried, and may have landed unanswered: the
+			// aborted bit decides.
+			if err := s.settle(ctx, tx.blk, lowBits(tx.id), true); err == errCommitted {
+				return errorf("rollback", id, ErrConflict, "the message was committed; it cannot be rolled back")
+			} else if err != nil {
+				tx.done = false
+				return s.wrap("rollback", id, err, nil)
+			}
+		}
+		return s.wrap("rollback", id, s.removeMessageData(ctx, tx.id), nil)
+	}
 	key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(tx.id)})
 	if !tx.anything {
 		return s.wrap("rollback", id, s.del(ctx, key), nil)
@@ -434,9 +453,19 @@ func (s *Store) reservationState(ctx context.Context, m MsgID) (string, error) {
 	return r.State, nil
 }
 
+// visibleEnvelope reports whether an envelope of message m with header h
+// may be shown: the transaction that wrote it committed.
+func (s *Store) visibleEnvelope(ctx context.Context, m MsgID, h *envHeader) (bool, error) {
+	if h.Block != 0 {
+		return s.blockVisible(ctx, m, h.Block)
+	}
+	return s.visible(ctx, m, h.Pending)
+}
+
 // visible reports whether an envelope of message m written by the
-// transaction with the given nonce (0: written after the commit) may be
-// shown: the transaction committed. Committed transactions are cached.
+// reservation transaction with the given nonce (0: written after the
+// commit) may be shown: the transaction committed. Committed transactions
+// are cached.
 func (s *Store) visible(ctx context.Context, m MsgID, nonce uint64) (bool, error) {
 	if nonce == 0 || s.committed.has(m, nonce) {
 		return true, nil

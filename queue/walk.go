@@ -3,7 +3,9 @@ package queue
 import (
 	"context"
 	"iter"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/mxqueue/mxq/queue/layout"
 )
@@ -58,33 +60,55 @@ func (s *Store) listEnvelopes(ctx context.Context, after string, limit int) (key
 }
 
 // committedOf returns the IDs of the envelope keys whose messages are
-// committed. The open transactions are listed after the envelopes were, so
-// that a transaction that began meanwhile is seen; they are few, and only
-// the messages that appear in both lists have their reservation read.
+// committed. The records of the blocks the page spans are read after the
+// page was listed, so that a commit before the listing is seen: a page of
+// envelopes listed in ID order spans few blocks. Messages outside blocks
+// (stored by Import, or by the reservation protocol of earlier versions)
+// are checked against the open reservations, listed after the page too;
+// they are few, and only the messages that appear in both lists have their
+// reservation read.
 func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error) {
 	if len(keys) == 0 {
 		return nil, nil
 	}
-	open := make(map[MsgID]bool)
-	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Reservation}), func(ks []string) error {
-		for _, k := range ks {
-			if h, err := parseHandle(k); err == nil && h.Kind == layout.Reservation {
-				open[h.Msg] = true
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	hidden := make(map[MsgID]bool)
-	ids := make([]EvpID, 0, len(keys))
+	all := make([]EvpID, 0, len(keys))
+	blocks := make(map[uint32]*blockRecord)
 	for _, k := range keys {
 		id, err := parseEnvelopeKey(k)
 		if err != nil {
 			continue // not ours; the walk shows only envelopes
 		}
+		all = append(all, id)
+		blocks[layout.BlockOf(uint32(id.MsgID()))] = nil
+	}
+	if err := s.readBlocks(ctx, blocks); err != nil {
+		return nil, err
+	}
+	var open map[MsgID]bool // nil until needed
+	hidden := make(map[MsgID]bool)
+	ids := make([]EvpID, 0, len(all))
+	for _, id := range all {
 		m := id.MsgID()
+		if r := blocks[layout.BlockOf(uint32(m))]; r != nil && !r.Foreign.has(lowBits(m)) {
+			if r.Committed.has(lowBits(m)) {
+				ids = append(ids, id)
+			}
+			continue
+		}
+		if open == nil {
+			open = make(map[MsgID]bool)
+			err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Reservation}), func(ks []string) error {
+				for _, k := range ks {
+					if h, err := parseHandle(k); err == nil && h.Kind == layout.Reservation {
+						open[h.Msg] = true
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				return nil, err
+			}
+		}
 		if open[m] {
 			h, seen := hidden[m]
 			if !seen {
@@ -102,6 +126,46 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// readBlocks reads the records of the blocks whose first IDs are the keys
+// of recs, leaving nil those that have none. For many blocks, it lists the
+// records first and reads only those that exist.
+func (s *Store) readBlocks(ctx context.Context, recs map[uint32]*blockRecord) error {
+	firsts := make([]uint32, 0, len(recs))
+	for f := range recs {
+		firsts = append(firsts, f)
+	}
+	if len(firsts) > 8 {
+		exist := make(map[uint32]bool)
+		err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Block}), func(keys []string) error {
+			for _, k := range keys {
+				if h, err := layout.Parse(k); err == nil && h.Kind == layout.Block {
+					exist[h.Msg] = true
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		firsts = slices.DeleteFunc(firsts, func(f uint32) bool { return !exist[f] })
+	}
+	var mu sync.Mutex
+	return s.parallel(ctx, len(firsts), func(ctx context.Context, i int) error {
+		r, _, err := s.readBlock(ctx, firsts[i])
+		if s.isNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		s.blocks.put(firsts[i], r)
+		mu.Lock()
+		recs[firsts[i]] = r
+		mu.Unlock()
+		return nil
+	})
 }
 
 // Walk yields every committed envelope once, grouped by message. The

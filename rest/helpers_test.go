@@ -198,7 +198,7 @@ type gate struct {
 
 func (g *gate) Put(ctx context.Context, key string, r io.Reader, opts *driver.PutOptions) (driver.Version, error) {
 	g.mu.Lock()
-	hold := g.armed && strings.HasPrefix(key, "inc/") && opts.IfMatch != ""
+	hold := g.armed && strings.HasPrefix(key, "blk/") && opts.IfMatch != ""
 	if hold {
 		g.armed = false
 	}

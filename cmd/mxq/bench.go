@@ -100,16 +100,11 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 		}
 		rows = append(rows, benchRow{Op: "100 MiB message", Metric: "peak RSS MiB", Queue: peak, Target: "< 64"})
 	}
-	pooled, err := queue.DefaultURLMux().OpenOptions(ctx, c.queueURL, &queue.Options{Node: s.Node(), Prealloc: 64})
-	if err != nil {
-		return err
-	}
-	defer pooled.Close()
 	content := bytes.Repeat([]byte("x"), 4096)
 	n := benchFlags.n
 	for _, rcpts := range []int{1, 10} {
 		progress("commit 4 KiB, %d recipient(s) ...", rcpts)
-		q, err := bench.Measure(ctx, bench.Commit(pooled, content, rcpts), n, 1)
+		q, err := bench.Measure(ctx, bench.Commit(s, content, rcpts), n, 1)
 		if err != nil {
 			return err
 		}
@@ -120,7 +115,7 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 		rows = append(rows, latency(fmt.Sprintf("commit 4 KiB, %d rcpt", rcpts), q, r, "<= 1.5"))
 	}
 	progress("64 concurrent commits ...")
-	q, err := bench.Measure(ctx, bench.Commit(pooled, content, 1), 4*n, 64)
+	q, err := bench.Measure(ctx, bench.Commit(s, content, 1), 4*n, 64)
 	if err != nil {
 		return err
 	}
@@ -135,7 +130,7 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := bench.Fill(ctx, pooled, max(benchFlags.walk-before, 0), 10, 32); err != nil {
+	if err := bench.Fill(ctx, s, max(benchFlags.walk-before, 0), 10, 32); err != nil {
 		return err
 	}
 	q, err = bench.Measure(ctx, bench.Walk(s), 5, 1)

@@ -65,7 +65,7 @@ func benchEncryption(ctx context.Context, queueURL, node string, n int, progress
 	}
 	var got []figures
 	for _, mode := range modes {
-		s, err := queue.DefaultURLMux().OpenOptions(ctx, u.String(), &queue.Options{Node: node, Prealloc: 64, Encryption: mode.enc})
+		s, err := queue.DefaultURLMux().OpenOptions(ctx, u.String(), &queue.Options{Node: node, Encryption: mode.enc})
 		if err != nil {
 			return nil, err
 		}

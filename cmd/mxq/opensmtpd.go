@@ -49,8 +49,8 @@ ARG is a queue URL, or the path of a configuration file of key=value lines
                    MESSAGE_FD_R fix in mxq's docs; silences the start-up
                    warning about upstream's bug, which makes every delivery
                    from an external queue fail on unpatched 7.5 to 7.9
-  prealloc=32      message IDs reserved ahead, so that MAIL FROM needs no round
-                   trip to the store; 0 turns it off
+  prealloc=N       accepted and ignored: MAIL FROM makes no store request, as
+                   message IDs come from blocks of 4,096
   shared=false     true when several smtpd instances share the queue: each walks
                    only its own envelopes, and a survivor takes over a dead
                    instance's envelopes and hands them to its smtpd with
@@ -83,14 +83,13 @@ upstream's MESSAGE_FD_R bug, which needs a patched smtpd (docs/opensmtpd.md).`,
 
 // queueConfig is the queue process's configuration.
 type queueConfig struct {
-	queue    string
-	node     string
-	timeout  time.Duration
-	header   opensmtpd.HeaderFormat
-	patched  bool
-	tmpdir   string
-	level    slog.Level
-	prealloc int
+	queue   string
+	node    string
+	timeout time.Duration
+	header  opensmtpd.HeaderFormat
+	patched bool
+	tmpdir  string
+	level   slog.Level
 
 	shared    bool
 	heartbeat time.Duration
@@ -99,7 +98,7 @@ type queueConfig struct {
 
 // loadQueueConfig interprets the argument smtpd passes: a URL, or a file.
 func loadQueueConfig(arg string) (*queueConfig, error) {
-	cfg := &queueConfig{timeout: 10 * time.Second, prealloc: 32, smtpctl: "/usr/sbin/smtpctl"}
+	cfg := &queueConfig{timeout: 10 * time.Second, smtpctl: "/usr/sbin/smtpctl"}
 	if strings.Contains(arg, "://") {
 		cfg.queue = arg
 		return cfg, nil
@@ -157,11 +156,12 @@ func loadQueueConfig(arg string) (*queueConfig, error) {
 			}
 			cfg.patched = b
 		case "prealloc":
+			// Accepted, for configuration files written for earlier
+			// versions; Begin makes no request now.
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 || n > 10000 {
 				return nil, bad("prealloc: want a number from 0 to 10000")
 			}
-			cfg.prealloc = n
 		case "shared":
 			b, err := driver.ParseBool(k, v, false)
 			if err != nil {
@@ -261,7 +261,7 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 	}()
 
 	octx, ocancel := context.WithTimeout(sctx, c.timeout)
-	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node, Prealloc: cfg.prealloc, HeartbeatInterval: cfg.heartbeat, SelfScheduled: true})
+	s, err := queue.DefaultURLMux().OpenOptions(octx, cfg.queue, &queue.Options{Node: node, HeartbeatInterval: cfg.heartbeat, SelfScheduled: true})
 	ocancel()
 	if err != nil {
 		return err

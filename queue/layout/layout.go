@@ -52,7 +52,17 @@ const (
 	// Due is a pointer from a due-time bucket to an envelope, or to
 	// every envelope of a message that was committed in that bucket.
 	Due
+	// Block is the record of a block of BlockSize message IDs that one
+	// node hands out: the commit point of their transactions.
+	Block
 )
+
+// BlockBits is how many low bits of a message ID a block spans: a block
+// holds the BlockSize message IDs that share the top 32-BlockBits bits.
+const BlockBits = 12
+
+// BlockSize is the number of message IDs in a block.
+const BlockSize = 1 << BlockBits
 
 // Handle addresses one stored object, or with some fields zero, the prefix
 // that lists a group of them. See Key.
@@ -62,6 +72,28 @@ type Handle struct {
 	Evp  uint64 // the envelope ID, for envelope kinds
 	Node string // the node name, for Node and Claim
 	Due  int64  // the due bucket (Unix seconds divided by the bucket width), for Due
+}
+
+// BlockOf returns the first message ID of the block that holds m: the
+// Msg of the Block handle that m's block record has.
+func BlockOf(m uint32) uint32 { return m &^ (BlockSize - 1) }
+
+// BlockPrefix returns the prefix under which List finds the objects of
+// kind k (Reservation, Content, Envelope or Quarantine, with its content
+// and envelopes) of every message in the block that holds m.
+func BlockPrefix(k Kind, m uint32) string {
+	b := hex8(m)[:8-BlockBits/4]
+	switch k {
+	case Reservation:
+		return "inc/" + b
+	case Content:
+		return "msg/" + shard(m) + "/" + b
+	case Envelope:
+		return "evp/" + shard(m) + "/" + b
+	case Quarantine:
+		return "bad/" + b
+	}
+	panic(fmt.Sprintf("layout.BlockPrefix: kind %d has no block prefix", k))
 }
 
 // hexdigits of a message ID's top byte: the shard of 256 buckets that
@@ -84,10 +116,13 @@ func shard(m uint32) string { return hex8(m)[:2] }
 //	  of a whole message   own/<name>/<msgid>
 //	due          due/<bucket>/<evpid>              prefix due/<bucket>/, or due/
 //	  of a whole message   due/<bucket>/<msgid>
+//	block        blk/<hi>                          prefix blk/
 //
 // <hh> is the top byte of the message ID in two hex digits, <msgid> and
 // <evpid> are the 8- and 16-digit hex forms, and <bucket> is a 12-digit
-// decimal so that buckets sort by time. Node names must be valid for
+// decimal so that buckets sort by time. <hi> is the first 5 hex digits
+// of a block's message IDs, and the Msg of a Block handle is the block's
+// first ID (see BlockOf). Node names must be valid for
 // ValidNode. Every key therefore consists of [a-z0-9._-] and "/", so no
 // escaping is needed on any store; listing in byte order yields the
 // envelopes of one message together, and messages in ID order.
@@ -149,6 +184,11 @@ func Key(h Handle) string {
 			return b + hex8(h.Msg)
 		}
 		return b
+	case Block:
+		if h.Msg == 0 {
+			return "blk/"
+		}
+		return "blk/" + hex8(BlockOf(h.Msg))[:8-BlockBits/4]
 	}
 	panic(fmt.Sprintf("layout.Key: unknown kind %d", h.Kind))
 }
@@ -223,6 +263,12 @@ func parseKey(key string) (Handle, bool) {
 			return Handle{}, false
 		}
 		return msgOrEvp(Handle{Kind: Claim, Node: parts[0]}, parts[1])
+	case top == "blk" && len(parts) == 1:
+		if len(parts[0]) != 8-BlockBits/4 {
+			return Handle{}, false
+		}
+		v, err := strconv.ParseUint(parts[0], 16, 32)
+		return Handle{Kind: Block, Msg: uint32(v) << BlockBits}, err == nil && v != 0
 	case top == "due" && len(parts) == 2:
 		b, err := strconv.ParseInt(parts[0], 10, 64)
 		if err != nil || b <= 0 {

@@ -2,6 +2,7 @@ package layout
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -38,6 +39,8 @@ var keyCases = []struct {
 	{"due", Handle{Kind: Due, Due: 29511234, Evp: testEvp}, "due/000029511234/ab12cd3400c0ffee", false},
 	{"due message", Handle{Kind: Due, Due: 29511234, Msg: testMsg}, "due/000029511234/ab12cd34", false},
 	{"due bucket", Handle{Kind: Due, Due: 29511234}, "due/000029511234/", true},
+	{"block", Handle{Kind: Block, Msg: testMsg &^ 0xfff}, "blk/ab12c", false},
+	{"block prefix", Handle{Kind: Block}, "blk/", true},
 	{"due prefix", Handle{Kind: Due}, "due/", true},
 }
 
@@ -119,4 +122,43 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(Key(%+v)) = %+v, %v", h, h2, err)
 		}
 	})
+}
+
+func TestBlockPrefix(t *testing.T) {
+	for _, c := range []struct {
+		k    Kind
+		want string
+	}{
+		{Reservation, "inc/ab12c"}, {Content, "msg/ab/ab12c"}, {Envelope, "evp/ab/ab12c"}, {Quarantine, "bad/ab12c"},
+	} {
+		if got := BlockPrefix(c.k, testMsg); got != c.want {
+			t.Errorf("BlockPrefix(%d, %08x) = %q, want %q", c.k, testMsg, got, c.want)
+		}
+		// Every object of a message of the block is under the prefix.
+		for _, m := range []uint32{BlockOf(testMsg), BlockOf(testMsg) + BlockSize - 1} {
+			var key string
+			switch c.k {
+			case Envelope:
+				key = Key(Handle{Kind: Envelope, Evp: uint64(m)<<32 | 1})
+			case Quarantine:
+				key = Key(Handle{Kind: QuarantineContent, Msg: m})
+			default:
+				key = Key(Handle{Kind: c.k, Msg: m})
+			}
+			if !strings.HasPrefix(key, c.want) {
+				t.Errorf("%q is not under %q", key, c.want)
+			}
+		}
+	}
+	if BlockOf(testMsg) != 0xab12c000 {
+		t.Errorf("BlockOf = %08x", BlockOf(testMsg))
+	}
+	if h, err := Parse("blk/ab12c"); err != nil || h.Msg != 0xab12c000 {
+		t.Errorf("Parse(blk/ab12c) = %+v, %v", h, err)
+	}
+	for _, k := range []string{"blk/00000", "blk/ab12", "blk/ab12cd", "blk/AB12C"} {
+		if _, err := Parse(k); err == nil {
+			t.Errorf("Parse(%q) accepted", k)
+		}
+	}
 }

@@ -1,0 +1,476 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
+)
+
+// Message IDs come in blocks. A node takes a block of layout.BlockSize IDs
+// with one create-only write of its record (layout.Block) and hands them
+// out from memory, so Begin makes no request. The record is also the
+// commit point of every transaction of the block: a commit is a
+// compare-and-swap that sets the message's bit in the record's committed
+// bitmap, and commits that wait at the same time share one (group commit).
+// A sweep aborts an abandoned transaction with a compare-and-swap that sets
+// its aborted bit, so exactly one of the two wins, as with a reservation.
+// Envelopes written before the commit carry the block's nonce (envHeader.
+// Block), and are visible once their bit is set; bits never clear, so
+// readers cache them.
+//
+// A block is used for at most Options.Grace, then the node takes another;
+// every transaction of a block is therefore over (committed, or old enough
+// to be aborted) once the block is twice Grace old, and Sweep removes the
+// record of such a block once none of its objects is left. A block is
+// taken again only after that, and its allocation lists the objects under
+// its prefixes first, so that IDs of messages stored otherwise (by Import,
+// or left over) are marked foreign and never handed out.
+
+// maxBitmap is the size of a block's bitmaps, in bytes.
+const maxBitmap = layout.BlockSize / 8
+
+// maxBlockRecord bounds the size of a block record that is read.
+const maxBlockRecord = 16 << 10
+
+// bitmap is a set of the low bits of a block's message IDs. JSON encodes
+// it in base64; a short bitmap has its missing bytes zero.
+type bitmap []byte
+
+func (b bitmap) has(lo uint32) bool {
+	i := int(lo / 8)
+	return i < len(b) && b[i]&(1<<(lo%8)) != 0
+}
+
+func (b *bitmap) set(lo uint32) {
+	for len(*b) <= int(lo/8) {
+		*b = append(*b, 0)
+	}
+	(*b)[lo/8] |= 1 << (lo % 8)
+}
+
+// or adds the bits of o to b.
+func (b *bitmap) or(o bitmap) {
+	for len(*b) < len(o) {
+		*b = append(*b, 0)
+	}
+	for i, v := range o {
+		(*b)[i] |= v
+	}
+}
+
+// blockRecord is the record at layout.Block.
+type blockRecord struct {
+	// Node took the block.
+	Node string `json:"node"`
+	// Nonce tells this use of the block from an earlier one; envelopes
+	// written before their commit carry it.
+	Nonce   uint64    `json:"nonce"`
+	Created time.Time `json:"created"`
+	// Committed and Aborted are the ended transactions.
+	Committed bitmap `json:"committed,omitempty"`
+	Aborted   bitmap `json:"aborted,omitempty"`
+	// Foreign are the IDs that held objects when the block was taken:
+	// messages stored by Import or left over. They are never handed out,
+	// and their visibility is decided as for a reservation.
+	Foreign bitmap `json:"foreign,omitempty"`
+}
+
+func (r *blockRecord) encode() []byte {
+	b, _ := json.Marshal(r)
+	return b
+}
+
+func (r *blockRecord) clone() blockRecord {
+	c := *r
+	c.Committed = append(bitmap(nil), r.Committed...)
+	c.Aborted = append(bitmap(nil), r.Aborted...)
+	c.Foreign = append(bitmap(nil), r.Foreign...)
+	return c
+}
+
+func decodeBlock(key string, b []byte) (*blockRecord, error) {
+	var r blockRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%w: block record %s does not parse: %v", ErrCorrupt, key, err)
+	}
+	if r.Nonce == 0 || len(r.Committed) > maxBitmap || len(r.Aborted) > maxBitmap || len(r.Foreign) > maxBitmap {
+		return nil, fmt.Errorf("%w: block record %s is not valid", ErrCorrupt, key)
+	}
+	return &r, nil
+}
+
+func blockKey(first uint32) string {
+	return layout.Key(layout.Handle{Kind: layout.Block, Msg: first})
+}
+
+// lowBits returns m's position in its block.
+func lowBits(m MsgID) uint32 { return uint32(m) & (layout.BlockSize - 1) }
+
+// readBlock reads the record of the block that starts at first.
+func (s *Store) readBlock(ctx context.Context, first uint32) (*blockRecord, Version, error) {
+	key := blockKey(first)
+	b, a, err := s.getBytes(ctx, key, maxBlockRecord)
+	if err != nil {
+		return nil, "", err
+	}
+	r, err := decodeBlock(key, b)
+	return r, a.Version, err
+}
+
+// idBlock is a block that this Store hands IDs out of.
+type idBlock struct {
+	first   uint32
+	nonce   uint64
+	created time.Time
+	foreign bitmap
+	next    uint32 // the next low bits to hand out; Store.blkMu guards it
+	dead    atomic.Bool
+
+	mu    sync.Mutex // guards queue and busy
+	queue []*bitReq
+	busy  bool
+	// rec and ver are the record as last written or read; only the
+	// goroutine that settles (busy) uses them. ver "" means unknown: read
+	// the record before the next write.
+	rec blockRecord
+	ver Version
+}
+
+// bitReq asks to set a transaction's committed or aborted bit.
+type bitReq struct {
+	lo    uint32
+	abort bool
+	err   error
+	done  chan struct{}
+}
+
+// errAborted and errCommitted are settle's answers for a bit already set
+// the other way.
+var (
+	errAborted   = errors.New("the transaction was aborted by a sweep before it committed")
+	errCommitted = errors.New("the transaction was committed")
+)
+
+// maxSettleRounds bounds the compare-and-swap rounds of one settle that
+// keep finding the record changed.
+const maxSettleRounds = 10
+
+// beginBlock starts a transaction with the next free ID of this Store's
+// block, taking a new block when there is none, it is used up or it is
+// older than Options.Grace.
+func (s *Store) beginBlock(ctx context.Context) (*Tx, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, &Error{Op: "begin", Err: err}
+	}
+	s.blkMu.Lock()
+	defer s.blkMu.Unlock()
+	for range 2 {
+		now := s.now()
+		if b := s.blk; b != nil && !b.dead.Load() && now.Sub(b.created) < s.opts.Grace {
+			for b.next < layout.BlockSize {
+				lo := b.next
+				b.next++
+				if !b.foreign.has(lo) {
+					return &Tx{s: s, id: MsgID(b.first | lo), blk: b, opened: now}, nil
+				}
+			}
+		}
+		b, err := s.takeBlock(ctx)
+		if err != nil {
+			return nil, err
+		}
+		s.blk = b
+	}
+	return nil, errorf("begin", "", ErrExists, "a new block of message IDs has none free")
+}
+
+// takeBlock takes a free block of message IDs: it lists what is stored
+// under the block's prefixes, and takes the block with a create-only
+// write of its record naming those IDs foreign.
+func (s *Store) takeBlock(ctx context.Context) (*idBlock, error) {
+	for range maxIDAttempts {
+		r, err := s.rand32()
+		if err != nil {
+			return nil, &Error{Op: "begin", Err: err}
+		}
+		first := layout.BlockOf(r)
+		if first == 0 {
+			continue
+		}
+		used, err := s.blockObjects(ctx, first, layout.Reservation, layout.Content, layout.Envelope, layout.Quarantine)
+		if err != nil {
+			return nil, s.wrap("begin", "", err, nil)
+		}
+		nonce, err := s.rand64()
+		if err != nil {
+			return nil, &Error{Op: "begin", Err: err}
+		}
+		rec := blockRecord{Node: s.opts.Node, Nonce: nonce, Created: s.now()}
+		for lo := range used {
+			rec.Foreign.set(lo)
+		}
+		v, err := s.putBytes(ctx, blockKey(first), rec.encode(), driver.PutOptions{IfNoneMatch: true})
+		if s.isPrecondition(err) {
+			continue // another node's block
+		}
+		if err != nil {
+			return nil, s.wrap("begin", "", err, ErrExists)
+		}
+		s.blocks.put(first, &rec)
+		return &idBlock{first: first, nonce: nonce, created: rec.Created, foreign: rec.Foreign, rec: rec.clone(), ver: v}, nil
+	}
+	return nil, errorf("begin", "", ErrExists, "no free block of message IDs after %d attempts", maxIDAttempts)
+}
+
+// blockObjects lists the objects of the given kinds under the prefixes of
+// the block that starts at first, and returns them by the low bits of
+// their message IDs.
+func (s *Store) blockObjects(ctx context.Context, first uint32, kinds ...layout.Kind) (map[uint32][]string, error) {
+	used := make(map[uint32][]string)
+	var mu sync.Mutex
+	err := s.parallel(ctx, len(kinds), func(ctx context.Context, i int) error {
+		return s.list(ctx, layout.BlockPrefix(kinds[i], first), func(keys []string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, k := range keys {
+				h, err := parseHandle(k)
+				if err != nil {
+					continue
+				}
+				m := h.Msg
+				if h.Evp != 0 {
+					m = h.Evp.MsgID()
+				}
+				if layout.BlockOf(uint32(m)) == first {
+					used[lowBits(m)] = append(used[lowBits(m)], k)
+				}
+			}
+			return nil
+		})
+	})
+	return used, err
+}
+
+// settle sets the committed bit of the transaction with the low bits lo
+// of block b, or with abort its aborted bit. The first caller to find no
+// write in flight writes the record for every caller waiting by then.
+func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) error {
+	r := &bitReq{lo: lo, abort: abort, done: make(chan struct{})}
+	b.mu.Lock()
+	b.queue = append(b.queue, r)
+	lead := !b.busy
+	b.busy = true
+	b.mu.Unlock()
+	if lead {
+		s.mu.Lock()
+		s.bg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.bg.Done()
+			s.settleAll(context.WithoutCancel(ctx), b)
+		}()
+	}
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// settleAll writes the bits that callers of settle wait for, a batch per
+// write, until none waits.
+func (s *Store) settleAll(ctx context.Context, b *idBlock) {
+	for {
+		b.mu.Lock()
+		batch := b.queue
+		b.queue = nil
+		if len(batch) == 0 {
+			b.busy = false
+			b.mu.Unlock()
+			return
+		}
+		b.mu.Unlock()
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		s.writeBits(wctx, b, batch)
+		cancel()
+		for _, r := range batch {
+			close(r.done)
+		}
+	}
+}
+
+// writeBits sets the bits of batch in b's record with one compare-and-swap,
+// reading the record again and retrying when it changed meanwhile, and
+// answers each request.
+func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) {
+	pending := batch
+	for range maxSettleRounds {
+		if b.ver == "" {
+			rec, v, err := s.readBlock(ctx, b.first)
+			if s.isNotFound(err) || err == nil && rec.Nonce != b.nonce {
+				// Swept: the block outlived its use.
+				b.dead.Store(true)
+				for _, r := range pending {
+					r.err = errAborted
+					if r.abort {
+						r.err = nil
+					}
+				}
+				return
+			}
+			if err != nil {
+				for _, r := range pending {
+					r.err = err
+				}
+				return
+			}
+			b.rec, b.ver = *rec, v
+		}
+		rec := b.rec.clone()
+		var todo []*bitReq
+		for _, r := range pending {
+			switch {
+			case rec.Aborted.has(r.lo):
+				if !r.abort {
+					r.err = errAborted
+				}
+			case rec.Committed.has(r.lo):
+				if r.abort {
+					r.err = errCommitted
+				}
+			case r.abort:
+				rec.Aborted.set(r.lo)
+				todo = append(todo, r)
+			default:
+				rec.Committed.set(r.lo)
+				todo = append(todo, r)
+			}
+		}
+		pending = todo
+		if len(pending) == 0 {
+			return
+		}
+		v, err := s.putBytes(ctx, blockKey(b.first), rec.encode(), driver.PutOptions{IfMatch: b.ver})
+		if err == nil {
+			b.rec, b.ver = rec, v
+			s.blocks.put(b.first, &rec)
+			return
+		}
+		b.ver = ""
+		if s.isPrecondition(err) || s.isNotFound(err) {
+			continue // a sweep aborted some, or our own write landed unanswered
+		}
+		for _, r := range pending {
+			r.err = err
+		}
+		return
+	}
+	for _, r := range pending {
+		r.err = fmt.Errorf("%w: the block record kept changing", ErrConflict)
+	}
+}
+
+// blockCache keeps the block records read, by first message ID. Bits
+// only ever get set within one nonce, so a cached set bit stays true for
+// envelopes that carry that nonce.
+type blockCache struct {
+	mu sync.Mutex
+	m  map[uint32]*blockRecord
+}
+
+// maxCachedBlocks bounds the block cache.
+const maxCachedBlocks = 4096
+
+func (c *blockCache) get(first uint32) *blockRecord {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[first]
+}
+
+// put records r, merging it into a cached record of the same nonce.
+func (c *blockCache) put(first uint32, r *blockRecord) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if old := c.m[first]; old != nil && old.Nonce == r.Nonce {
+		old.Committed.or(r.Committed)
+		old.Aborted.or(r.Aborted)
+		return
+	}
+	if c.m == nil || len(c.m) >= maxCachedBlocks {
+		c.m = make(map[uint32]*blockRecord)
+	}
+	cp := r.clone()
+	c.m[first] = &cp
+}
+
+func (c *blockCache) drop(first uint32) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, first)
+}
+
+// committedBits reports whether the bit of m is set in the committed
+// bitmap of a cached record with the given nonce (any nonce, if 0).
+func (c *blockCache) committed(m MsgID, nonce uint64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.m[layout.BlockOf(uint32(m))]
+	return r != nil && (nonce == 0 || r.Nonce == nonce) && r.Committed.has(lowBits(m)) && !r.Foreign.has(lowBits(m))
+}
+
+// blockVisible reports whether the transaction of m in the block use
+// with the given nonce committed.
+func (s *Store) blockVisible(ctx context.Context, m MsgID, nonce uint64) (bool, error) {
+	if s.blocks.committed(m, nonce) {
+		return true, nil
+	}
+	first := layout.BlockOf(uint32(m))
+	r, _, err := s.readBlock(ctx, first)
+	if s.isNotFound(err) {
+		// Swept, or never written: its transaction did not commit.
+		s.blocks.drop(first)
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s.blocks.put(first, r)
+	return r.Nonce == nonce && r.Committed.has(lowBits(m)), nil
+}
+
+// msgState tells whether the message m is committed, open or aborted
+// ("" for a message with neither a block transaction nor a reservation:
+// committed by the reservation protocol, or gone), knowing only its ID.
+func (s *Store) msgState(ctx context.Context, m MsgID) (string, error) {
+	if s.blocks.committed(m, 0) {
+		return stateCommitted, nil
+	}
+	first := layout.BlockOf(uint32(m))
+	r, _, err := s.readBlock(ctx, first)
+	switch {
+	case s.isNotFound(err):
+		s.blocks.drop(first)
+	case err != nil:
+		return "", err
+	default:
+		s.blocks.put(first, r)
+		if lo := lowBits(m); !r.Foreign.has(lo) {
+			switch {
+			case r.Committed.has(lo):
+				return stateCommitted, nil
+			case r.Aborted.has(lo):
+				return stateAborted, nil
+			}
+			return stateOpen, nil
+		}
+	}
+	return s.reservationState(ctx, m)
+}
