@@ -299,7 +299,7 @@ func (s *Store) settleAll(ctx context.Context, b *idBlock) {
 		}
 		b.mu.Unlock()
 		wctx, cancel := context.WithTimeout(ctx, time.Minute)
-		s.writeBits(wctx, b, batch)
+		batch = s.writeBits(wctx, b, batch)
 		cancel()
 		for _, r := range batch {
 			close(r.done)
@@ -309,10 +309,12 @@ func (s *Store) settleAll(ctx context.Context, b *idBlock) {
 
 // writeBits sets the bits of batch in b's record with one compare-and-swap,
 // reading the record again and retrying when it changed meanwhile, and
-// answers each request.
-func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) {
+// answers each request. It returns the requests it answered: batch, and
+// those it took on while it waited to retry.
+func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) []*bitReq {
 	pending := batch
-	for range maxSettleRounds {
+	retries, delay := 0, 50*time.Millisecond
+	for range maxSettleRounds + max(s.opts.Retries, 0) {
 		if b.ver == "" {
 			rec, v, err := s.readBlock(ctx, b.first)
 			if s.isNotFound(err) || err == nil && rec.Nonce != b.nonce {
@@ -324,13 +326,13 @@ func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) {
 						r.err = nil
 					}
 				}
-				return
+				return batch
 			}
 			if err != nil {
 				for _, r := range pending {
 					r.err = err
 				}
-				return
+				return batch
 			}
 			b.rec, b.ver = *rec, v
 		}
@@ -356,26 +358,48 @@ func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) {
 		}
 		pending = todo
 		if len(pending) == 0 {
-			return
+			return batch
 		}
 		v, err := s.putBytes(ctx, blockKey(b.first), rec.encode(), driver.PutOptions{IfMatch: b.ver})
 		if err == nil {
 			b.rec, b.ver = rec, v
 			s.blocks.put(b.first, &rec)
-			return
+			return batch
 		}
 		b.ver = ""
 		if s.isPrecondition(err) || s.isNotFound(err) {
 			continue // a sweep aborted some, or our own write landed unanswered
 		}
+		if s.b.ErrorCode(err) == driver.CodeUnavailable && retries < s.opts.Retries {
+			// A store that limits the writes to one object (GCS about
+			// one a second) answers so when commits come faster than
+			// that: wait, and the next swap carries every commit that
+			// arrived meanwhile. The record is read again first, in
+			// case this one landed.
+			retries++
+			t := time.NewTimer(delay)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+			case <-t.C:
+			}
+			delay = min(2*delay, time.Second)
+			b.mu.Lock()
+			pending = append(pending, b.queue...)
+			batch = append(batch, b.queue...)
+			b.queue = nil
+			b.mu.Unlock()
+			continue
+		}
 		for _, r := range pending {
 			r.err = err
 		}
-		return
+		return batch
 	}
 	for _, r := range pending {
 		r.err = fmt.Errorf("%w: the block record kept changing", ErrConflict)
 	}
+	return batch
 }
 
 // blockCache keeps the block records read, by first message ID. Bits
