@@ -41,9 +41,14 @@ func TestCosts(t *testing.T) {
 			continue
 		}
 		// A fraction comes from the node's heartbeat, a listing per
-		// page or a stale pointer, amortised over n.
-		if c.Requests > w+0.1 || c.Requests <= w-1 {
-			t.Errorf("%s: %.3f requests, want %.0f (to %.1f)", c.Op, c.Requests, w, w+0.1)
+		// page or a stale pointer, amortised over n; a walk's page
+		// may span one block or two.
+		slack := 0.1
+		if c.Op == "walk, per 1,000 envelopes" {
+			slack = 0.5
+		}
+		if c.Requests > w+slack || c.Requests <= w-1 {
+			t.Errorf("%s: %.3f requests, want %.0f (to %.1f)", c.Op, c.Requests, w, w+slack)
 		}
 	}
 }
