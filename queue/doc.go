@@ -9,7 +9,7 @@
 //
 // # Lifecycle of a message
 //
-// A message is received in a transaction: Store.Begin reserves a MsgID and
+// A message is received in a transaction: Store.Begin hands out a MsgID and
 // returns a *Tx; Tx.AddEnvelope adds one envelope per recipient (opaque
 // data, at most Options.MaxEnvelopeSize bytes), Tx.WriteContent streams the
 // content, and Tx.Commit makes all of it visible at once, or Tx.Rollback
@@ -26,15 +26,21 @@
 //
 // # The commit point
 //
-// Every message has a reservation record written create-only by Begin in
-// the state "open". Content and envelopes are written beside it, marked
-// pending, while it is open. Commit is one compare-and-swap of the
-// reservation from "open" to "committed": that write is the commit point.
-// Before it, no reader sees the message; after it, every reader does. Sweep
-// aborts a stale transaction with a compare-and-swap from "open" to
-// "aborted", so a commit that races with an abort either wins or fails;
-// it never half-succeeds. An error from Commit is ambiguous only when the
-// final write timed out; Store.Load then tells whether the message exists.
+// A Store takes message IDs in blocks of 4,096 with one create-only write
+// of a block record, and Begin hands them out from memory. Content and
+// envelopes are written first; each envelope carries the block record's
+// nonce. Commit is one compare-and-swap of the block record that sets the
+// message's committed bit: that write is the commit point, and commits
+// waiting at the same time share it. Before it, no reader sees the
+// message; after it, every reader does. Sweep aborts a stale transaction
+// with a compare-and-swap that sets its aborted bit, so a commit that
+// races with an abort either wins or fails; it never half-succeeds. A
+// transaction open longer than Options.Grace fails at its next write. An
+// error from Commit is ambiguous only when the final write timed out;
+// Store.Load then tells whether the message exists. Messages stored by
+// Store.Import, and those of queues written by earlier versions, have a
+// reservation record instead, whose change from "open" to "committed" was
+// their commit point; they are read by those rules.
 //
 // # Leases and fencing
 //
