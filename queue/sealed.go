@@ -21,7 +21,7 @@ type Encryption = seal.Options
 
 // What the sealing Backend does with each kind of object. Message content
 // and envelopes hold the mail: they are encrypted, and content may be
-// compressed. Reservations, heartbeats, claim and due pointers and
+// compressed. Block records, reservations, heartbeats, claim and due pointers and
 // quarantine records hold only IDs, node names, states and times, which
 // the keys of the objects reveal anyway; they stay plain, so that every
 // node can read the queue's bookkeeping at the cost of no cryptography on
