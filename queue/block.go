@@ -162,18 +162,20 @@ var (
 // keep finding the record changed.
 const maxSettleRounds = 10
 
-// beginBlock starts a transaction with the next free ID of this Store's
-// block, taking a new block when there is none, it is used up or it is
-// older than Options.Grace.
+// beginBlock starts a transaction with the next free ID of one of this
+// Store's blocks, in turn (see Options.Blocks), taking a new block when
+// there is none, it is used up or it is older than Options.Grace.
 func (s *Store) beginBlock(ctx context.Context) (*Tx, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, &Error{Op: "begin", Err: err}
 	}
 	s.blkMu.Lock()
 	defer s.blkMu.Unlock()
+	i := s.blkTurn
+	s.blkTurn = (s.blkTurn + 1) % len(s.blks)
 	for range 2 {
 		now := s.now()
-		if b := s.blk; b != nil && !b.dead.Load() && now.Sub(b.created) < s.opts.Grace {
+		if b := s.blks[i]; b != nil && !b.dead.Load() && now.Sub(b.created) < s.opts.Grace {
 			for b.next < layout.BlockSize {
 				lo := b.next
 				b.next++
@@ -186,9 +188,22 @@ func (s *Store) beginBlock(ctx context.Context) (*Tx, error) {
 		if err != nil {
 			return nil, err
 		}
-		s.blk = b
+		s.blks[i] = b
 	}
 	return nil, errorf("begin", "", ErrExists, "a new block of message IDs has none free")
+}
+
+// ownBlock reports whether this Store hands out IDs of the block that
+// starts at first.
+func (s *Store) ownBlock(first uint32) bool {
+	s.blkMu.Lock()
+	defer s.blkMu.Unlock()
+	for _, b := range s.blks {
+		if b != nil && b.first == first {
+			return true
+		}
+	}
+	return false
 }
 
 // takeBlock takes a free block of message IDs: it lists what is stored

@@ -12,6 +12,7 @@ import (
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"
+	"github.com/mxqueue/mxq/queue/layout"
 )
 
 // rateLimited answers the first n swaps of block records with a transient
@@ -102,4 +103,48 @@ func countWalk(t *testing.T, s *queue.Store) int {
 		n++
 	}
 	return n
+}
+
+// TestBlocksInTurn: a Store with Options.Blocks hands out the IDs of that
+// many blocks in turn, so that its commits spread over as many records.
+func TestBlocksInTurn(t *testing.T) {
+	ctx := t.Context()
+	b := mem.OpenBackend("")
+	s, err := queue.New(b, &queue.Options{Node: "striped", Blocks: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	seen := map[queue.MsgID]bool{}
+	firsts := map[uint32]int{}
+	for range 12 {
+		tx, err := s.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[tx.ID()] {
+			t.Fatalf("ID %v handed out twice", tx.ID())
+		}
+		seen[tx.ID()] = true
+		firsts[layout.BlockOf(uint32(tx.ID()))]++
+		tx.AddEnvelope([]byte("x"))
+		if err := tx.Commit(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(firsts) != 4 {
+		t.Fatalf("12 commits used blocks %v, want 4 of 3 each", firsts)
+	}
+	for f, n := range firsts {
+		if n != 3 {
+			t.Fatalf("block %08x has %d commits, want 3", f, n)
+		}
+	}
+	keys, _, err := b.List(ctx, "blk/", "", 100)
+	if err != nil || len(keys) != 4 {
+		t.Fatalf("block records %v, %v; want 4", keys, err)
+	}
+	if got := countWalk(t, s); got != 12 {
+		t.Fatalf("walk shows %d envelopes, want 12", got)
+	}
 }

@@ -39,6 +39,12 @@ type Options struct {
 	// Rand is the source of message and envelope IDs. Default:
 	// crypto/rand. Tests inject one to force collisions.
 	Rand io.Reader
+	// Blocks is how many blocks of message IDs the Store hands IDs out of
+	// at once, in turn, so that its commits spread over as many block
+	// records: for stores that allow about one write a second to one
+	// object, where one record written by every commit would be the
+	// limit. Default: 1; the gs and datastore adapters default to 16.
+	Blocks int
 	// Prealloc is ignored.
 	//
 	// Deprecated: Begin makes no request but once per block of 4,096
@@ -87,8 +93,9 @@ type Store struct {
 	committed cache // messages known to be committed
 	blocks    blockCache
 
-	blkMu sync.Mutex // guards blk and its next ID
-	blk   *idBlock   // the block this Store hands message IDs out of
+	blkMu   sync.Mutex // guards blks, blkTurn and their next IDs
+	blks    []*idBlock // the blocks this Store hands message IDs out of
+	blkTurn int        // the index in blks of the next Begin
 
 	// session is this process's incarnation of the node, 0 until its
 	// first heartbeat is written; see heartbeat.
@@ -109,6 +116,10 @@ func New(b driver.Backend, opts *Options) (*Store, error) {
 	if o.Grace <= 0 {
 		o.Grace = 15 * time.Minute
 	}
+	if o.Blocks <= 0 {
+		o.Blocks = 1
+	}
+	s.blks = make([]*idBlock, o.Blocks)
 	if o.MaxEnvelopeSize <= 0 {
 		o.MaxEnvelopeSize = 64 << 10
 	}

@@ -219,10 +219,7 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 	if err != nil || len(more) > 0 {
 		return err
 	}
-	s.blkMu.Lock()
-	mine := s.blk != nil && s.blk.first == first
-	s.blkMu.Unlock()
-	if mine {
+	if s.ownBlock(first) {
 		return nil
 	}
 	if err := s.del(ctx, blockKey(first)); err != nil {

@@ -161,7 +161,13 @@ func Open(ctx context.Context, client *datastore.Client, opts *Options) (*queue.
 	if err != nil {
 		return nil, err
 	}
-	return queue.New(b, &opts.Queue)
+	qo := opts.Queue
+	if qo.Blocks == 0 {
+		// One object takes about one write a second: spread the
+		// commits over 16 block records.
+		qo.Blocks = 16
+	}
+	return queue.New(b, &qo)
 }
 
 // openBackend returns the Backend over namespace.

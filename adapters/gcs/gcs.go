@@ -118,7 +118,13 @@ func Open(ctx context.Context, client *storage.Client, bucket string, opts *Opti
 	if err != nil {
 		return nil, err
 	}
-	return queue.New(b, &opts.Queue)
+	qo := opts.Queue
+	if qo.Blocks == 0 {
+		// One object takes about one write a second: spread the
+		// commits over 16 block records.
+		qo.Blocks = 16
+	}
+	return queue.New(b, &qo)
 }
 
 // openBackend returns the Backend over bucket under prefix.
