@@ -284,11 +284,18 @@ func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) e
 	b.busy = true
 	b.mu.Unlock()
 	if lead {
+		// Close waits for the write, unless it has begun already; then
+		// the write fails on the closed backend and says so.
 		s.mu.Lock()
-		s.bg.Add(1)
+		closed := s.closed
+		if !closed {
+			s.bg.Add(1)
+		}
 		s.mu.Unlock()
 		go func() {
-			defer s.bg.Done()
+			if !closed {
+				defer s.bg.Done()
+			}
 			s.settleAll(context.WithoutCancel(ctx), b)
 		}()
 	}
