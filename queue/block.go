@@ -352,17 +352,23 @@ func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) []*b
 			b.rec, b.ver = *rec, v
 		}
 		rec := b.rec.clone()
-		var todo []*bitReq
+		// A request is answered from the record as stored, never from a
+		// bit set by this batch: a commit and an abort of one transaction
+		// (a commit given up on, then rolled back) may wait together, and
+		// the one after the other waits for the next write.
+		var todo, later []*bitReq
 		for _, r := range pending {
 			switch {
-			case rec.Aborted.has(r.lo):
+			case b.rec.Aborted.has(r.lo):
 				if !r.abort {
 					r.err = errAborted
 				}
-			case rec.Committed.has(r.lo):
+			case b.rec.Committed.has(r.lo):
 				if r.abort {
 					r.err = errCommitted
 				}
+			case r.abort && rec.Committed.has(r.lo) || !r.abort && rec.Aborted.has(r.lo):
+				later = append(later, r)
 			case r.abort:
 				rec.Aborted.set(r.lo)
 				todo = append(todo, r)
@@ -371,15 +377,19 @@ func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) []*b
 				todo = append(todo, r)
 			}
 		}
-		pending = todo
-		if len(pending) == 0 {
+		pending = append(todo, later...)
+		if len(todo) == 0 {
 			return batch
 		}
 		v, err := s.putBytes(ctx, blockKey(b.first), rec.encode(), driver.PutOptions{IfMatch: b.ver})
 		if err == nil {
 			b.rec, b.ver = rec, v
 			s.blocks.put(b.first, &rec)
-			return batch
+			if len(later) == 0 {
+				return batch
+			}
+			pending = later
+			continue
 		}
 		b.ver = ""
 		if s.isPrecondition(err) || s.isNotFound(err) {
