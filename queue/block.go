@@ -238,10 +238,59 @@ func (s *Store) takeBlock(ctx context.Context) (*idBlock, error) {
 		if err != nil {
 			return nil, s.wrap("begin", "", err, ErrExists)
 		}
+		// A message imported (or reserved by an earlier version) between
+		// the listing and the write did not see the record: its
+		// reservation, written before it looks, shows in a listing now,
+		// and one written later finds the record.
+		if v, err = s.markForeign(ctx, first, &rec, v); err != nil {
+			return nil, s.wrap("begin", "", err, nil)
+		}
 		s.blocks.put(first, &rec)
 		return &idBlock{first: first, nonce: nonce, created: rec.Created, foreign: rec.Foreign, rec: rec.clone(), ver: v}, nil
 	}
 	return nil, errorf("begin", "", ErrExists, "no free block of message IDs after %d attempts", maxIDAttempts)
+}
+
+// markForeign lists the reservations of the block that starts at first,
+// which this Store just took with the record rec at version v, and marks
+// foreign in the record those it does not name yet. It returns the
+// record's version.
+func (s *Store) markForeign(ctx context.Context, first uint32, rec *blockRecord, v Version) (Version, error) {
+	used, err := s.blockObjects(ctx, first, layout.Reservation)
+	if err != nil {
+		return "", err
+	}
+	for range maxSettleRounds {
+		add := false
+		for lo := range used {
+			add = add || !rec.Foreign.has(lo)
+		}
+		if !add {
+			return v, nil
+		}
+		next := rec.clone()
+		for lo := range used {
+			next.Foreign.set(lo)
+		}
+		nv, err := s.putBytes(ctx, blockKey(first), next.encode(), driver.PutOptions{IfMatch: v})
+		if err == nil {
+			*rec = next
+			return nv, nil
+		}
+		if !s.isPrecondition(err) {
+			return "", err
+		}
+		// A sweep wrote it meanwhile: merge into what it wrote.
+		r, rv, err := s.readBlock(ctx, first)
+		if err != nil {
+			return "", err
+		}
+		if r.Nonce != rec.Nonce {
+			return "", fmt.Errorf("%w: the block record was replaced", ErrConflict)
+		}
+		*rec, v = *r, rv
+	}
+	return "", fmt.Errorf("%w: the block record kept changing", ErrConflict)
 }
 
 // blockObjects lists the objects of the given kinds under the prefixes of
