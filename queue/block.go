@@ -326,6 +326,16 @@ func (s *Store) blockObjects(ctx context.Context, first uint32, kinds ...layout.
 // of block b, or with abort its aborted bit. The first caller to find no
 // write in flight writes the record for every caller waiting by then.
 func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) error {
+	// Count a possible leader as background work before queueing, and
+	// none once Close waits: Close must not return while a swap that it
+	// did not wait for may still be written.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return &Error{Op: "settle", Kind: ErrClosed}
+	}
+	s.bg.Add(1)
+	s.mu.Unlock()
 	r := &bitReq{lo: lo, abort: abort, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, r)
@@ -333,13 +343,12 @@ func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) e
 	b.busy = true
 	b.mu.Unlock()
 	if lead {
-		s.mu.Lock()
-		s.bg.Add(1)
-		s.mu.Unlock()
 		go func() {
 			defer s.bg.Done()
 			s.settleAll(context.WithoutCancel(ctx), b)
 		}()
+	} else {
+		s.bg.Done()
 	}
 	select {
 	case <-r.done:
