@@ -170,8 +170,14 @@ func (s *Store) beginBlock(ctx context.Context) (*Tx, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, &Error{Op: "begin", Err: err}
 	}
-	s.blkMu.Lock()
-	defer s.blkMu.Unlock()
+	// A Begin that waits for another's allocation of a block waits no
+	// longer than its ctx allows.
+	select {
+	case s.blkMu <- struct{}{}:
+	case <-ctx.Done():
+		return nil, &Error{Op: "begin", Err: ctx.Err()}
+	}
+	defer func() { <-s.blkMu }()
 	i := s.blkTurn
 	s.blkTurn = (s.blkTurn + 1) % len(s.blks)
 	for range 2 {
@@ -195,10 +201,15 @@ func (s *Store) beginBlock(ctx context.Context) (*Tx, error) {
 }
 
 // ownBlock reports whether this Store hands out IDs of the block that
-// starts at first.
-func (s *Store) ownBlock(first uint32) bool {
-	s.blkMu.Lock()
-	defer s.blkMu.Unlock()
+// starts at first; when ctx ends first, it answers true, which keeps the
+// block's record.
+func (s *Store) ownBlock(ctx context.Context, first uint32) bool {
+	select {
+	case s.blkMu <- struct{}{}:
+	case <-ctx.Done():
+		return true
+	}
+	defer func() { <-s.blkMu }()
 	for _, b := range s.blks {
 		if b != nil && b.first == first {
 			return true

@@ -224,7 +224,7 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 	if err != nil || len(more) > 0 {
 		return err
 	}
-	if s.ownBlock(first) {
+	if s.ownBlock(ctx, first) {
 		return nil
 	}
 	if err := s.del(ctx, blockKey(first)); err != nil {
