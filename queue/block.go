@@ -28,7 +28,8 @@ import (
 // A block is used for at most Options.Grace, then the node takes another;
 // every transaction of a block is therefore over (committed, or old enough
 // to be aborted) once the block is twice Grace old, and Sweep removes the
-// record of such a block once none of its objects is left. A block is
+// record of such a block a grace period later, once none of its objects
+// is left. A block is
 // taken again only after that, and its allocation lists the objects under
 // its prefixes first, so that IDs of messages stored otherwise (by Import,
 // or left over) are marked foreign and never handed out.
@@ -169,8 +170,14 @@ func (s *Store) beginBlock(ctx context.Context) (*Tx, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, &Error{Op: "begin", Err: err}
 	}
-	s.blkMu.Lock()
-	defer s.blkMu.Unlock()
+	// A Begin that waits for another's allocation of a block waits no
+	// longer than its ctx allows.
+	select {
+	case s.blkMu <- struct{}{}:
+	case <-ctx.Done():
+		return nil, &Error{Op: "begin", Err: ctx.Err()}
+	}
+	defer func() { <-s.blkMu }()
 	i := s.blkTurn
 	s.blkTurn = (s.blkTurn + 1) % len(s.blks)
 	for range 2 {
@@ -194,10 +201,15 @@ func (s *Store) beginBlock(ctx context.Context) (*Tx, error) {
 }
 
 // ownBlock reports whether this Store hands out IDs of the block that
-// starts at first.
-func (s *Store) ownBlock(first uint32) bool {
-	s.blkMu.Lock()
-	defer s.blkMu.Unlock()
+// starts at first; when ctx ends first, it answers true, which keeps the
+// block's record.
+func (s *Store) ownBlock(ctx context.Context, first uint32) bool {
+	select {
+	case s.blkMu <- struct{}{}:
+	case <-ctx.Done():
+		return true
+	}
+	defer func() { <-s.blkMu }()
 	for _, b := range s.blks {
 		if b != nil && b.first == first {
 			return true
@@ -238,10 +250,59 @@ func (s *Store) takeBlock(ctx context.Context) (*idBlock, error) {
 		if err != nil {
 			return nil, s.wrap("begin", "", err, ErrExists)
 		}
+		// A message imported (or reserved by an earlier version) between
+		// the listing and the write did not see the record: its
+		// reservation, written before it looks, shows in a listing now,
+		// and one written later finds the record.
+		if v, err = s.markForeign(ctx, first, &rec, v); err != nil {
+			return nil, s.wrap("begin", "", err, nil)
+		}
 		s.blocks.put(first, &rec)
 		return &idBlock{first: first, nonce: nonce, created: rec.Created, foreign: rec.Foreign, rec: rec.clone(), ver: v}, nil
 	}
 	return nil, errorf("begin", "", ErrExists, "no free block of message IDs after %d attempts", maxIDAttempts)
+}
+
+// markForeign lists the reservations of the block that starts at first,
+// which this Store just took with the record rec at version v, and marks
+// foreign in the record those it does not name yet. It returns the
+// record's version.
+func (s *Store) markForeign(ctx context.Context, first uint32, rec *blockRecord, v Version) (Version, error) {
+	used, err := s.blockObjects(ctx, first, layout.Reservation)
+	if err != nil {
+		return "", err
+	}
+	for range maxSettleRounds {
+		add := false
+		for lo := range used {
+			add = add || !rec.Foreign.has(lo)
+		}
+		if !add {
+			return v, nil
+		}
+		next := rec.clone()
+		for lo := range used {
+			next.Foreign.set(lo)
+		}
+		nv, err := s.putBytes(ctx, blockKey(first), next.encode(), driver.PutOptions{IfMatch: v})
+		if err == nil {
+			*rec = next
+			return nv, nil
+		}
+		if !s.isPrecondition(err) {
+			return "", err
+		}
+		// A sweep wrote it meanwhile: merge into what it wrote.
+		r, rv, err := s.readBlock(ctx, first)
+		if err != nil {
+			return "", err
+		}
+		if r.Nonce != rec.Nonce {
+			return "", fmt.Errorf("%w: the block record was replaced", ErrConflict)
+		}
+		*rec, v = *r, rv
+	}
+	return "", fmt.Errorf("%w: the block record kept changing", ErrConflict)
 }
 
 // blockObjects lists the objects of the given kinds under the prefixes of
@@ -277,6 +338,16 @@ func (s *Store) blockObjects(ctx context.Context, first uint32, kinds ...layout.
 // of block b, or with abort its aborted bit. The first caller to find no
 // write in flight writes the record for every caller waiting by then.
 func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) error {
+	// Count a possible leader as background work before queueing, and
+	// none once Close waits: Close must not return while a swap that it
+	// did not wait for may still be written.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return &Error{Op: "settle", Kind: ErrClosed}
+	}
+	s.bg.Add(1)
+	s.mu.Unlock()
 	r := &bitReq{lo: lo, abort: abort, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, r)
@@ -284,20 +355,12 @@ func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) e
 	b.busy = true
 	b.mu.Unlock()
 	if lead {
-		// Close waits for the write, unless it has begun already; then
-		// the write fails on the closed backend and says so.
-		s.mu.Lock()
-		closed := s.closed
-		if !closed {
-			s.bg.Add(1)
-		}
-		s.mu.Unlock()
 		go func() {
-			if !closed {
-				defer s.bg.Done()
-			}
+			defer s.bg.Done()
 			s.settleAll(context.WithoutCancel(ctx), b)
 		}()
+	} else {
+		s.bg.Done()
 	}
 	select {
 	case <-r.done:
@@ -359,17 +422,23 @@ func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) []*b
 			b.rec, b.ver = *rec, v
 		}
 		rec := b.rec.clone()
-		var todo []*bitReq
+		// A request is answered from the record as stored, never from a
+		// bit set by this batch: a commit and an abort of one transaction
+		// (a commit given up on, then rolled back) may wait together, and
+		// the one after the other waits for the next write.
+		var todo, later []*bitReq
 		for _, r := range pending {
 			switch {
-			case rec.Aborted.has(r.lo):
+			case b.rec.Aborted.has(r.lo):
 				if !r.abort {
 					r.err = errAborted
 				}
-			case rec.Committed.has(r.lo):
+			case b.rec.Committed.has(r.lo):
 				if r.abort {
 					r.err = errCommitted
 				}
+			case r.abort && rec.Committed.has(r.lo) || !r.abort && rec.Aborted.has(r.lo):
+				later = append(later, r)
 			case r.abort:
 				rec.Aborted.set(r.lo)
 				todo = append(todo, r)
@@ -378,15 +447,19 @@ func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) []*b
 				todo = append(todo, r)
 			}
 		}
-		pending = todo
-		if len(pending) == 0 {
+		pending = append(todo, later...)
+		if len(todo) == 0 {
 			return batch
 		}
 		v, err := s.putBytes(ctx, blockKey(b.first), rec.encode(), driver.PutOptions{IfMatch: b.ver})
 		if err == nil {
 			b.rec, b.ver = rec, v
 			s.blocks.put(b.first, &rec)
-			return batch
+			if len(later) == 0 {
+				return batch
+			}
+			pending = later
+			continue
 		}
 		b.ver = ""
 		if s.isPrecondition(err) || s.isNotFound(err) {

@@ -93,9 +93,9 @@ type Store struct {
 	committed cache // messages known to be committed
 	blocks    blockCache
 
-	blkMu   sync.Mutex // guards blks, blkTurn and their next IDs
-	blks    []*idBlock // the blocks this Store hands message IDs out of
-	blkTurn int        // the index in blks of the next Begin
+	blkMu   chan struct{} // a lock, held by a send: guards blks, blkTurn and their next IDs
+	blks    []*idBlock    // the blocks this Store hands message IDs out of
+	blkTurn int           // the index in blks of the next Begin
 
 	// session is this process's incarnation of the node, 0 until its
 	// first heartbeat is written; see heartbeat.
@@ -120,6 +120,7 @@ func New(b driver.Backend, opts *Options) (*Store, error) {
 		o.Blocks = 1
 	}
 	s.blks = make([]*idBlock, o.Blocks)
+	s.blkMu = make(chan struct{}, 1)
 	if o.MaxEnvelopeSize <= 0 {
 		o.MaxEnvelopeSize = 64 << 10
 	}

@@ -151,7 +151,7 @@ func (s *Store) sweepBlocks(ctx context.Context, now time.Time, st *SweepStats) 
 // first and removes what they left, and removes the block's record once
 // the block is done with and empty. A block is done with twice Grace after
 // it was taken: its holder hands out its IDs for Grace, and a transaction
-// open for Grace fails.
+// open for Grace fails. Its record goes a grace period later still.
 func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st *SweepStats) error {
 	r, v, err := s.readBlock(ctx, first)
 	if s.isNotFound(err) {
@@ -210,7 +210,12 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 			return err
 		}
 	}
-	if !done || len(objs) > len(remove) {
+	// The record stays for one more grace period after the block is done
+	// with, as a tombstone: a write still in flight when its transaction
+	// was aborted may land after the removals above, and the record's
+	// aborted bit keeps it hidden until a later sweep removes it. Without
+	// the record, an envelope would count as one stored outside blocks.
+	if now.Sub(r.Created) < 3*s.opts.Grace || len(objs) > len(remove) {
 		return nil
 	}
 	// Done with, and empty once the removals above are: the record can go
@@ -219,7 +224,7 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 	if err != nil || len(more) > 0 {
 		return err
 	}
-	if s.ownBlock(first) {
+	if s.ownBlock(ctx, first) {
 		return nil
 	}
 	if err := s.del(ctx, blockKey(first)); err != nil {
