@@ -81,6 +81,12 @@ type blockRecord struct {
 	// messages stored by Import or left over. They are never handed out,
 	// and their visibility is decided as for a reservation.
 	Foreign bitmap `json:"foreign,omitempty"`
+	// Retired is when a sweep found the block done with and empty and
+	// marked it to be removed; it is removed a grace period later, so a
+	// reader that cached it earlier trusts its cache no longer by then.
+	Retired time.Time `json:"retired,omitzero"`
+
+	fetched time.Time // when a cached record was read; not stored
 }
 
 func (r *blockRecord) encode() []byte {
@@ -257,7 +263,7 @@ func (s *Store) takeBlock(ctx context.Context) (*idBlock, error) {
 		if v, err = s.markForeign(ctx, first, &rec, v); err != nil {
 			return nil, s.wrap("begin", "", err, nil)
 		}
-		s.blocks.put(first, &rec)
+		s.blocks.putAt(first, &rec, s.now())
 		return &idBlock{first: first, nonce: nonce, created: rec.Created, foreign: rec.Foreign, rec: rec.clone(), ver: v}, nil
 	}
 	return nil, errorf("begin", "", ErrExists, "no free block of message IDs after %d attempts", maxIDAttempts)
@@ -454,7 +460,7 @@ func (s *Store) writeBits(ctx context.Context, b *idBlock, batch []*bitReq) []*b
 		v, err := s.putBytes(ctx, blockKey(b.first), rec.encode(), driver.PutOptions{IfMatch: b.ver})
 		if err == nil {
 			b.rec, b.ver = rec, v
-			s.blocks.put(b.first, &rec)
+			s.blocks.putAt(b.first, &rec, s.now())
 			if len(later) == 0 {
 				return batch
 			}
@@ -515,19 +521,38 @@ func (c *blockCache) get(first uint32) *blockRecord {
 }
 
 // put records r, merging it into a cached record of the same nonce.
-func (c *blockCache) put(first uint32, r *blockRecord) {
+func (c *blockCache) put(first uint32, r *blockRecord) { c.putAt(first, r, time.Time{}) }
+
+// putAt is put of a record read or written at now.
+func (c *blockCache) putAt(first uint32, r *blockRecord, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old := c.m[first]; old != nil && old.Nonce == r.Nonce {
 		old.Committed.or(r.Committed)
 		old.Aborted.or(r.Aborted)
+		if now.After(old.fetched) {
+			old.fetched, old.Retired = now, r.Retired
+		}
 		return
 	}
 	if c.m == nil || len(c.m) >= maxCachedBlocks {
 		c.m = make(map[uint32]*blockRecord)
 	}
 	cp := r.clone()
+	cp.fetched = now
 	c.m[first] = &cp
+}
+
+// committedRecent reports whether the bit of m is committed in a cached
+// record of any nonce, read less than trust before now and not retired:
+// a record is removed, and its block may be taken again with the same IDs,
+// only a grace period after it was retired, so a record read before
+// that is still the block's own while trust is below a grace period.
+func (c *blockCache) committedRecent(m MsgID, now time.Time, trust time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.m[layout.BlockOf(uint32(m))]
+	return r != nil && r.Retired.IsZero() && now.Sub(r.fetched) < trust && r.Committed.has(lowBits(m)) && !r.Foreign.has(lowBits(m))
 }
 
 func (c *blockCache) drop(first uint32) {
@@ -561,7 +586,7 @@ func (s *Store) blockVisible(ctx context.Context, m MsgID, nonce uint64) (bool, 
 	if err != nil {
 		return false, err
 	}
-	s.blocks.put(first, r)
+	s.blocks.putAt(first, r, s.now())
 	return r.Nonce == nonce && r.Committed.has(lowBits(m)), nil
 }
 
@@ -569,7 +594,7 @@ func (s *Store) blockVisible(ctx context.Context, m MsgID, nonce uint64) (bool, 
 // ("" for a message with neither a block transaction nor a reservation:
 // committed by the reservation protocol, or gone), knowing only its ID.
 func (s *Store) msgState(ctx context.Context, m MsgID) (string, error) {
-	if s.blocks.committed(m, 0) {
+	if s.blocks.committedRecent(m, s.now(), s.opts.Grace/2) {
 		return stateCommitted, nil
 	}
 	first := layout.BlockOf(uint32(m))
@@ -580,7 +605,7 @@ func (s *Store) msgState(ctx context.Context, m MsgID) (string, error) {
 	case err != nil:
 		return "", err
 	default:
-		s.blocks.put(first, r)
+		s.blocks.putAt(first, r, s.now())
 		if lo := lowBits(m); !r.Foreign.has(lo) {
 			switch {
 			case r.Committed.has(lo):

@@ -227,6 +227,20 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 	if s.ownBlock(ctx, first) {
 		return nil
 	}
+	if r.Retired.IsZero() {
+		// Retired first, removed a grace period later: a node that
+		// cached the record before trusts it for less than that (see
+		// blockCache.committedRecent).
+		rr := r.clone()
+		rr.Retired = now
+		if _, err := s.putBytes(ctx, blockKey(first), rr.encode(), driver.PutOptions{IfMatch: v}); err != nil && !s.isPrecondition(err) && !s.isNotFound(err) {
+			return err
+		}
+		return nil
+	}
+	if now.Sub(r.Retired) < s.opts.Grace {
+		return nil
+	}
 	if err := s.del(ctx, blockKey(first)); err != nil {
 		return err
 	}

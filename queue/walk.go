@@ -160,7 +160,7 @@ func (s *Store) readBlocks(ctx context.Context, recs map[uint32]*blockRecord) er
 		if err != nil {
 			return err
 		}
-		s.blocks.put(firsts[i], r)
+		s.blocks.putAt(firsts[i], r, s.now())
 		mu.Lock()
 		recs[firsts[i]] = r
 		mu.Unlock()

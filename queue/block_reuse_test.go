@@ -1,0 +1,107 @@
+package queue_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mxqueue/mxq/adapters/mem"
+	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/layout"
+)
+
+// fixedRand hands out the same 32-bit value for every 4-byte read, so that
+// a Store takes the block that holds it.
+type fixedRand uint32
+
+func (r fixedRand) Read(p []byte) (int, error) {
+	for i := 0; i+4 <= len(p); i += 4 {
+		binary.BigEndian.PutUint32(p[i:], uint32(r))
+	}
+	return len(p), nil
+}
+
+// TestBlockTakenAgain: a node that cached a block's record while a
+// message of it was committed does not take the message of a later use
+// of the block, under the same ID, for committed: the record is retired a
+// grace period before it is removed, and a copy read before that is
+// trusted for less.
+func TestBlockTakenAgain(t *testing.T) {
+	ctx := t.Context()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	const grace = 15 * time.Minute
+	const first = 0x7a7a7000
+	b := mem.OpenBackend("")
+	open := func(node string, opts queue.Options) *queue.Store {
+		opts.Node, opts.Clock, opts.Grace = node, clock, grace
+		s, err := queue.New(b, &opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	x := open("x", queue.Options{})
+	y := open("y", queue.Options{Rand: fixedRand(first)})
+	tx, err := y.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tx.ID()
+	if layout.BlockOf(uint32(m)) != first {
+		t.Fatalf("ID %v is not in block %08x", m, first)
+	}
+	tx.AddEnvelope([]byte("old"))
+	if _, err := tx.WriteContent(ctx, strings.NewReader("old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := x.OpenContent(ctx, m) // x caches the record
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.Close()
+	if err := y.DeleteMessage(ctx, m); err != nil {
+		t.Fatal(err)
+	}
+	// The block is done with and empty: one sweep retires its record,
+	// one a grace period later removes it.
+	now = now.Add(3*grace + time.Second)
+	sw := open("sweeper", queue.Options{})
+	for range 2 {
+		if _, err := sw.Sweep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		now = now.Add(grace)
+	}
+	if keys, _, _ := b.List(ctx, "blk/", "", 10); len(keys) != 0 {
+		t.Fatalf("block records %v left", keys)
+	}
+	// Another node takes the block again and hands out m to an open
+	// transaction.
+	z := open("z", queue.Options{Rand: fixedRand(first)})
+	var again *queue.Tx
+	for range uint32(m)%layout.BlockSize + 1 {
+		if again, err = z.Begin(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if again.ID() != m {
+		t.Fatalf("the block taken again handed out %v, want %v", again.ID(), m)
+	}
+	again.AddEnvelope([]byte("new"))
+	if _, err := again.WriteContent(ctx, strings.NewReader("not committed")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := x.OpenContent(ctx, m); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("OpenContent of an open transaction by a node that cached the block's earlier use: %v, want ErrNotFound", err)
+	}
+	if ids, err := x.Envelopes(ctx, m); err != nil || len(ids) != 0 {
+		t.Fatalf("Envelopes of an open transaction = %v, %v; want none", ids, err)
+	}
+}
