@@ -27,10 +27,11 @@ import (
 //
 // A block is used for at most Options.Grace, then the node takes another;
 // every transaction of a block is therefore over (committed, or old enough
-// to be aborted) once the block is twice Grace old, and Sweep removes the
+// to be aborted) once the block is twice Grace old. Sweep retires the
 // record of such a block a grace period later, once none of its objects
-// is left. A block is
-// taken again only after that, and its allocation lists the objects under
+// is left, and removes it a grace period after that, when no node trusts
+// a copy it cached before (blockCache.committedRecent). A block is taken
+// again only after that, and its allocation lists the objects under
 // its prefixes first, so that IDs of messages stored otherwise (by Import,
 // or left over) are marked foreign and never handed out.
 

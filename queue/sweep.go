@@ -151,7 +151,8 @@ func (s *Store) sweepBlocks(ctx context.Context, now time.Time, st *SweepStats) 
 // first and removes what they left, and removes the block's record once
 // the block is done with and empty. A block is done with twice Grace after
 // it was taken: its holder hands out its IDs for Grace, and a transaction
-// open for Grace fails. Its record goes a grace period later still.
+// open for Grace fails. Its record is retired a grace period later still,
+// and removed a grace period after that.
 func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st *SweepStats) error {
 	r, v, err := s.readBlock(ctx, first)
 	if s.isNotFound(err) {
