@@ -49,14 +49,7 @@ func TestCommitAcrossClose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tx, err := s.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx.AddEnvelope([]byte("x"))
-	if _, err := tx.WriteContent(ctx, strings.NewReader("body")); err != nil {
-		t.Fatal(err)
-	}
+	tx := writtenTx(t, s)
 	tx.AddEnvelope([]byte("y"))
 	release := make(chan struct{})
 	w.entered = make(chan struct{})

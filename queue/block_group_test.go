@@ -48,17 +48,7 @@ func TestRollbackInSameBatchAsCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	begin := func() *queue.Tx {
-		tx, err := s.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		tx.AddEnvelope([]byte("x"))
-		if _, err := tx.WriteContent(ctx, strings.NewReader("body")); err != nil {
-			t.Fatal(err)
-		}
-		return tx
-	}
+	begin := func() *queue.Tx { return writtenTx(t, s) }
 	other, tx := begin(), begin()
 	otherDone := make(chan error, 1)
 	go func() { otherDone <- other.Commit(ctx) }()

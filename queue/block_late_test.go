@@ -30,14 +30,7 @@ func TestLateWriteOfAbortedTransaction(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sw.Close()
-	tx, err := s.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx.AddEnvelope([]byte("x"))
-	if _, err := tx.WriteContent(ctx, strings.NewReader("body")); err != nil {
-		t.Fatal(err)
-	}
+	tx := writtenTx(t, s)
 	// Keep the envelope as written, to land it again late.
 	keys, _, err := b.List(ctx, "evp/", "", 10)
 	if err != nil || len(keys) != 1 {

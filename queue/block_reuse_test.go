@@ -105,3 +105,18 @@ func TestBlockTakenAgain(t *testing.T) {
 		t.Fatalf("Envelopes of an open transaction = %v, %v; want none", ids, err)
 	}
 }
+
+// writtenTx begins a transaction on s and writes one envelope and its
+// content, without committing.
+func writtenTx(t *testing.T, s *queue.Store) *queue.Tx {
+	t.Helper()
+	tx, err := s.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx.AddEnvelope([]byte("x"))
+	if _, err := tx.WriteContent(t.Context(), strings.NewReader("body")); err != nil {
+		t.Fatal(err)
+	}
+	return tx
+}
