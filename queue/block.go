@@ -614,8 +614,36 @@ func (s *Store) msgState(ctx context.Context, m MsgID) (string, error) {
 			case r.Aborted.has(lo):
 				return stateAborted, nil
 			}
-			return stateOpen, nil
+			// Open, or stored under an ID of the block by a node of
+			// an earlier version: its envelopes' header tells.
+			in, err := s.msgInBlock(ctx, m)
+			if err != nil || in {
+				return stateOpen, err
+			}
 		}
 	}
 	return s.reservationState(ctx, m)
+}
+
+// msgInBlock reports whether the message m, whose ID lies in a block, was
+// written by a transaction of the block rather than under a reservation,
+// by the header of its first envelope. A message without envelopes counts
+// as a block's.
+func (s *Store) msgInBlock(ctx context.Context, m MsgID) (bool, error) {
+	var first string
+	err := s.retry(ctx, func() error {
+		keys, _, err := s.b.List(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), "", 1)
+		if len(keys) > 0 {
+			first = keys[0]
+		}
+		return err
+	})
+	if err != nil || first == "" {
+		return true, err
+	}
+	id, err := parseEnvelopeKey(first)
+	if err != nil {
+		return true, nil
+	}
+	return s.writtenInBlock(ctx, id)
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 	"github.com/mxqueue/mxq/queue/layout"
 )
 
@@ -119,4 +120,81 @@ func writtenTx(t *testing.T, s *queue.Store) *queue.Tx {
 		t.Fatal(err)
 	}
 	return tx
+}
+
+// TestEarlierVersionInBlock: a message that a node of an earlier version
+// committed under a reservation, with an ID inside a block another node
+// took, is shown by Walk, read and left alone by Sweep: its envelopes say
+// which rules are theirs.
+func TestEarlierVersionInBlock(t *testing.T) {
+	ctx := t.Context()
+	now := time.Now()
+	clock := func() time.Time { return now }
+	const grace = 15 * time.Minute
+	const first = 0x5b5b5000
+	b := mem.OpenBackend("")
+	s, err := queue.New(b, &queue.Options{Node: "new", Clock: clock, Grace: grace, Rand: fixedRand(first)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tx := writtenTx(t, s) // takes the block
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The earlier version's message, as Import writes it elsewhere,
+	// copied in under an ID of the block.
+	const m = queue.MsgID(first | 0x800)
+	src := mem.OpenBackend("")
+	old, err := queue.New(src, &queue.Options{Node: "old"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if _, err := old.Import(ctx, m, []queue.ImportEnvelope{{ID: m.Evp(1), Data: []byte("old")}}, strings.NewReader("old content")); err != nil {
+		t.Fatal(err)
+	}
+	for _, prefix := range []string{"evp/", "msg/"} {
+		keys, _, err := src.List(ctx, prefix, "", 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range keys {
+			rc, _, err := src.Get(ctx, k)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := b.Put(ctx, k, rc, &driver.PutOptions{Size: -1}); err != nil {
+				t.Fatal(err)
+			}
+			rc.Close()
+		}
+	}
+	check := func(when string) {
+		t.Helper()
+		var seen bool
+		for id, err := range s.Walk(ctx) {
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen = seen || id == m.Evp(1)
+		}
+		if !seen {
+			t.Fatalf("%s: Walk lacks the earlier version's message", when)
+		}
+		rc, err := s.OpenContent(ctx, m)
+		if err != nil {
+			t.Fatalf("%s: OpenContent: %v", when, err)
+		}
+		rc.Close()
+		if ids, err := s.Envelopes(ctx, m); err != nil || len(ids) != 1 {
+			t.Fatalf("%s: Envelopes = %v, %v", when, ids, err)
+		}
+	}
+	check("at once")
+	now = now.Add(4 * grace) // the block is done with
+	if _, err := s.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("after a sweep")
 }

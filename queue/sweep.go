@@ -179,19 +179,19 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 			remove = append(remove, lo) // what an abort left
 			continue
 		}
-		old := done
-		if !old {
-			// The header of an envelope tells when its transaction
-			// began; content alone waits for the block to be done.
-			h, ok, err := s.firstHeader(ctx, keys)
-			if err != nil {
-				return err
-			}
-			if ok && h.Block == 0 {
-				continue // not a block transaction's
-			}
-			old = ok && now.Sub(time.Unix(h.Opened, 0)) >= s.opts.Grace
+		// The header of an envelope tells when its transaction began,
+		// and whether it is one of the block's at all: a message that a
+		// node of an earlier version stored under an ID of the block
+		// has a reservation's nonce instead, and is left to its rules.
+		// Content alone waits for the block to be done.
+		h, ok, err := s.firstHeader(ctx, keys)
+		if err != nil {
+			return err
 		}
+		if ok && h.Block == 0 {
+			continue
+		}
+		old := done || ok && now.Sub(time.Unix(h.Opened, 0)) >= s.opts.Grace
 		if !old {
 			st.Open++
 			continue

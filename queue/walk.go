@@ -86,14 +86,31 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 	}
 	var open map[MsgID]bool // nil until needed
 	hidden := make(map[MsgID]bool)
+	inBlock := make(map[MsgID]bool)
 	ids := make([]EvpID, 0, len(all))
 	for _, id := range all {
 		m := id.MsgID()
 		if r := blocks[layout.BlockOf(uint32(m))]; r != nil && !r.Foreign.has(lowBits(m)) {
-			if r.Committed.has(lowBits(m)) {
+			switch lo := lowBits(m); {
+			case r.Committed.has(lo):
 				ids = append(ids, id)
+				continue
+			case r.Aborted.has(lo):
+				continue
 			}
-			continue
+			// Open, or stored under an ID of the block by a node of an
+			// earlier version: the envelope's header tells.
+			in, seen := inBlock[m]
+			if !seen {
+				var err error
+				if in, err = s.writtenInBlock(ctx, id); err != nil {
+					return nil, err
+				}
+				inBlock[m] = in
+			}
+			if in {
+				continue
+			}
 		}
 		if open == nil {
 			open = make(map[MsgID]bool)
@@ -126,6 +143,22 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 		ids = append(ids, id)
 	}
 	return ids, nil
+}
+
+// writtenInBlock reports whether the envelope id was written by a
+// transaction of a block rather than under a reservation. A missing
+// envelope counts as a block's.
+func (s *Store) writtenInBlock(ctx context.Context, id EvpID) (bool, error) {
+	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})
+	b, _, err := s.getBytes(ctx, key, s.maxRecord())
+	if s.isNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	h, _, err := decodeRecord(key, b)
+	return err != nil || h.Block != 0, nil
 }
 
 // readBlocks reads the records of the blocks whose first IDs are the keys
