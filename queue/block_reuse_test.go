@@ -192,6 +192,29 @@ func TestEarlierVersionInBlock(t *testing.T) {
 		}
 	}
 	check("at once")
+	// The new node hands out the same ID: its content write is refused,
+	// and its rollback removes only what it wrote.
+	var clash *queue.Tx
+	for range layout.BlockSize {
+		if clash, err = s.Begin(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if clash.ID() == m {
+			break
+		}
+		clash.Rollback(ctx)
+	}
+	if clash.ID() != m {
+		t.Fatalf("the block never handed out %v", m)
+	}
+	clash.AddEnvelope([]byte("new"))
+	if _, err := clash.WriteContent(ctx, strings.NewReader("new content")); !errors.Is(err, queue.ErrExists) {
+		t.Fatalf("content write under the ID of a stored message: %v, want ErrExists", err)
+	}
+	if err := clash.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check("after a clashing transaction rolled back")
 	now = now.Add(4 * grace) // the block is done with
 	if _, err := s.Sweep(ctx); err != nil {
 		t.Fatal(err)

@@ -36,6 +36,11 @@ type Tx struct {
 	done     bool
 	anything bool // something besides the reservation may have been written
 	settling bool // a commit was tried: the block's bit may be set
+	// ownContent says the content object may be this transaction's: its
+	// create-only write was not refused. pointers are the pointers it
+	// wrote or tried to. Rollback removes only these and its envelopes.
+	ownContent bool
+	pointers   []string
 }
 
 type txEnvelope struct {
@@ -193,6 +198,7 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 	key := layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(tx.id)})
 	_, err := tx.s.b.Put(ctx, key, sr, &driver.PutOptions{IfNoneMatch: true, Size: -1})
 	n = sr.n
+	tx.ownContent = tx.ownContent || !tx.s.isPrecondition(err)
 	if err == nil && (sr.err != nil || sr.trailer == nil || len(sr.trailer) != 0) {
 		// The store kept what it got, but the stream broke off: that is
 		// no content, whatever the backend made of it.
@@ -260,6 +266,7 @@ func (tx *Tx) flush(ctx context.Context) error {
 		h.Due, h.ByMsg = now.Unix(), true
 		pointers = append(pointers, layout.Key(layout.Handle{Kind: layout.Due, Due: max(dueBucket(h.Due), 1), Msg: uint32(tx.id)}))
 	}
+	tx.pointers = append(tx.pointers, pointers...)
 	return s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
 		if j >= len(todo) {
 			_, err := s.putBytes(ctx, pointers[j-len(todo)], nil, driver.PutOptions{})
@@ -371,7 +378,7 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 				return s.wrap("rollback", id, err, nil)
 			}
 		}
-		return s.wrap("rollback", id, s.removeMessageData(ctx, tx.id), nil)
+		return s.wrap("rollback", id, tx.removeOwn(ctx), nil)
 	}
 	key := layout.Key(layout.Handle{Kind: layout.Reservation, Msg: uint32(tx.id)})
 	if !tx.anything {
@@ -400,6 +407,28 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 	// reservation stays as a tombstone that keeps concurrent walks from
 	// showing the envelopes; Sweep removes it after the grace period.
 	return s.wrap("rollback", id, s.removeMessageData(ctx, tx.id), nil)
+}
+
+// removeOwn deletes what a transaction of a block wrote, and nothing
+// else that may be stored under its ID: its envelopes, its pointers, and
+// its content unless another's was there first. The envelopes go first;
+// the content is what Sweep finds last.
+func (tx *Tx) removeOwn(ctx context.Context) error {
+	s := tx.s
+	var keys []string
+	for _, e := range tx.envs {
+		if e.written {
+			keys = append(keys, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(e.id)}))
+		}
+	}
+	keys = append(keys, tx.pointers...)
+	if err := s.parallel(ctx, len(keys), func(ctx context.Context, i int) error { return s.del(ctx, keys[i]) }); err != nil {
+		return err
+	}
+	if !tx.ownContent {
+		return nil
+	}
+	return s.del(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(tx.id)}))
 }
 
 // removeMessageData deletes a message's envelopes and the due pointers
