@@ -515,16 +515,8 @@ type blockCache struct {
 // maxCachedBlocks bounds the block cache.
 const maxCachedBlocks = 4096
 
-func (c *blockCache) get(first uint32) *blockRecord {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.m[first]
-}
-
-// put records r, merging it into a cached record of the same nonce.
-func (c *blockCache) put(first uint32, r *blockRecord) { c.putAt(first, r, time.Time{}) }
-
-// putAt is put of a record read or written at now.
+// putAt records r, read or written at now, merging it into a cached
+// record of the same nonce.
 func (c *blockCache) putAt(first uint32, r *blockRecord, now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -562,13 +554,13 @@ func (c *blockCache) drop(first uint32) {
 	delete(c.m, first)
 }
 
-// committedBits reports whether the bit of m is set in the committed
-// bitmap of a cached record with the given nonce (any nonce, if 0).
+// committed reports whether the bit of m is set in the committed bitmap
+// of a cached record with the given nonce.
 func (c *blockCache) committed(m MsgID, nonce uint64) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.m[layout.BlockOf(uint32(m))]
-	return r != nil && (nonce == 0 || r.Nonce == nonce) && r.Committed.has(lowBits(m)) && !r.Foreign.has(lowBits(m))
+	return r != nil && r.Nonce == nonce && r.Committed.has(lowBits(m)) && !r.Foreign.has(lowBits(m))
 }
 
 // blockVisible reports whether the transaction of m in the block use

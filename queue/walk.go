@@ -147,18 +147,10 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 
 // writtenInBlock reports whether the envelope id was written by a
 // transaction of a block rather than under a reservation. A missing
-// envelope counts as a block's.
+// envelope, or one that does not parse, counts as a block's.
 func (s *Store) writtenInBlock(ctx context.Context, id EvpID) (bool, error) {
-	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})
-	b, _, err := s.getBytes(ctx, key, s.maxRecord())
-	if s.isNotFound(err) {
-		return true, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	h, _, err := decodeRecord(key, b)
-	return err != nil || h.Block != 0, nil
+	h, ok, err := s.firstHeader(ctx, []string{layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})})
+	return !ok || h.Block != 0, err
 }
 
 // readBlocks reads the records of the blocks whose first IDs are the keys
