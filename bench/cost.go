@@ -181,6 +181,12 @@ func Costs(ctx context.Context, b driver.Backend, node string, n int) ([]Cost, e
 	// scan finds only the envelopes delivered.
 	var due []queue.EvpID
 	if err := phase("", 0, 0, func(s *queue.Store) error {
+		// A due scan drops the due pointers that the phases above left
+		// stale (a deferred envelope leaves its message's pointer), so
+		// that the delivery below pays only for its own.
+		if _, err := s.Due(ctx, 1000); err != nil {
+			return err
+		}
 		for i, id := range tens {
 			if i > 0 && id.MsgID() == tens[i-1].MsgID() {
 				continue

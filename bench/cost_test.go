@@ -21,9 +21,9 @@ func TestCosts(t *testing.T) {
 		"load":                              1,  // the envelope; its block record is cached
 		"claim + release":                   5,  // load, claim, pointer; release, pointer
 		"claim + update + release":          6,  // load, claim, pointer; update; release, pointer
-		"claim + defer":                     6,  // load, claim, claim pointer; defer, due pointer, claim pointer
-		"claim + delete (last envelope)":    9,  // load, claim, pointer; tombstone, listing, envelope, pointers, content
-		"deliver (due scan, claim, delete)": 12, // due listing, envelope listing, load, claim, pointer, tombstone, listing, deletes
+		"claim + defer":                     7,  // load, claim, claim pointer; defer, due pointer, the old due pointer, claim pointer
+		"claim + delete (last envelope)":    5,  // load, claim, pointer; tombstone, envelope; the pointers and content in batches
+		"deliver (due scan, claim, delete)": 5,  // load, claim, pointer, tombstone, envelope; due listings and the clean-up in batches
 	}
 	const n = 200
 	costs, err := bench.Costs(t.Context(), mem.OpenBackend(""), "bench-test", n)

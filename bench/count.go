@@ -23,7 +23,8 @@ func (c Counts) Sub(base Counts) Counts {
 
 // Counter counts the requests made to a Backend. Its Backend passes every
 // request on unchanged and offers the optional interfaces (driver.Stater,
-// driver.Pinger) exactly when the wrapped Backend does, so a Store over it
+// driver.Pinger) exactly when the wrapped Backend does (a
+// driver.MultiDeleter always, counted as the requests it makes), so a Store over it
 // makes the same requests it makes over the store itself. Request counts
 // are deterministic where timings are not: tests may assert them.
 type Counter struct {
@@ -87,6 +88,16 @@ func (x *counted) Put(ctx context.Context, key string, r io.Reader, opts *driver
 func (x *counted) Delete(ctx context.Context, key string) error {
 	x.c.del.Add(1)
 	return x.c.b.Delete(ctx, key)
+}
+
+// DeleteMulti counts one delete per batch when the wrapped Backend is a
+// driver.MultiDeleter, and one per key when it is not.
+func (x *counted) DeleteMulti(ctx context.Context, keys []string) error {
+	if md, ok := x.c.b.(driver.MultiDeleter); ok {
+		x.c.del.Add(1)
+		return md.DeleteMulti(ctx, keys)
+	}
+	return driver.DeleteMulti(ctx, x, keys)
 }
 
 func (x *counted) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {

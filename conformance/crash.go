@@ -265,6 +265,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 	}
 	noGarbage := func(m queue.MsgID) {
 		t.Helper()
+		wantErr(t, what+": Flush", s.Flush(ctx), nil)
 		raw := e.backend()
 		for _, p := range []string{"inc/", "evp/", "msg/", "due/", "own/"} {
 			for _, key := range e.rawKeys(raw, p) {

@@ -260,6 +260,7 @@ func testDefer(t *testing.T, mk HarnessMaker) {
 	c2, err := a.ClaimEnvelope(e.ctx, due[0], time.Minute)
 	wantErr(t, "ClaimEnvelope", err, nil)
 	wantErr(t, "Delete", c2.Delete(e.ctx), nil)
+	wantErr(t, "Flush", a.Flush(e.ctx), nil)
 	due, err = a.Due(e.ctx, 10)
 	wantErr(t, "Due", err, nil)
 	if len(due) != 0 {
@@ -434,6 +435,9 @@ func testNothingStranded(t *testing.T, mk HarnessMaker) {
 		wantErr(t, "Claim again", err, nil)
 		wantErr(t, "Delete", c.Delete(e.ctx), nil)
 	}
+	// Delete leaves the pointers and the content to be removed in a
+	// batch; Flush sends it.
+	wantErr(t, "Flush", b.Flush(e.ctx), nil)
 	for _, p := range []string{"own/", "due/", "evp/", "msg/"} {
 		if k := e.rawKeys(raw, p); len(k) != 0 {
 			t.Fatalf("%s still has %v after every envelope was deleted", p, k)

@@ -256,7 +256,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 	if err := c.write(ctx, "delete", &h, nil, ErrLeaseLost); err != nil {
 		return err
 	}
-	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h), nil)
+	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h, true), nil)
 }
 
 // loadToClaim checks the Store and id, and loads the envelope id, for

@@ -67,7 +67,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Due}), func(keys []string) error {
 		for _, k := range keys {
 			h, err := parseHandle(k)
-			if err != nil || h.Kind != layout.Due {
+			if err != nil || h.Kind != layout.Due || s.gc.isPending(k) {
 				continue
 			}
 			if h.Due > nowBucket {

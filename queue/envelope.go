@@ -56,7 +56,7 @@ func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
 	if h.Gone {
 		// A holder deleted it and did not get to remove the tombstone,
 		// most likely because it died: finish the delete for it.
-		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h) })
+		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h, true) })
 		return nil, notFound("load", id)
 	}
 	ok, err := s.visibleEnvelope(ctx, id.MsgID(), h)
@@ -227,18 +227,23 @@ func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 	} else if !s.isNotFound(err) {
 		return s.wrap("delete envelope", id.String(), err, nil)
 	}
-	return s.wrap("delete envelope", id.String(), s.finishDelete(ctx, id, h), nil)
+	return s.wrap("delete envelope", id.String(), s.finishDelete(ctx, id, h, false), nil)
 }
 
 // finishDelete removes the envelope id, whose header was h (nil if
 // unknown), with the pointers that name it, and the message's content when
 // it was the last envelope. Any node may finish a delete that a holder
-// began with a tombstone.
-func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error {
+// began with a tombstone. With later, only the envelope goes at once, and
+// the rest is left to the collector.
+func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader, later bool) error {
 	if err := s.del(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})); err != nil {
 		return err
 	}
 	own, ofMsg := pointers(id, h)
+	if later {
+		s.collect(ctx, own, id.MsgID(), ofMsg)
+		return nil
+	}
 	for _, k := range own {
 		s.del(ctx, k)
 	}

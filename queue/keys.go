@@ -40,3 +40,9 @@ func parseHandle(key string) (handle, error) {
 	h, err := layout.Parse(key)
 	return handle{Kind: h.Kind, Msg: MsgID(h.Msg), Evp: EvpID(h.Evp), Node: h.Node, Due: h.Due}, err
 }
+
+// isEnvelopeKey reports whether key names an envelope.
+func isEnvelopeKey(key string) bool {
+	_, err := parseEnvelopeKey(key)
+	return err == nil
+}

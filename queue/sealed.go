@@ -89,6 +89,8 @@ var (
 	_ driver.Backend = (*sealedBackend)(nil)
 	_ driver.Stater  = (*sealedBackend)(nil)
 	_ driver.Pinger  = (*sealedBackend)(nil)
+
+	_ driver.MultiDeleter = (*sealedBackend)(nil)
 )
 
 // corrupt makes a seal error one that wraps ErrCorrupt.
@@ -145,6 +147,10 @@ func (s *sealedBackend) Put(ctx context.Context, key string, r io.Reader, opts *
 }
 
 func (s *sealedBackend) Delete(ctx context.Context, key string) error { return s.b.Delete(ctx, key) }
+
+func (s *sealedBackend) DeleteMulti(ctx context.Context, keys []string) error {
+	return driver.DeleteMulti(ctx, s.b, keys)
+}
 
 func (s *sealedBackend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
 	return s.b.List(ctx, prefix, startAfter, limit)

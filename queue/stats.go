@@ -28,11 +28,15 @@ type Stats struct {
 	Bytes int64 `json:"bytes"`
 	// Oldest is the oldest message by its commit time, to the minute, and
 	// one of its envelopes; nil when no message has a commit time (see
-	// AgeUnknown).
+	// AgeUnknown). The commit time is that of the message's due pointer.
+	// A message without one (committed claimed, with Tx.ClaimOnCommit, or
+	// into a self-scheduled queue, or of one envelope that has been
+	// deferred since) counts from when its block of IDs was taken, which
+	// is at most twice Options.Grace earlier.
 	Oldest *OldestMessage `json:"oldest,omitempty"`
 	// AgeUnknown counts the messages whose commit time the listing does not
-	// tell: those committed claimed (Tx.ClaimOnCommit) or into a self-scheduled
-	// queue, which have no due pointer of their own.
+	// tell: those without a due pointer of their own and outside a block
+	// of IDs (imported, or stored by an earlier version).
 	AgeUnknown int64 `json:"age_unknown"`
 	// Due is a histogram of the envelopes' due times.
 	Due DueHistogram `json:"due"`
@@ -262,13 +266,22 @@ func (s *Store) Stats(ctx context.Context, opts *StatsOptions) (*Stats, error) {
 	}
 	for m, ms := range msgs {
 		rest := int64(ms.n - ms.own)
+		var t time.Time
 		if ms.due == 0 {
-			st.AgeUnknown++
 			st.Due.Unscheduled += rest
-			continue
+			// The message's pointer is gone, or it never had one:
+			// its block of IDs tells when it was committed, to
+			// within twice the grace period.
+			r := blocks[layout.BlockOf(uint32(m))]
+			if r == nil || r.Foreign.has(lowBits(m)) {
+				st.AgeUnknown++
+				continue
+			}
+			t = r.Created.UTC().Truncate(time.Minute)
+		} else {
+			count(ms.due, rest)
+			t = time.Unix(ms.due*dueWidth, 0).UTC()
 		}
-		count(ms.due, rest)
-		t := time.Unix(ms.due*dueWidth, 0).UTC()
 		if o := st.Oldest; o == nil || t.Before(o.Time) || t.Equal(o.Time) && m < o.ID {
 			st.Oldest = &OldestMessage{ID: m, Envelope: ms.first, Time: t}
 		}

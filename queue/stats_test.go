@@ -88,8 +88,11 @@ func TestStats(t *testing.T) {
 	if len(st.Nodes) != 2 || !st.Nodes[0].Alive || !st.Nodes[1].Alive {
 		t.Errorf("nodes %+v, want a and b alive", st.Nodes)
 	}
-	if st.Quarantined != 1 || st.Transactions.Open != 1 || st.AgeUnknown != 1 {
-		t.Errorf("quarantined %d, open %d, age unknown %d; want 1, 1, 1", st.Quarantined, st.Transactions.Open, st.AgeUnknown)
+	// Every message is of a block of IDs, which tells its age when it
+	// has no due pointer: the claimed one, and the deferred one of one
+	// envelope.
+	if st.Quarantined != 1 || st.Transactions.Open != 1 || st.AgeUnknown != 0 {
+		t.Errorf("quarantined %d, open %d, age unknown %d; want 1, 1, 0", st.Quarantined, st.Transactions.Open, st.AgeUnknown)
 	}
 	if o := st.Oldest; o == nil || o.Envelope.MsgID() != o.ID || (o.ID != m1[0].MsgID() && o.ID != m2[0].MsgID() && o.ID != m3[0].MsgID()) || time.Since(o.Time) > time.Hour {
 		t.Errorf("oldest %+v, want one of the messages committed unclaimed", st.Oldest)

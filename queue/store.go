@@ -92,6 +92,7 @@ type Store struct {
 
 	committed cache // messages known to be committed
 	blocks    blockCache
+	gc        *collector
 
 	blkMu   chan struct{} // a lock, held by a send: guards blks, blkTurn and their next IDs
 	blks    []*idBlock    // the blocks this Store hands message IDs out of
@@ -108,7 +109,7 @@ type Store struct {
 // New returns a Store over b. opts may be nil. The Store owns b and closes
 // it in Close.
 func New(b driver.Backend, opts *Options) (*Store, error) {
-	s := &Store{b: b, beatMu: make(chan struct{}, 1)}
+	s := &Store{b: b, beatMu: make(chan struct{}, 1), gc: newCollector()}
 	if opts != nil {
 		s.opts = *opts
 	}
@@ -186,6 +187,7 @@ func (s *Store) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	s.stopCollector()
 	s.bg.Wait()
 	return s.b.Close()
 }
@@ -407,13 +409,14 @@ func (s *Store) parallel(ctx context.Context, n int, fn func(ctx context.Context
 }
 
 // background runs fn after the caller returns, bounded by timeout, and
-// Close waits for it. It is for cleanup that may fail harmlessly.
-func (s *Store) background(ctx context.Context, fn func(ctx context.Context)) {
+// Close waits for it. It is for cleanup that may fail harmlessly. It
+// reports whether fn was started: after Close, it is not.
+func (s *Store) background(ctx context.Context, fn func(ctx context.Context)) bool {
 	s.mu.Lock()
 	if s.closed {
 		// Close is waiting, or done: the clean-up is best effort.
 		s.mu.Unlock()
-		return
+		return false
 	}
 	s.bg.Add(1)
 	s.mu.Unlock()
@@ -423,6 +426,7 @@ func (s *Store) background(ctx context.Context, fn func(ctx context.Context)) {
 		defer cancel()
 		fn(ctx)
 	}()
+	return true
 }
 
 // cache is a bounded set of committed transactions: message IDs with

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
@@ -22,6 +23,9 @@ type SweepStats struct {
 	// Corrupt counts the reservations that do not parse, which Sweep
 	// leaves alone.
 	Corrupt int
+	// Collected counts the delivered messages whose content Sweep
+	// found left behind, and removed.
+	Collected int
 }
 
 // Sweep aborts transactions that are older than Options.Grace and still
@@ -171,9 +175,17 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 		return err
 	}
 	var abort, remove []uint32
+	orphans := make(map[MsgID][]string)
 	for lo, keys := range objs {
 		switch {
-		case r.Foreign.has(lo) || r.Committed.has(lo):
+		case r.Foreign.has(lo):
+			continue
+		case r.Committed.has(lo):
+			if !slices.ContainsFunc(keys, isEnvelopeKey) {
+				// Delivered, but the clean-up that removes the
+				// content after the last envelope was lost.
+				orphans[MsgID(first|lo)] = nil
+			}
 			continue
 		case r.Aborted.has(lo):
 			remove = append(remove, lo) // what an abort left
@@ -210,6 +222,12 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 		if err := s.removeMessageData(ctx, MsgID(first|lo)); err != nil {
 			return err
 		}
+	}
+	if len(orphans) > 0 {
+		// Listed again just before: an envelope added to the
+		// message since the listing above keeps its content.
+		s.sweepUp(ctx, nil, orphans)
+		st.Collected += len(orphans)
 	}
 	// The record stays for one more grace period after the block is done
 	// with, as a tombstone: a write still in flight when its transaction

@@ -261,6 +261,11 @@ func (tx *Tx) flush(ctx context.Context) error {
 		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session.Load(), 1, now.Add(tx.claim).UnixNano()
 		h.Claimer = s.opts.Node
 		pointers = append(pointers, layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Msg: uint32(tx.id)}))
+	} else if !s.opts.SelfScheduled && len(todo) == 1 && len(tx.envs) == 1 {
+		// The message's one envelope gets a pointer of its own, which
+		// a due scan follows with no listing of the message.
+		h.Due = now.Unix()
+		pointers = append(pointers, dueKey(h.Due, tx.envs[todo[0]].id))
 	} else if !s.opts.SelfScheduled {
 		// One pointer makes every envelope of the message due.
 		h.Due, h.ByMsg = now.Unix(), true

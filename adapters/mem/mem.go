@@ -56,6 +56,7 @@ type backend struct {
 
 var _ driver.Backend = (*backend)(nil)
 var _ driver.Stater = (*backend)(nil)
+var _ driver.MultiDeleter = (*backend)(nil)
 
 // Options are the options of Open.
 type Options struct {
@@ -168,6 +169,16 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	delete(st.objects, key)
 	if i, ok := slices.BinarySearch(st.keys, key); ok {
 		st.keys = slices.Delete(st.keys, i, i+1)
+	}
+	return nil
+}
+
+// DeleteMulti implements driver.MultiDeleter.
+func (b *backend) DeleteMulti(ctx context.Context, keys []string) error {
+	for _, k := range keys {
+		if err := b.Delete(ctx, k); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -129,6 +129,7 @@ var (
 	_ driver.Backend                       = (*backend)(nil)
 	_ driver.Stater                        = (*backend)(nil)
 	_ driver.Pinger                        = (*backend)(nil)
+	_ driver.MultiDeleter                  = (*backend)(nil)
 	_ s3proto.Uploader[minio.CompletePart] = (*backend)(nil)
 )
 
@@ -240,6 +241,23 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 		return nil
 	}
 	return err
+}
+
+// DeleteMulti implements driver.MultiDeleter with one multi-object
+// delete request (minio-go sends up to 1,000 keys in each).
+func (b *backend) DeleteMulti(ctx context.Context, keys []string) error {
+	objs := make(chan minio.ObjectInfo, len(keys))
+	for _, k := range keys {
+		objs <- minio.ObjectInfo{Key: k}
+	}
+	close(objs)
+	var first error
+	for r := range b.client.RemoveObjectsWithResult(ctx, b.bucket, objs, minio.RemoveObjectsOptions{}) {
+		if r.Err != nil && first == nil && minio.ToErrorResponse(r.Err).Code != "NoSuchKey" {
+			first = r.Err
+		}
+	}
+	return first
 }
 
 // List implements driver.Backend.List with one ListObjectsV2 request. As

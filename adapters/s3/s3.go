@@ -140,6 +140,7 @@ var (
 	_ driver.Backend                        = (*backend)(nil)
 	_ driver.Stater                         = (*backend)(nil)
 	_ driver.Pinger                         = (*backend)(nil)
+	_ driver.MultiDeleter                   = (*backend)(nil)
 	_ s3proto.Uploader[types.CompletedPart] = (*backend)(nil)
 )
 
@@ -284,6 +285,29 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 		return nil
 	}
 	return err
+}
+
+// DeleteMulti implements driver.MultiDeleter with one DeleteObjects
+// request, in quiet mode: the answer lists only the keys that failed.
+func (b *backend) DeleteMulti(ctx context.Context, keys []string) error {
+	ids := make([]types.ObjectIdentifier, len(keys))
+	for i := range keys {
+		ids[i] = types.ObjectIdentifier{Key: &keys[i]}
+	}
+	out, err := b.client.DeleteObjects(ctx, &awss3.DeleteObjectsInput{
+		Bucket: &b.bucket,
+		Delete: &types.Delete{Objects: ids, Quiet: aws.Bool(true)},
+	})
+	if err != nil {
+		return err
+	}
+	for _, e := range out.Errors {
+		if aws.ToString(e.Code) == "NoSuchKey" {
+			continue
+		}
+		return &smithy.GenericAPIError{Code: aws.ToString(e.Code), Message: aws.ToString(e.Key) + ": " + aws.ToString(e.Message)}
+	}
+	return nil
 }
 
 // List implements driver.Backend.List with one ListObjectsV2 request.

@@ -68,7 +68,7 @@ func runStats(ctx context.Context, c *cli, args []string) error {
 		fmt.Fprintf(w, "oldest\t-\n")
 	}
 	if st.AgeUnknown > 0 {
-		fmt.Fprintf(w, "age unknown\t%d message(s), committed claimed\n", st.AgeUnknown)
+		fmt.Fprintf(w, "age unknown\t%d message(s), outside blocks of IDs\n", st.AgeUnknown)
 	}
 	fmt.Fprintf(w, "due now\t%d\n", st.Due.Now)
 	fmt.Fprintf(w, "due within 1h\t%d\n", st.Due.Hour)
@@ -128,7 +128,7 @@ func newStatsCollector(s *queue.Store, every time.Duration) *statsCollector {
 		envelopes:   d("envelopes", "Committed envelopes."),
 		bytes:       d("bytes", "Content bytes of the committed messages."),
 		oldest:      d("oldest_message_age_seconds", "Age of the oldest message, by its commit minute."),
-		ageUnknown:  d("age_unknown_messages", "Messages committed claimed, whose age the listing does not tell."),
+		ageUnknown:  d("age_unknown_messages", "Messages outside blocks of IDs (imported, or of an earlier version) with no due pointer, whose age the listing does not tell."),
 		quarantined: d("quarantined_messages", "Quarantined messages."),
 		due:         d("due_envelopes", "Envelopes by due time: now, hour, day, later, unscheduled.", "when"),
 		held:        d("held_envelopes", "Envelopes claimed, by node.", "node"),

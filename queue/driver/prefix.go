@@ -68,6 +68,16 @@ func (p *prefixed) Ping(ctx context.Context) error {
 	return err
 }
 
+// DeleteMulti implements MultiDeleter, with one request per batch if the
+// wrapped Backend is a MultiDeleter and one per key if not.
+func (p *prefixed) DeleteMulti(ctx context.Context, keys []string) error {
+	full := make([]string, len(keys))
+	for i, k := range keys {
+		full[i] = p.p + k
+	}
+	return DeleteMulti(ctx, p.b, full)
+}
+
 func (p *prefixed) ErrorCode(err error) Code { return p.b.ErrorCode(err) }
 func (p *prefixed) Close() error             { return p.b.Close() }
 

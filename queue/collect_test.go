@@ -1,0 +1,148 @@
+package queue_test
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/mxqueue/mxq/adapters/mem"
+	"github.com/mxqueue/mxq/bench"
+	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
+)
+
+// commitN commits n messages of rcpts envelopes each and returns their
+// envelopes.
+func commitN(t *testing.T, s *queue.Store, n, rcpts int) []queue.EvpID {
+	t.Helper()
+	var ids []queue.EvpID
+	for range n {
+		tx, err := s.Begin(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range rcpts {
+			if _, err := tx.AddEnvelope(fmt.Appendf(nil, "rcpt%d", i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := tx.WriteContent(t.Context(), bytes.NewReader([]byte("content"))); err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, tx.Envelopes()...)
+	}
+	return ids
+}
+
+// rawCount returns the number of keys under prefix in b.
+func rawCount(t *testing.T, b driver.Backend, prefix string) int {
+	t.Helper()
+	keys, _, err := b.List(t.Context(), prefix, "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(keys)
+}
+
+// TestDeleteCollectsInBatches: the pointers and contents that deliveries
+// leave go in a few multi-object deletes, and the envelopes' presence is
+// read with one listing per block rather than one per message; Flush and
+// Close leave nothing behind.
+func TestDeleteCollectsInBatches(t *testing.T) {
+	for _, how := range []string{"flush", "close"} {
+		t.Run(how, func(t *testing.T) {
+			ctx := t.Context()
+			raw := mem.OpenBackend("")
+			c := bench.Count(raw)
+			s, err := queue.New(c.Backend(), &queue.Options{Node: "n"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			const n = 50
+			ids := commitN(t, s, n, 2)
+			// One envelope of each message first: the messages stay.
+			for i := 0; i < len(ids); i += 2 {
+				cl, err := s.Claim(ctx, ids[i], time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := cl.Delete(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := rawCount(t, raw, "msg/"); got != n {
+				t.Fatalf("%d contents after half the envelopes went, want %d", got, n)
+			}
+			base := c.Counts()
+			for i := 1; i < len(ids); i += 2 {
+				cl, err := s.Claim(ctx, ids[i], time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := cl.Delete(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if how == "flush" {
+				err = s.Flush(ctx)
+			} else {
+				err = s.Close()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := c.Counts().Sub(base)
+			// Per envelope: a load, the claim, its pointer, the
+			// tombstone and the delete; then, for all of them, a few
+			// listings and multi-object deletes.
+			if d.Get != n || d.Put != 3*n || d.Delete > n+10 || d.List > 10 {
+				t.Errorf("requests %+v for %d deliveries: want %d gets, %d puts, at most %d deletes and 10 listings", d, n, n, 3*n, n+10)
+			}
+			for _, p := range []string{"msg/", "evp/", "due/", "own/"} {
+				if got := rawCount(t, raw, p); got != 0 {
+					t.Errorf("%d keys left under %s", got, p)
+				}
+			}
+		})
+	}
+}
+
+// TestSweepCollectsDeliveredContent: the content of a delivered message
+// whose clean-up was lost (the node died first) is removed by Sweep, and
+// the content of a message with an envelope left is not.
+func TestSweepCollectsDeliveredContent(t *testing.T) {
+	ctx := t.Context()
+	raw := mem.OpenBackend("")
+	s, err := queue.New(raw, &queue.Options{Node: "n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ids := commitN(t, s, 2, 1)
+	// The delivery of the first removed its envelope, and died before
+	// the rest.
+	if err := raw.Delete(ctx, envKey(ids[0])); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Sweep(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Collected != 1 {
+		t.Errorf("Sweep collected %d, want 1", st.Collected)
+	}
+	if _, err := s.OpenContent(ctx, ids[1].MsgID()); err != nil {
+		t.Errorf("the content of the message left: %v", err)
+	}
+	if got := rawCount(t, raw, "msg/"); got != 1 {
+		t.Errorf("%d contents left, want 1", got)
+	}
+}
