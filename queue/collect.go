@@ -28,9 +28,9 @@ const blockListing = 4
 // stale claim pointer, and Sweep the content of a committed message with
 // no envelope left; so a crash that loses a batch loses nothing.
 type collector struct {
-	mu      sync.Mutex
-	keys    []string
-	msgs    map[MsgID][]string // a message, with its pointers that go with it
+	mu   sync.Mutex
+	keys []string
+	msgs map[MsgID][]string // a message, with its pointers that go with it
 	// pending holds the keys gathered and not yet sent: a due scan of
 	// this Store skips those pointers rather than read them again. The
 	// pointers of msgs are not among them.
