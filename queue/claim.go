@@ -246,8 +246,9 @@ func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Ti
 }
 
 // Delete removes the envelope, fenced: a tombstone is swapped in first, so
-// a holder that lost the lease deletes nothing. When it was the last
-// envelope of its message, the content goes too.
+// a holder that lost the lease deletes nothing. The envelope is gone when
+// Delete returns; its pointers, and the content when it was the last
+// envelope of its message, go a moment later in a batch (see Flush).
 func (c *Claim) Delete(ctx context.Context) error {
 	s := c.s
 	id := c.e.ID

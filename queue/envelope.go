@@ -209,9 +209,10 @@ func (s *Store) requireMessage(ctx context.Context, m MsgID) error {
 }
 
 // DeleteEnvelope removes the envelope id. When it was the last envelope of
-// its message, the message's content is removed too. Deleting a missing
-// envelope is not an error. It is not fenced; lease holders delete through
-// Claim.Delete.
+// its message, the message's content is removed too, a moment later, in a
+// batch with others (see Flush), as are the pointers that named the
+// envelope. Deleting a missing envelope is not an error. It is not fenced;
+// lease holders delete through Claim.Delete.
 func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 	if err := s.check("delete envelope"); err != nil {
 		return err
@@ -227,7 +228,7 @@ func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 	} else if !s.isNotFound(err) {
 		return s.wrap("delete envelope", id.String(), err, nil)
 	}
-	return s.wrap("delete envelope", id.String(), s.finishDelete(ctx, id, h, false), nil)
+	return s.wrap("delete envelope", id.String(), s.finishDelete(ctx, id, h, true), nil)
 }
 
 // finishDelete removes the envelope id, whose header was h (nil if
