@@ -139,10 +139,15 @@ func testAddEnvelopeCommitted(t *testing.T, mk HarnessMaker) {
 	}
 	// OpenSMTPD's order: the bounce is created, then the original deleted.
 	wantErr(t, "DeleteEnvelope", a.DeleteEnvelope(e.ctx, ids[0]), nil)
+	// The clean-up that follows a delete keeps the content of a message
+	// with an envelope left.
+	wantErr(t, "Flush", a.Flush(e.ctx), nil)
 	if got, err := e.readContent(b, m); err != nil || string(got) != "content" {
 		t.Fatalf("content while the bounce is queued = %q, %v", got, err)
 	}
 	wantErr(t, "DeleteEnvelope bounce", a.DeleteEnvelope(e.ctx, bounce), nil)
+	// The message is gone once its clean-up is done.
+	wantErr(t, "Flush", a.Flush(e.ctx), nil)
 	_, err = b.AddEnvelope(e.ctx, m, []byte("late"))
 	wantErr(t, "AddEnvelope to a message that is gone", err, queue.ErrNotFound)
 	if k := e.rawKeys(e.backend(), "evp/"); len(k) != 0 {
