@@ -14,7 +14,9 @@
 //
 // Stater and Pinger are optional: a Backend that can read an object's
 // attributes or check its connection cheaply implements them, and the
-// Store falls back to Get when a Backend is not a Stater.
+// Store falls back to Get when a Backend is not a Stater. So is
+// MultiDeleter, for a store that removes many objects with one request:
+// the Store sends the clean-up after deliveries through it, in batches.
 //
 // The helpers are for adapters too: ReadChunk, ReadFull and UploadParts
 // stream content in bounded memory, ContextReader stops a copy that has no
