@@ -97,7 +97,22 @@ func (x *counted) DeleteMulti(ctx context.Context, keys []string) error {
 		x.c.del.Add(1)
 		return md.DeleteMulti(ctx, keys)
 	}
-	return driver.DeleteMulti(ctx, x, keys)
+	for _, k := range keys {
+		if err := x.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// DeleteIfMatch counts one delete when the wrapped Backend is a
+// driver.ConditionalDeleter, and none when it is not: then it makes no
+// request.
+func (x *counted) DeleteIfMatch(ctx context.Context, key string, v driver.Version) error {
+	if _, ok := x.c.b.(driver.ConditionalDeleter); ok {
+		x.c.del.Add(1)
+	}
+	return driver.DeleteIfMatch(ctx, x.c.b, key, v)
 }
 
 func (x *counted) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {

@@ -174,6 +174,67 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 		code("Get after Delete", err, driver.CodeNotFound)
 		wantErr(t, "Delete missing", b.Delete(ctx, "inc/00000007"), nil)
 	})
+	t.Run("DeleteMulti", func(t *testing.T) {
+		// Through driver.DeleteMulti, which a backend without the
+		// capability serves one key at a time: every key goes, and
+		// missing ones are no error.
+		keys := []string{"own/multi/0000000000000001", "own/multi/0000000000000002", "own/multi/0000000000000003"}
+		for _, k := range keys[:2] {
+			_, err := put(k, "x", driver.PutOptions{})
+			wantErr(t, "Put", err, nil)
+		}
+		wantErr(t, "DeleteMulti", driver.DeleteMulti(ctx, b, keys), nil)
+		for _, k := range keys {
+			_, _, err := b.Get(ctx, k)
+			code("Get after DeleteMulti", err, driver.CodeNotFound)
+		}
+	})
+	t.Run("DeleteIfMatch", func(t *testing.T) {
+		if _, ok := b.(driver.ConditionalDeleter); !ok {
+			t.Log("no driver.ConditionalDeleter: fenced deletes take a tombstone and a delete")
+			return
+		}
+		v1, err := put("inc/0000000b", "v1", driver.PutOptions{})
+		wantErr(t, "Put", err, nil)
+		v2, err := put("inc/0000000b", "v2", driver.PutOptions{IfMatch: v1})
+		wantErr(t, "CAS", err, nil)
+		code("DeleteIfMatch with a stale version", driver.DeleteIfMatch(ctx, b, "inc/0000000b", v1), driver.CodePrecondition)
+		if d, _, _ := get("inc/0000000b"); d != "v2" {
+			t.Fatalf("after a refused DeleteIfMatch the object is %q, want v2", d)
+		}
+		wantErr(t, "DeleteIfMatch with the current version", driver.DeleteIfMatch(ctx, b, "inc/0000000b", v2), nil)
+		_, _, err = b.Get(ctx, "inc/0000000b")
+		code("Get after DeleteIfMatch", err, driver.CodeNotFound)
+		code("DeleteIfMatch of a missing key", driver.DeleteIfMatch(ctx, b, "inc/0000000b", v2), driver.CodeNotFound)
+		// Of a swap and a delete conditioned on the same version, at
+		// most one wins, round after round.
+		for round := range 3 {
+			v, err := put("inc/0000000c", "v0", driver.PutOptions{})
+			wantErr(t, "Put", err, nil)
+			var wins atomic.Int32
+			var wg sync.WaitGroup
+			for i := range 8 {
+				wg.Go(func() {
+					var err error
+					if i%2 == 0 {
+						err = driver.DeleteIfMatch(ctx, b, "inc/0000000c", v)
+					} else {
+						_, err = put("inc/0000000c", fmt.Sprint("w", i), driver.PutOptions{IfMatch: v})
+					}
+					switch c := b.ErrorCode(err); {
+					case err == nil:
+						wins.Add(1)
+					case c != driver.CodePrecondition && c != driver.CodeNotFound:
+						t.Errorf("racing DeleteIfMatch and CAS: %v (code %d)", err, c)
+					}
+				})
+			}
+			wg.Wait()
+			if wins.Load() != 1 {
+				t.Fatalf("round %d: %d of 4 deletes and 4 swaps on one version won, want 1", round, wins.Load())
+			}
+		}
+	})
 	t.Run("List", func(t *testing.T) {
 		var want []string
 		for i := range 25 {

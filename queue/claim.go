@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -245,14 +246,35 @@ func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Ti
 	return nil
 }
 
-// Delete removes the envelope, fenced: a tombstone is swapped in first, so
-// a holder that lost the lease deletes nothing. The envelope is gone when
-// Delete returns; its pointers, and the content when it was the last
-// envelope of its message, go a moment later in a batch (see Flush).
+// Delete removes the envelope, fenced, so that a holder that lost the
+// lease deletes nothing: with one conditional delete where the store
+// honours the condition (driver.ConditionalDeleter), and otherwise with a
+// tombstone swapped in first. The envelope is gone when Delete returns;
+// its pointers, and the content when it was the last envelope of its
+// message, go a moment later in a batch (see Flush).
 func (c *Claim) Delete(ctx context.Context) error {
 	s := c.s
 	id := c.e.ID
 	h := c.e.hdr
+	if !s.noCondDelete.Load() {
+		if err := s.check("delete"); err != nil {
+			return err
+		}
+		key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})
+		err := s.retry(ctx, func() error { return driver.DeleteIfMatch(ctx, s.b, key, c.e.Version) })
+		switch {
+		case errors.Is(err, errors.ErrUnsupported):
+			s.noCondDelete.Store(true) // the tombstone, below
+		case err == nil:
+			own, ofMsg := pointers(id, &h)
+			s.collect(ctx, own, id.MsgID(), ofMsg)
+			return nil
+		case s.isPrecondition(err) || s.isNotFound(err):
+			return c.lost(ctx, "delete", err)
+		default:
+			return s.wrap("delete", id.String(), err, nil)
+		}
+	}
 	h.Gone = true
 	if err := c.write(ctx, "delete", &h, nil, ErrLeaseLost); err != nil {
 		return err

@@ -90,7 +90,8 @@ var (
 	_ driver.Stater  = (*sealedBackend)(nil)
 	_ driver.Pinger  = (*sealedBackend)(nil)
 
-	_ driver.MultiDeleter = (*sealedBackend)(nil)
+	_ driver.MultiDeleter       = (*sealedBackend)(nil)
+	_ driver.ConditionalDeleter = (*sealedBackend)(nil)
 )
 
 // corrupt makes a seal error one that wraps ErrCorrupt.
@@ -150,6 +151,10 @@ func (s *sealedBackend) Delete(ctx context.Context, key string) error { return s
 
 func (s *sealedBackend) DeleteMulti(ctx context.Context, keys []string) error {
 	return driver.DeleteMulti(ctx, s.b, keys)
+}
+
+func (s *sealedBackend) DeleteIfMatch(ctx context.Context, key string, v driver.Version) error {
+	return driver.DeleteIfMatch(ctx, s.b, key, v)
 }
 
 func (s *sealedBackend) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {

@@ -93,6 +93,9 @@ type Store struct {
 	committed cache // messages known to be committed
 	blocks    blockCache
 	gc        *collector
+	// noCondDelete is set once the backend has said it has no
+	// conditional delete (driver.ConditionalDeleter).
+	noCondDelete atomic.Bool
 
 	blkMu   chan struct{} // a lock, held by a send: guards blks, blkTurn and their next IDs
 	blks    []*idBlock    // the blocks this Store hands message IDs out of

@@ -205,6 +205,8 @@ var (
 	_ driver.Backend = (*backend)(nil)
 	_ driver.Stater  = (*backend)(nil)
 	_ driver.Pinger  = (*backend)(nil)
+
+	_ driver.ConditionalDeleter = (*backend)(nil)
 )
 
 func (b *backend) headKey(key string) *datastore.Key {
@@ -498,6 +500,46 @@ func (b *backend) cleanup(ctx context.Context, keys []*datastore.Key) {
 
 // Delete implements driver.Backend.Delete. It deletes the head in a
 // transaction that learns its chunks, then the chunks.
+// DeleteIfMatch implements driver.ConditionalDeleter with a transaction
+// that reads the head, compares its generation with v and deletes it.
+func (b *backend) DeleteIfMatch(ctx context.Context, key string, v driver.Version) (err error) {
+	defer func() { err = ctxErr(ctx, err) }()
+	if err := validKey(key); err != nil {
+		return err
+	}
+	hk := b.headKey(key)
+	var old *head
+	_, err = b.c.RunInTransaction(ctx, func(tx *datastore.Transaction) error {
+		old = new(head)
+		if err := tx.Get(hk, old); err != nil {
+			return err
+		}
+		if driver.Version(old.Gen) != v {
+			return errPrecondition
+		}
+		return tx.Delete(hk)
+	}, datastore.BeginLater)
+	if errors.Is(err, datastore.ErrConcurrentTransaction) {
+		// Every attempt lost to contention: if another write won, the
+		// condition fails now, and that is the answer.
+		cur := new(head)
+		gerr := b.c.Get(ctx, hk, cur)
+		switch {
+		case errors.Is(gerr, datastore.ErrNoSuchEntity):
+			return gerr
+		case gerr == nil && driver.Version(cur.Gen) != v:
+			return fmt.Errorf("%w (after %w)", errPrecondition, err)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if old.N > 1 {
+		b.cleanup(ctx, b.chunkKeys(key, old))
+	}
+	return nil
+}
+
 func (b *backend) Delete(ctx context.Context, key string) (err error) {
 	defer func() { err = ctxErr(ctx, err) }()
 	if err := validKey(key); err != nil {

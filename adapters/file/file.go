@@ -82,6 +82,7 @@ type backend struct {
 
 var _ driver.Backend = (*backend)(nil)
 var _ driver.Stater = (*backend)(nil)
+var _ driver.ConditionalDeleter = (*backend)(nil)
 
 var errPrecondition = errors.New("file: precondition failed")
 
@@ -306,6 +307,33 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 			return nil
 		}
 		return err
+	})
+}
+
+// DeleteIfMatch implements driver.ConditionalDeleter: under the
+// directory's lock, the file is removed if its version is v, and the
+// removal is made durable with an fsync of the directory, as a write is.
+func (b *backend) DeleteIfMatch(ctx context.Context, key string, v driver.Version) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dir, name, err := b.path(key)
+	if err != nil {
+		return err
+	}
+	target := filepath.Join(dir, name)
+	return b.locked(dir, func() error {
+		cur, err := os.Stat(target)
+		if err != nil {
+			return err
+		}
+		if attrs(cur).Version != v {
+			return errPrecondition
+		}
+		if err := os.Remove(target); err != nil {
+			return err
+		}
+		return syncDir(dir)
 	})
 }
 

@@ -57,6 +57,7 @@ type backend struct {
 var _ driver.Backend = (*backend)(nil)
 var _ driver.Stater = (*backend)(nil)
 var _ driver.MultiDeleter = (*backend)(nil)
+var _ driver.ConditionalDeleter = (*backend)(nil)
 
 // Options are the options of Open.
 type Options struct {
@@ -165,6 +166,28 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	defer st.mu.Unlock()
 	if _, ok := st.objects[key]; !ok {
 		return nil
+	}
+	delete(st.objects, key)
+	if i, ok := slices.BinarySearch(st.keys, key); ok {
+		st.keys = slices.Delete(st.keys, i, i+1)
+	}
+	return nil
+}
+
+// DeleteIfMatch implements driver.ConditionalDeleter.
+func (b *backend) DeleteIfMatch(ctx context.Context, key string, v driver.Version) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	st := b.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	old, ok := st.objects[key]
+	if !ok {
+		return errNotFound
+	}
+	if old.version != v {
+		return errPrecondition
 	}
 	delete(st.objects, key)
 	if i, ok := slices.BinarySearch(st.keys, key); ok {

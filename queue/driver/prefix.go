@@ -78,6 +78,12 @@ func (p *prefixed) DeleteMulti(ctx context.Context, keys []string) error {
 	return DeleteMulti(ctx, p.b, full)
 }
 
+// DeleteIfMatch implements ConditionalDeleter when the wrapped Backend
+// does; otherwise it returns errors.ErrUnsupported.
+func (p *prefixed) DeleteIfMatch(ctx context.Context, key string, v Version) error {
+	return DeleteIfMatch(ctx, p.b, p.p+key, v)
+}
+
 func (p *prefixed) ErrorCode(err error) Code { return p.b.ErrorCode(err) }
 func (p *prefixed) Close() error             { return p.b.Close() }
 

@@ -364,6 +364,24 @@ func (f *Faults) Delete(ctx context.Context, key string) error {
 	return f.after(OpDelete, key)
 }
 
+// DeleteIfMatch implements driver.ConditionalDeleter when the wrapped
+// Backend does, as a delete; when it does not, it returns
+// errors.ErrUnsupported and counts no request.
+func (f *Faults) DeleteIfMatch(ctx context.Context, key string, v driver.Version) error {
+	if _, ok := f.b.(driver.ConditionalDeleter); !ok {
+		return errors.ErrUnsupported
+	}
+	f.inflight.Add(1)
+	defer f.inflight.Add(-1)
+	if err := f.before(ctx, OpDelete, key); err != nil {
+		return err
+	}
+	if err := driver.DeleteIfMatch(ctx, f.b, key, v); err != nil {
+		return err
+	}
+	return f.after(OpDelete, key)
+}
+
 // List implements driver.Backend.
 func (f *Faults) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {
 	f.inflight.Add(1)
