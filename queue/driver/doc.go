@@ -14,9 +14,14 @@
 //
 // Stater and Pinger are optional: a Backend that can read an object's
 // attributes or check its connection cheaply implements them, and the
-// Store falls back to Get when a Backend is not a Stater. So is
-// MultiDeleter, for a store that removes many objects with one request:
-// the Store sends the clean-up after deliveries through it, in batches.
+// Store falls back to Get when a Backend is not a Stater. So are
+// MultiDeleter, for a store that removes many objects with one request
+// (the Store sends the clean-up after deliveries through it, in
+// batches), and ConditionalDeleter, for a store that honours a
+// version condition on a delete (a lease holder's fenced delete is then
+// one request). A wrapper of a Backend implements both with the helpers
+// DeleteMulti and DeleteIfMatch, which fall back or report
+// errors.ErrUnsupported.
 //
 // The helpers are for adapters too: ReadChunk, ReadFull and UploadParts
 // stream content in bounded memory, ContextReader stops a copy that has no
