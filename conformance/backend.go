@@ -190,15 +190,17 @@ func testBackend(t *testing.T, mk HarnessMaker) {
 		}
 	})
 	t.Run("DeleteIfMatch", func(t *testing.T) {
-		if _, ok := b.(driver.ConditionalDeleter); !ok {
-			t.Log("no driver.ConditionalDeleter: fenced deletes take a tombstone and a delete")
-			return
-		}
 		v1, err := put("inc/0000000b", "v1", driver.PutOptions{})
 		wantErr(t, "Put", err, nil)
 		v2, err := put("inc/0000000b", "v2", driver.PutOptions{IfMatch: v1})
 		wantErr(t, "CAS", err, nil)
-		code("DeleteIfMatch with a stale version", driver.DeleteIfMatch(ctx, b, "inc/0000000b", v1), driver.CodePrecondition)
+		err = driver.DeleteIfMatch(ctx, b, "inc/0000000b", v1)
+		if errors.Is(err, errors.ErrUnsupported) {
+			// Wrappers say so for a Backend without the capability.
+			t.Log("no driver.ConditionalDeleter: fenced deletes take a tombstone and a delete")
+			return
+		}
+		code("DeleteIfMatch with a stale version", err, driver.CodePrecondition)
 		if d, _, _ := get("inc/0000000b"); d != "v2" {
 			t.Fatalf("after a refused DeleteIfMatch the object is %q, want v2", d)
 		}

@@ -70,10 +70,14 @@ func (s *Store) ClaimEnvelope(ctx context.Context, e *Envelope, d time.Duration)
 	} else if ok && !s.mine(&e.hdr) {
 		return nil, errorf("claim", id, ErrConflict, "held by node %s until %s", e.hdr.Holder, time.Unix(0, e.hdr.Expires).UTC().Format(time.RFC3339))
 	}
+	now := s.now()
 	h := e.hdr
 	h.settled()
-	h.Holder, h.Session, h.Expires = s.opts.Node, s.session.Load(), s.now().Add(d).UnixNano()
+	h.Holder, h.Session, h.Expires = s.opts.Node, s.session.Load(), now.Add(d).UnixNano()
 	h.Token++
+	if !s.claims.take(e.ID, e.hdr.Token, h.Token, now, now.Add(d)) {
+		return nil, errorf("claim", id, ErrConflict, "claimed by this node since it was read")
+	}
 	c := &Claim{s: s, e: &Envelope{ID: e.ID, Data: e.Data, Version: e.Version, hdr: e.hdr, loaded: true}}
 	// A pointer from this node to the envelope lets survivors find it
 	// without reading the queue. It is written beside the claim, so that a
@@ -88,6 +92,7 @@ func (s *Store) ClaimEnvelope(ctx context.Context, e *Envelope, d time.Duration)
 	err := c.write(ctx, "claim", &h, c.e.Data, ErrConflict)
 	pointerErr := <-perr
 	if err != nil {
+		s.claims.drop(e.ID)
 		if e.hdr.Holder != s.opts.Node {
 			s.cleanup(ctx, pointer)
 		}
@@ -164,6 +169,14 @@ func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte,
 	return nil
 }
 
+// ended forgets the claim in this Store's set of claims if err says it
+// is lost.
+func (c *Claim) ended(err error) {
+	if errors.Is(err, ErrLeaseLost) {
+		c.s.claims.drop(c.e.ID)
+	}
+}
+
 // lost explains a failed fenced write.
 func (c *Claim) lost(ctx context.Context, op string, cause error) error {
 	s := c.s
@@ -186,8 +199,14 @@ func (c *Claim) Renew(ctx context.Context, d time.Duration) error {
 		d = c.s.opts.LeaseDuration
 	}
 	h := c.e.hdr
-	h.Expires = c.s.now().Add(d).UnixNano()
-	return c.write(ctx, "renew", &h, c.e.Data, ErrLeaseLost)
+	until := c.s.now().Add(d)
+	h.Expires = until.UnixNano()
+	if err := c.write(ctx, "renew", &h, c.e.Data, ErrLeaseLost); err != nil {
+		c.ended(err)
+		return err
+	}
+	c.s.claims.set(c.e.ID, until)
+	return nil
 }
 
 // Update replaces the envelope's data, keeping the lease.
@@ -206,8 +225,10 @@ func (c *Claim) Release(ctx context.Context) error {
 	}
 	h.Holder, h.Session, h.Expires = "", 0, 0
 	if err := c.write(ctx, "release", &h, c.e.Data, ErrLeaseLost); err != nil {
+		c.ended(err)
 		return err
 	}
+	c.s.claims.drop(c.e.ID)
 	c.s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: c.s.opts.Node, Evp: uint64(c.e.ID)}))
 	return nil
 }
@@ -234,11 +255,13 @@ func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Ti
 		return s.wrap(op, c.e.ID.String(), err, nil)
 	}
 	if err := c.write(ctx, op, &h, data, ErrLeaseLost); err != nil {
+		c.ended(err)
 		if old == 0 || byMsg || dueBucket(old) != dueBucket(h.Due) {
 			s.cleanup(ctx, dueKey(h.Due, c.e.ID))
 		}
 		return err
 	}
+	s.claims.drop(c.e.ID)
 	if old != 0 && !byMsg && dueBucket(old) != dueBucket(h.Due) {
 		s.del(ctx, dueKey(old, c.e.ID))
 	}
@@ -266,17 +289,23 @@ func (c *Claim) Delete(ctx context.Context) error {
 		case errors.Is(err, errors.ErrUnsupported):
 			s.noCondDelete.Store(true) // the tombstone, below
 		case err == nil:
+			// The entry in s.claims stays until the lease would have
+			// lapsed: a worker that read the envelope before it went
+			// learns from memory that it is gone.
 			own, ofMsg := pointers(id, &h)
 			s.collect(ctx, own, id.MsgID(), ofMsg)
 			return nil
 		case s.isPrecondition(err) || s.isNotFound(err):
-			return c.lost(ctx, "delete", err)
+			err = c.lost(ctx, "delete", err)
+			c.ended(err)
+			return err
 		default:
 			return s.wrap("delete", id.String(), err, nil)
 		}
 	}
 	h.Gone = true
 	if err := c.write(ctx, "delete", &h, nil, ErrLeaseLost); err != nil {
+		c.ended(err)
 		return err
 	}
 	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h, true), nil)

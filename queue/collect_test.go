@@ -2,6 +2,7 @@ package queue_test
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -158,5 +159,44 @@ func TestSweepCollectsDeliveredContent(t *testing.T) {
 	}
 	if got := rawCount(t, raw, "msg/"); got != 1 {
 		t.Errorf("%d contents left, want 1", got)
+	}
+}
+
+// TestLocalClaimRace: of two workers of one Store that claim the same
+// envelope from the same read, the second learns from memory that it
+// lost, with no request; a claim from a read made after the first claim
+// goes to the store.
+func TestLocalClaimRace(t *testing.T) {
+	ctx := t.Context()
+	c := bench.Count(mem.OpenBackend(""))
+	s, err := queue.New(c.Backend(), &queue.Options{Node: "n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ids := commitN(t, s, 1, 1)
+	if err := s.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e, err := s.Load(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := s.ClaimEnvelope(ctx, e, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := c.Counts()
+	if _, err := s.ClaimEnvelope(ctx, e, time.Minute); !errors.Is(err, queue.ErrConflict) {
+		t.Fatalf("a second claim from the same read: %v, want ErrConflict", err)
+	}
+	if d := c.Counts().Sub(base); d.Total() != 0 {
+		t.Errorf("the lost claim made requests: %+v", d)
+	}
+	if err := cl.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Claim(ctx, ids[0], time.Minute); err != nil {
+		t.Fatalf("a claim after the release: %v", err)
 	}
 }

@@ -106,6 +106,9 @@ func (s *Store) duePointer(ctx context.Context, key string, bucket int64, h hand
 		return s.dueMessage(ctx, key, bucket, h.Msg, now, out)
 	}
 	id := h.Evp
+	if s.claims.has(id, now) {
+		return true, nil // this Store's caller is on it
+	}
 	e, err := s.load(ctx, id)
 	if s.isNotFound(err) {
 		// Gone, or written by a transaction not committed yet, whose
@@ -170,6 +173,9 @@ func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgI
 		return true, nil
 	}
 	for _, id := range ids {
+		if s.claims.has(id, now) {
+			continue
+		}
 		e, err := s.load(ctx, id)
 		if s.isNotFound(err) || errors.Is(err, ErrCorrupt) {
 			continue

@@ -93,6 +93,7 @@ type Store struct {
 	committed cache // messages known to be committed
 	blocks    blockCache
 	gc        *collector
+	claims    claiming // the envelopes this Store's callers claim
 	// noCondDelete is set once the backend has said it has no
 	// conditional delete (driver.ConditionalDeleter).
 	noCondDelete atomic.Bool
