@@ -19,11 +19,11 @@ const collectDelay = 100 * time.Millisecond
 // of them are gone, rather than a listing per message.
 const blockListing = 4
 
-// collector gathers the clean-up that follows Claim.Delete: the pointers
-// that named a deleted envelope, and the messages that may have lost
-// their last envelope. It sends them in batches: one multi-object delete
-// for many pointers and contents (see driver.MultiDeleter), and one
-// listing per block for many messages. None of it is needed for
+// collector gathers the clean-up that follows Claim.Delete and
+// DeleteEnvelope: the pointers that named a deleted envelope, and the
+// messages that may have lost their last envelope. It sends them in
+// batches: one multi-object delete for many pointers and contents (see
+// driver.MultiDeleter), and one listing per block for many messages. None of it is needed for
 // correctness: a due scan drops a stale due pointer, Owned and Takeover a
 // stale claim pointer, and Sweep the content of a committed message with
 // no envelope left; so a crash that loses a batch loses nothing.
@@ -66,7 +66,7 @@ func (c *collector) isPending(key string) bool {
 }
 
 // done ends a batch that take returned.
-func (c *collector) done(keys []string, msgs map[MsgID][]string) {
+func (c *collector) done(keys []string) {
 	c.mu.Lock()
 	for _, k := range keys {
 		delete(c.pending, k)
@@ -93,7 +93,7 @@ func (s *Store) Flush(ctx context.Context) error {
 	keys, msgs := c.take()
 	c.mu.Unlock()
 	s.sweepUp(ctx, keys, msgs)
-	c.done(keys, msgs)
+	c.done(keys)
 	c.mu.Lock()
 	for c.busy > 0 {
 		c.idle.Wait()
@@ -164,7 +164,7 @@ func (s *Store) collectLoop(ctx context.Context) {
 		ctx, cancel := context.WithTimeout(base, time.Minute)
 		s.sweepUp(ctx, keys, msgs)
 		cancel()
-		c.done(keys, msgs)
+		c.done(keys)
 	}
 }
 
