@@ -500,9 +500,20 @@ func (b *backend) cleanup(ctx context.Context, keys []*datastore.Key) {
 
 // Delete implements driver.Backend.Delete. It deletes the head in a
 // transaction that learns its chunks, then the chunks.
-// DeleteIfMatch implements driver.ConditionalDeleter with a transaction
-// that reads the head, compares its generation with v and deletes it.
-func (b *backend) DeleteIfMatch(ctx context.Context, key string, v driver.Version) (err error) {
+func (b *backend) Delete(ctx context.Context, key string) error {
+	return b.deleteHead(ctx, key, "")
+}
+
+// DeleteIfMatch implements driver.ConditionalDeleter: Delete, with a
+// transaction that compares the head's generation with v as well.
+func (b *backend) DeleteIfMatch(ctx context.Context, key string, v driver.Version) error {
+	return b.deleteHead(ctx, key, v)
+}
+
+// deleteHead deletes the head of key in a transaction that learns its
+// chunks, then the chunks. Unless v is empty, the head must exist with
+// generation v.
+func (b *backend) deleteHead(ctx context.Context, key string, v driver.Version) (err error) {
 	defer func() { err = ctxErr(ctx, err) }()
 	if err := validKey(key); err != nil {
 		return err
@@ -511,15 +522,19 @@ func (b *backend) DeleteIfMatch(ctx context.Context, key string, v driver.Versio
 	var old *head
 	_, err = b.c.RunInTransaction(ctx, func(tx *datastore.Transaction) error {
 		old = new(head)
-		if err := tx.Get(hk, old); err != nil {
+		err := tx.Get(hk, old)
+		switch {
+		case errors.Is(err, datastore.ErrNoSuchEntity) && v == "":
+			old = nil
+			return nil
+		case err != nil:
 			return err
-		}
-		if driver.Version(old.Gen) != v {
+		case v != "" && driver.Version(old.Gen) != v:
 			return errPrecondition
 		}
 		return tx.Delete(hk)
 	}, datastore.BeginLater)
-	if errors.Is(err, datastore.ErrConcurrentTransaction) {
+	if v != "" && errors.Is(err, datastore.ErrConcurrentTransaction) {
 		// Every attempt lost to contention: if another write won, the
 		// condition fails now, and that is the answer.
 		cur := new(head)
@@ -531,34 +546,6 @@ func (b *backend) DeleteIfMatch(ctx context.Context, key string, v driver.Versio
 			return fmt.Errorf("%w (after %w)", errPrecondition, err)
 		}
 	}
-	if err != nil {
-		return err
-	}
-	if old.N > 1 {
-		b.cleanup(ctx, b.chunkKeys(key, old))
-	}
-	return nil
-}
-
-func (b *backend) Delete(ctx context.Context, key string) (err error) {
-	defer func() { err = ctxErr(ctx, err) }()
-	if err := validKey(key); err != nil {
-		return err
-	}
-	hk := b.headKey(key)
-	var old *head
-	_, err = b.c.RunInTransaction(ctx, func(tx *datastore.Transaction) error {
-		old = new(head)
-		err := tx.Get(hk, old)
-		if errors.Is(err, datastore.ErrNoSuchEntity) {
-			old = nil
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		return tx.Delete(hk)
-	}, datastore.BeginLater)
 	if err != nil {
 		return err
 	}
