@@ -350,7 +350,12 @@ func slowWorkload(t *testing.T, b driver.Backend, latency, opTimeout time.Durati
 		if err := fn(ctx); err != nil {
 			t.Fatalf("%s with %v of latency: %v", what, latency, err)
 		}
-		waitQuiet(t, f) // background requests are counted with their call
+		// The clean-up a delete leaves to a batch, and the other
+		// background requests, are counted with their call.
+		if err := s.Flush(ctx); err != nil {
+			t.Fatalf("Flush after %s: %v", what, err)
+		}
+		waitQuiet(t, f)
 	}
 	var ids []queue.EvpID
 	var msgs []queue.MsgID
