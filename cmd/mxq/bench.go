@@ -42,7 +42,9 @@ listing of the same keys, a claim one conditional request, and a 100 MiB
 message in and out with a peak RSS under 64 MiB. Then it counts the
 requests of each operation (commit, load, claim, update, defer, delete,
 delivery, walk) beside the fewest the store needs, with the request budgets
-of docs/performance.md. Unless --node is given, bench
+of docs/performance.md, and drains 5n one-recipient messages with 8
+workers of one Store: envelopes per second, and requests per envelope
+beside the floor of 3 (a read, a claim, a delete). Unless --node is given, bench
 runs as a node of its own (the host name, -bench- and a random suffix), so
 that it never supersedes a node running on the same host.`,
 		flags: func(fs *flag.FlagSet) {
@@ -173,6 +175,15 @@ func runBench(ctx context.Context, c *cli, args []string) error {
 	for _, k := range costs {
 		rows = append(rows, benchRow{Op: k.Op, Metric: "requests", Queue: k.Requests, Raw: k.Floor, Ratio: k.Requests / k.Floor, Target: costTargets[k.Op]})
 	}
+	progress("drain of %d envelopes by 8 workers ...", 5*n)
+	d, err := bench.Drain(ctx, raw, s.Node(), 5*n, 8, content)
+	if err != nil {
+		return err
+	}
+	op := fmt.Sprintf("drain of %d envelopes, 8 workers", d.Envelopes)
+	rows = append(rows,
+		benchRow{Op: op, Metric: "requests/envelope", Queue: d.Requests, Raw: 3, Ratio: d.Requests / 3, Target: "<= 4"},
+		benchRow{Op: op, Metric: "envelopes/s", Queue: d.Throughput, Target: "the same per envelope at any backlog"})
 	if benchFlags.seal {
 		sr, err := benchEncryption(ctx, c.queueURL, s.Node(), n, progress)
 		if err != nil {
