@@ -2,8 +2,11 @@ package queue_test
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -198,5 +201,79 @@ func TestLocalClaimRace(t *testing.T) {
 	}
 	if _, err := s.Claim(ctx, ids[0], time.Minute); err != nil {
 		t.Fatalf("a claim after the release: %v", err)
+	}
+}
+
+// gatedBackend holds the writes of envelopes until open is closed.
+type gatedBackend struct {
+	driver.Backend
+	open chan struct{}
+}
+
+func (g *gatedBackend) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
+	if strings.HasPrefix(key, "evp/") {
+		<-g.open
+	}
+	return g.Backend.Put(ctx, key, r, o)
+}
+
+// TestDueKeepsPointerOfCommitInFlight: a commit writes the due pointer of
+// its one envelope in parallel with the envelope, so a due scan may meet
+// the pointer first. It must leave the pointer, or the committed message
+// would be due for no one.
+func TestDueKeepsPointerOfCommitInFlight(t *testing.T) {
+	ctx := t.Context()
+	raw := mem.OpenBackend("")
+	g := &gatedBackend{Backend: raw, open: make(chan struct{})}
+	s, err := queue.New(g, &queue.Options{Node: "n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	tx, err := s.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := tx.AddEnvelope([]byte("rcpt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := make(chan error, 1)
+	go func() {
+		_, err := tx.WriteContent(ctx, bytes.NewReader([]byte("content")))
+		if err == nil {
+			err = tx.Commit(ctx)
+		}
+		committed <- err
+	}()
+	// The pointer lands; the envelope waits at the gate.
+	ptr := ""
+	for i := 0; ptr == ""; i++ {
+		if i == 500 {
+			t.Fatal("the commit wrote no due pointer")
+		}
+		keys, _, err := raw.List(ctx, "due/", "", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(keys) > 0 {
+			ptr = keys[0]
+		} else {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if due, err := s.Due(ctx, 10); err != nil || len(due) != 0 {
+		t.Fatalf("Due during the commit: %d envelopes, %v", len(due), err)
+	}
+	close(g.open)
+	if err := <-committed; err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := raw.Get(ctx, ptr); err != nil {
+		t.Fatalf("the due pointer of the commit that was in flight: %v", err)
+	}
+	due, err := s.Due(ctx, 10)
+	if err != nil || len(due) != 1 || due[0].ID != id {
+		t.Fatalf("Due after the commit: %v, %v; want %v", due, err, id)
 	}
 }

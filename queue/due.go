@@ -112,9 +112,18 @@ func (s *Store) duePointer(ctx context.Context, key string, bucket int64, h hand
 	e, err := s.load(ctx, id)
 	if s.isNotFound(err) {
 		// Gone, or written by a transaction not committed yet, whose
-		// pointer must stay.
+		// pointer must stay. A commit writes its pointer and its
+		// envelope in parallel, and AddEnvelope the pointer first, so
+		// a missing envelope proves the pointer stale only once the
+		// pointer is over a minute old and its message's transaction
+		// has ended; the deletes of the collector remove the others.
+		if bucket >= max(dueBucket(now.Unix()), 1)-1 {
+			return true, nil
+		}
 		if _, serr := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})); s.isNotFound(serr) {
-			s.del(ctx, key)
+			if st, err := s.msgState(ctx, id.MsgID()); err == nil && st != stateOpen {
+				s.del(ctx, key)
+			}
 		}
 		return true, nil
 	}
@@ -172,26 +181,55 @@ func (s *Store) dueMessage(ctx context.Context, key string, bucket int64, m MsgI
 		}
 		return true, nil
 	}
-	for _, id := range ids {
-		if s.claims.has(id, now) {
-			continue
-		}
+	var found []*Envelope
+	var missing []EvpID
+	// consider loads id and adds it to found if the message's pointer
+	// makes it due now and it is free; it reports whether id could not
+	// be loaded.
+	consider := func(id EvpID) (bool, error) {
 		e, err := s.load(ctx, id)
-		if s.isNotFound(err) || errors.Is(err, ErrCorrupt) {
-			continue
+		if s.isNotFound(err) {
+			return true, nil
+		}
+		if errors.Is(err, ErrCorrupt) {
+			return false, nil
 		}
 		if err != nil {
 			return false, err
 		}
 		if !e.hdr.ByMsg || max(dueBucket(e.hdr.Due), 1) != bucket || e.hdr.Due > now.Unix() || e.hdr.Held {
-			continue // rescheduled with a pointer of its own, or on hold
+			return false, nil // rescheduled with a pointer of its own, or on hold
 		}
 		if held, err := s.held(ctx, &e.hdr); err != nil {
 			return false, err
-		} else if held {
+		} else if !held {
+			found = append(found, e)
+		}
+		return false, nil
+	}
+	for _, id := range ids {
+		if s.claims.has(id, now) {
 			continue
 		}
-		*out = append(*out, e)
+		gone, err := consider(id)
+		if err != nil {
+			return false, err
+		}
+		if gone {
+			missing = append(missing, id)
+		}
 	}
+	if len(missing) > 0 && len(found) > 0 {
+		// An envelope listed but not loaded is gone, or its
+		// transaction had not committed when it was read, and then
+		// the commit landed between the reads: read it again, so that
+		// the message is not delivered in parts.
+		for _, id := range missing {
+			if _, err := consider(id); err != nil {
+				return false, err
+			}
+		}
+	}
+	*out = append(*out, found...)
 	return true, nil
 }

@@ -380,8 +380,11 @@ func testDeliver(t *testing.T, u string) {
 	s.wait("the 50 MiB message", func() bool { return len(s.deliveredLocked("big2@dst.test")) > 0 })
 	t.Logf("50 MiB message: accepted in %v, delivered %v after it was sent", accepted.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 	bm := s.delivered("big1@dst.test")
-	if len(bm) != 1 || bm[0].size != int64(len(big))+size || bm[0].sum != [32]byte(h.Sum(nil)) || len(bm[0].to) != 2 {
-		t.Errorf("50 MiB message: got %d copies, first %d bytes to %v, checksum match %v", len(bm), bm[0].size, bm[0].to, bm[0].sum == [32]byte(h.Sum(nil)))
+	if len(bm) != 1 {
+		t.Fatalf("50 MiB message: %d copies to big1, want 1 (in the transaction that reached big2)", len(bm))
+	}
+	if bm[0].size != int64(len(big))+size || bm[0].sum != [32]byte(h.Sum(nil)) || len(bm[0].to) != 2 {
+		t.Errorf("50 MiB message: %d bytes to %v, checksum match %v", bm[0].size, bm[0].to, bm[0].sum == [32]byte(h.Sum(nil)))
 	}
 
 	st := openQueue(t, u)
