@@ -292,8 +292,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 			// The entry in s.claims stays until the lease would have
 			// lapsed: a worker that read the envelope before it went
 			// learns from memory that it is gone.
-			own, ofMsg := pointers(id, &h)
-			s.collect(ctx, own, id.MsgID(), ofMsg)
+			s.collectDeleted(ctx, id, &h)
 			return nil
 		case s.isPrecondition(err) || s.isNotFound(err):
 			err = c.lost(ctx, "delete", err)
@@ -308,7 +307,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 		c.ended(err)
 		return err
 	}
-	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h, true), nil)
+	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h), nil)
 }
 
 // loadToClaim checks the Store and id, and loads the envelope id, for

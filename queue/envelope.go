@@ -56,7 +56,7 @@ func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
 	if h.Gone {
 		// A holder deleted it and did not get to remove the tombstone,
 		// most likely because it died: finish the delete for it.
-		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h, true) })
+		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h) })
 		return nil, notFound("load", id)
 	}
 	ok, err := s.visibleEnvelope(ctx, id.MsgID(), h)
@@ -228,33 +228,27 @@ func (s *Store) DeleteEnvelope(ctx context.Context, id EvpID) error {
 	} else if !s.isNotFound(err) {
 		return s.wrap("delete envelope", id.String(), err, nil)
 	}
-	return s.wrap("delete envelope", id.String(), s.finishDelete(ctx, id, h, true), nil)
+	return s.wrap("delete envelope", id.String(), s.finishDelete(ctx, id, h), nil)
 }
 
 // finishDelete removes the envelope id, whose header was h (nil if
-// unknown), with the pointers that name it, and the message's content when
-// it was the last envelope. Any node may finish a delete that a holder
-// began with a tombstone. With later, only the envelope goes at once, and
-// the rest is left to the collector.
-func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader, later bool) error {
+// unknown), and hands the rest of its delete to the collector (see
+// collectDeleted). Any node may finish a delete that a holder began with a
+// tombstone.
+func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error {
 	if err := s.del(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})); err != nil {
 		return err
 	}
+	s.collectDeleted(ctx, id, h)
+	return nil
+}
+
+// collectDeleted hands the collector what goes after the envelope id,
+// whose header was h, is gone: the pointers that name it, and the
+// message's content and pointers when it was the last envelope.
+func (s *Store) collectDeleted(ctx context.Context, id EvpID, h *envHeader) {
 	own, ofMsg := pointers(id, h)
-	if later {
-		s.collect(ctx, own, id.MsgID(), ofMsg)
-		return nil
-	}
-	for _, k := range own {
-		s.del(ctx, k)
-	}
-	gone, err := s.collected(ctx, id.MsgID())
-	if err == nil && gone {
-		for _, k := range ofMsg {
-			s.del(ctx, k)
-		}
-	}
-	return err
+	s.collect(ctx, own, id.MsgID(), ofMsg)
 }
 
 // pointers returns the keys of the pointers that name the envelope id,
@@ -278,22 +272,6 @@ func pointers(id EvpID, h *envHeader) (own, ofMsg []string) {
 		ofMsg = append(ofMsg, layout.Key(layout.Handle{Kind: layout.Claim, Node: h.Claimer, Msg: uint32(m)}))
 	}
 	return own, ofMsg
-}
-
-// collected removes the content of m if m has no envelope left, and
-// reports whether the message is gone.
-func (s *Store) collected(ctx context.Context, m MsgID) (bool, error) {
-	var keys []string
-	err := s.retry(ctx, func() error {
-		var err error
-		keys, _, err = s.b.List(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), "", 1)
-		return err
-	})
-	if err != nil || len(keys) > 0 {
-		return false, err
-	}
-	s.committed.remove(m)
-	return true, s.del(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
 }
 
 // Envelopes returns the IDs of the committed envelopes of message m, in
