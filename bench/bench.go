@@ -86,10 +86,8 @@ func Commit(s *queue.Store, content []byte, rcpts int) Op {
 				return err
 			}
 		}
-		if _, err := tx.WriteContent(ctx, bytes.NewReader(content)); err != nil {
-			return err
-		}
-		return tx.Commit(ctx)
+		_, err = tx.CommitContent(ctx, bytes.NewReader(content))
+		return err
 	}
 }
 

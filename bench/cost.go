@@ -74,10 +74,8 @@ func Costs(ctx context.Context, b driver.Backend, node string, n int) ([]Cost, e
 				return nil, err
 			}
 		}
-		if _, err := tx.WriteContent(ctx, bytes.NewReader(content)); err != nil {
-			return nil, err
-		}
-		return tx.Envelopes(), tx.Commit(ctx)
+		_, err = tx.CommitContent(ctx, bytes.NewReader(content))
+		return tx.Envelopes(), err
 	}
 	var ones, tens []queue.EvpID
 	for _, r := range []int{1, 10} {

@@ -25,10 +25,10 @@ import (
 var crashSeeds = []uint64{1, 2}
 
 // crashOps are the operations of the crash matrix.
-var crashOps = []string{"commit", "update", "claim", "defer", "delete", "takeover", "quarantine", "sweep"}
+var crashOps = []string{"commit", "commit1", "update", "claim", "defer", "delete", "takeover", "quarantine", "sweep"}
 
 // testCrashMatrix kills a node after each request of each operation
-// (commit, update, claim, defer, delete, takeover of a dead node,
+// (commit, commit1: a commit of one envelope in one round, update, claim, defer, delete, takeover of a dead node,
 // quarantine, sweep of a dead node's open transaction), as CommitCrash does for the
 // commit alone, but with drivertest.Faults counting every request, reads
 // included, and with the answers in flight lost or not (see crashSeeds). A new Store on the same storage then takes over from the dead
@@ -48,6 +48,9 @@ func testCrashMatrix(t *testing.T, mk HarnessMaker) {
 			t.Run(fmt.Sprintf("seed%d/%s", seed, op), func(t *testing.T) {
 				rng := rand.New(rand.NewPCG(seed, 0))
 				nenv := 1 + rng.IntN(3)
+				if op == "commit1" {
+					nenv = 1
+				}
 				size := rng.IntN(4096)
 				lose := seed%2 == 0
 				k := 0
@@ -88,7 +91,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 
 	var m queue.MsgID
 	var ids []queue.EvpID
-	if op != "commit" {
+	if op != "commit" && op != "commit1" {
 		setup := e.node("setup")
 		m, ids = e.commit(setup, content, old...)
 		setup.Close() // waits for its background writes
@@ -159,6 +162,21 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 				return err
 			}
 			return tx.Commit(ctx)
+		}()
+	case "commit1":
+		err = func() error {
+			tx, err := victim.Begin(ctx)
+			if err != nil {
+				return err
+			}
+			m = tx.ID()
+			id, err := tx.AddEnvelope([]byte(old[0]))
+			if err != nil {
+				return err
+			}
+			ids = append(ids, id)
+			_, err = tx.CommitContent(ctx, bytes.NewReader(content))
+			return err
 		}()
 	case "update":
 		err = c.Update(ctx, []byte(newData))
@@ -349,7 +367,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 			absent(id)
 		}
 		noGarbage(m)
-	case "commit":
+	case "commit", "commit1":
 		lerr := error(queue.ErrNotFound) // no envelope was added
 		if len(ids) > 0 {
 			_, lerr = s.Load(ctx, ids[0])

@@ -94,11 +94,8 @@ func (e *env) commit(s *queue.Store, content []byte, envs ...string) (queue.MsgI
 		}
 		ids = append(ids, id)
 	}
-	if _, err := tx.WriteContent(e.ctx, bytes.NewReader(content)); err != nil {
-		e.t.Fatalf("WriteContent: %v", err)
-	}
-	if err := tx.Commit(e.ctx); err != nil {
-		e.t.Fatalf("Commit: %v", err)
+	if _, err := tx.CommitContent(e.ctx, bytes.NewReader(content)); err != nil {
+		e.t.Fatalf("CommitContent: %v", err)
 	}
 	return tx.ID(), ids
 }

@@ -386,10 +386,7 @@ func (q *Queue) MessageCommit(ctx context.Context, msgid uint32, f *os.File) err
 		rctx, rcancel = context.WithDeadline(ctx, rd)
 		defer rcancel()
 	}
-	_, err := t.tx.WriteContent(wctx, f)
-	if err == nil {
-		err = t.tx.Commit(wctx)
-	}
+	_, err := t.tx.CommitContent(wctx, f)
 	q.takeTx(msgid)
 	if err == nil {
 		q.log.Debug("mxq: committed", "msgid", fmt.Sprintf("%08x", msgid), "envelopes", len(t.tx.Envelopes()))

@@ -120,9 +120,7 @@ func (q *Queue) rehome(ctx context.Context, id queue.EvpID) (queue.EvpID, error)
 	if err == nil {
 		tx.ClaimOnCommit(q.opts.Lease)
 		q.markLocal(nid)
-		if _, err = tx.WriteContent(ctx, rc); err == nil {
-			err = tx.Commit(ctx)
-		}
+		_, err = tx.CommitContent(ctx, rc)
 	}
 	if err != nil {
 		tx.Rollback(context.WithoutCancel(ctx))

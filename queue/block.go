@@ -149,6 +149,10 @@ type idBlock struct {
 	// the record before the next write.
 	rec blockRecord
 	ver Version
+	// lazy are the committed bits that settleLater holds back to send
+	// together; armed says a sender waits for them. mu guards both.
+	lazy  []*bitReq
+	armed bool
 }
 
 // bitReq asks to set a transaction's committed or aborted bit.
@@ -377,6 +381,153 @@ func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) e
 	}
 }
 
+// settleLater sets the committed bit of lo in b's record in the
+// background, within collectDelay, with one swap for every bit that comes
+// meanwhile: the bits of messages committed by Tx.CommitContent, which
+// are committed without them. Flush and Close send them at once.
+func (s *Store) settleLater(ctx context.Context, b *idBlock, lo uint32) {
+	b.mu.Lock()
+	b.lazy = append(b.lazy, &bitReq{lo: lo, done: make(chan struct{})})
+	arm := !b.armed
+	b.armed = true
+	b.mu.Unlock()
+	if !arm {
+		return
+	}
+	s.lazyMu.Lock()
+	if s.lazy == nil {
+		s.lazy = make(map[*idBlock]bool)
+	}
+	s.lazy[b] = true
+	s.lazyMu.Unlock()
+	wait := func(ctx context.Context) {
+		t := time.NewTimer(collectDelay)
+		select {
+		case <-t.C:
+		case <-s.gc.stop:
+		}
+		t.Stop()
+		s.sendLazy(ctx, b)
+	}
+	if !s.background(ctx, wait) {
+		s.sendLazy(context.WithoutCancel(ctx), b) // closing: send now
+	}
+}
+
+// sendLazy hands the bits that settleLater holds for b to settle's
+// queue, and writes them unless a writer is at work, which takes them on.
+// It returns them.
+func (s *Store) sendLazy(ctx context.Context, b *idBlock) []*bitReq {
+	s.lazyMu.Lock()
+	delete(s.lazy, b)
+	s.lazyMu.Unlock()
+	b.mu.Lock()
+	reqs := b.lazy
+	b.lazy, b.armed = nil, false
+	b.queue = append(b.queue, reqs...)
+	lead := !b.busy && len(b.queue) > 0
+	b.busy = b.busy || lead
+	b.mu.Unlock()
+	if lead {
+		s.settleAll(context.WithoutCancel(ctx), b)
+	}
+	return reqs
+}
+
+// flushBits sends the bits that settleLater holds, and waits for them.
+func (s *Store) flushBits(ctx context.Context) error {
+	s.lazyMu.Lock()
+	var blks []*idBlock
+	for b := range s.lazy {
+		blks = append(blks, b)
+	}
+	s.lazyMu.Unlock()
+	for _, b := range blks {
+		for _, r := range s.sendLazy(ctx, b) {
+			select {
+			case <-r.done:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	return nil
+}
+
+// rollForward commits the message m of the block use nonce, whose only
+// envelope a reader found written by Tx.CommitContent (envHeader.Alone)
+// with the message's bit neither committed nor aborted as far as it
+// knows. The message is committed if its content is stored too; then
+// this sets its committed bit, as the committer does in the background,
+// so that no sweep can abort it any more. It reports whether the message
+// is committed.
+func (s *Store) rollForward(ctx context.Context, m MsgID, nonce uint64) (bool, error) {
+	_, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
+	if s.isNotFound(err) {
+		return false, nil // not stored yet, or never will be
+	}
+	if err != nil {
+		return false, err
+	}
+	first, lo := layout.BlockOf(uint32(m)), lowBits(m)
+	if b := s.ownIDBlock(ctx, first, nonce); b != nil {
+		// This Store's own block: the bit goes with the next swap.
+		switch err := s.settle(ctx, b, lo, false); err {
+		case nil:
+			return true, nil
+		case errAborted:
+			return false, nil
+		default:
+			return false, err
+		}
+	}
+	for range maxSettleRounds {
+		r, v, err := s.readBlock(ctx, first)
+		if s.isNotFound(err) {
+			s.blocks.drop(first)
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		s.blocks.putAt(first, r, s.now())
+		switch {
+		case r.Nonce != nonce || r.Foreign.has(lo) || r.Aborted.has(lo):
+			return false, nil
+		case r.Committed.has(lo):
+			return true, nil
+		}
+		next := r.clone()
+		next.Committed.set(lo)
+		_, err = s.putBytes(ctx, blockKey(first), next.encode(), driver.PutOptions{IfMatch: v})
+		if err == nil {
+			s.blocks.putAt(first, &next, s.now())
+			return true, nil
+		}
+		if !s.isPrecondition(err) && !s.isNotFound(err) {
+			return false, err
+		}
+	}
+	return false, fmt.Errorf("%w: the block record kept changing", ErrConflict)
+}
+
+// ownIDBlock returns the block of this Store that starts at first with
+// the given nonce, or nil.
+func (s *Store) ownIDBlock(ctx context.Context, first uint32, nonce uint64) *idBlock {
+	select {
+	case s.blkMu <- struct{}{}:
+	case <-ctx.Done():
+		return nil
+	}
+	defer func() { <-s.blkMu }()
+	for _, b := range s.blks {
+		if b != nil && b.first == first && b.nonce == nonce && !b.dead.Load() {
+			return b
+		}
+	}
+	return nil
+}
+
 // settleAll writes the bits that callers of settle wait for, a batch per
 // write, until none waits.
 func (s *Store) settleAll(ctx context.Context, b *idBlock) {
@@ -548,6 +699,23 @@ func (c *blockCache) committedRecent(m MsgID, now time.Time, trust time.Duration
 	return r != nil && r.Retired.IsZero() && now.Sub(r.fetched) < trust && r.Committed.has(lowBits(m)) && !r.Foreign.has(lowBits(m))
 }
 
+// markCommitted sets the committed bit of lo in the cached record of the
+// block use nonce that starts at first: a transaction of this Store
+// committed with Tx.CommitContent, whose bit is not written yet.
+func (c *blockCache) markCommitted(first uint32, nonce uint64, lo uint32, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.m[first]
+	if r == nil || r.Nonce != nonce {
+		if c.m == nil || len(c.m) >= maxCachedBlocks {
+			c.m = make(map[uint32]*blockRecord)
+		}
+		r = &blockRecord{Nonce: nonce, fetched: now}
+		c.m[first] = r
+	}
+	r.Committed.set(lo)
+}
+
 func (c *blockCache) drop(first uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -606,11 +774,17 @@ func (s *Store) msgState(ctx context.Context, m MsgID) (string, error) {
 			case r.Aborted.has(lo):
 				return stateAborted, nil
 			}
-			// Open, or stored under an ID of the block by a node of
-			// an earlier version: its envelopes' header tells.
-			in, err := s.msgInBlock(ctx, m)
-			if err != nil || in {
+			// Open, or committed in one round and its bit not set
+			// yet, or stored under an ID of the block by a node of an
+			// earlier version: its envelopes' header tells.
+			in, done, err := s.msgInBlock(ctx, m)
+			switch {
+			case err != nil:
 				return stateOpen, err
+			case done:
+				return stateCommitted, nil
+			case in:
+				return stateOpen, nil
 			}
 		}
 	}
@@ -619,11 +793,12 @@ func (s *Store) msgState(ctx context.Context, m MsgID) (string, error) {
 
 // msgInBlock reports whether the message m, whose ID lies in a block, was
 // written by a transaction of the block rather than under a reservation,
-// by the header of its first envelope. A message without envelopes counts
-// as a block's.
-func (s *Store) msgInBlock(ctx context.Context, m MsgID) (bool, error) {
+// by the header of its first envelope, and whether it committed in one
+// round (see rollForward). A message without envelopes counts as a
+// block's, not committed.
+func (s *Store) msgInBlock(ctx context.Context, m MsgID) (in, committed bool, err error) {
 	var first string
-	err := s.retry(ctx, func() error {
+	err = s.retry(ctx, func() error {
 		keys, _, err := s.b.List(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)}), "", 1)
 		if len(keys) > 0 {
 			first = keys[0]
@@ -631,11 +806,17 @@ func (s *Store) msgInBlock(ctx context.Context, m MsgID) (bool, error) {
 		return err
 	})
 	if err != nil || first == "" {
-		return true, err
+		return true, false, err
 	}
-	id, err := parseEnvelopeKey(first)
-	if err != nil {
-		return true, nil
+	h, ok, err := s.firstHeader(ctx, []string{first})
+	switch {
+	case err != nil || !ok:
+		return true, false, err
+	case h.Block == 0:
+		return false, false, nil
+	case h.Alone:
+		committed, err = s.rollForward(ctx, m, h.Block)
+		return true, committed, err
 	}
-	return s.writtenInBlock(ctx, id)
+	return true, false, nil
 }

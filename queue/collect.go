@@ -79,13 +79,17 @@ func (c *collector) done(keys []string) {
 }
 
 // Flush sends the clean-up that deliveries left to the background, and
-// returns once it is done, whoever sent it. Claim.Delete removes the
+// the committed bits that Tx.CommitContent left to it, and returns once
+// it is done, whoever sent it. Claim.Delete removes the
 // envelope at once, but leaves the pointers that named it and, after a
 // message's last envelope, the content, to be removed in batches within
 // a moment. Close flushes too. A crash before then leaves them to the
 // due scans and to Sweep.
 func (s *Store) Flush(ctx context.Context) error {
 	if err := s.check("flush"); err != nil {
+		return err
+	}
+	if err := s.flushBits(ctx); err != nil {
 		return err
 	}
 	c := s.gc

@@ -60,6 +60,13 @@ type envHeader struct {
 	// when its transaction began, Unix seconds, for Sweep.
 	Block  uint64 `json:"k,omitempty"`
 	Opened int64  `json:"a,omitempty"`
+	// Alone marks the only envelope of a message committed by
+	// Tx.CommitContent in one round: written in parallel with the
+	// content, it is committed once both are stored, with no swap of
+	// the block record first. A reader that finds both, and the bit
+	// neither committed nor aborted, sets the committed bit itself
+	// (see Store.rollForward).
+	Alone bool `json:"w,omitempty"`
 	// Holder, Session, Token and Expires are the lease, if any. Session
 	// names the holder's process; Token grows with every claim.
 	Holder  string `json:"h,omitempty"`
@@ -87,7 +94,7 @@ type envHeader struct {
 // settled clears the fields that tie a header to its transaction, for a
 // record written again after its message committed.
 func (h *envHeader) settled() {
-	h.Pending, h.Block, h.Opened = 0, 0, 0
+	h.Pending, h.Block, h.Opened, h.Alone = 0, 0, 0, false
 }
 
 func encodeRecord(h *envHeader, data []byte) []byte {

@@ -101,6 +101,10 @@ type Store struct {
 	blkMu   chan struct{} // a lock, held by a send: guards blks, blkTurn and their next IDs
 	blks    []*idBlock    // the blocks this Store hands message IDs out of
 	blkTurn int           // the index in blks of the next Begin
+	// lazy holds the blocks with committed bits that settleLater has
+	// not sent yet, for Flush.
+	lazyMu sync.Mutex
+	lazy   map[*idBlock]bool
 
 	// session is this process's incarnation of the node, 0 until its
 	// first heartbeat is written; see heartbeat.

@@ -26,6 +26,10 @@ type SweepStats struct {
 	// Collected counts the delivered messages whose content Sweep
 	// found left behind, and removed.
 	Collected int
+	// Committed counts the messages committed in one round by
+	// Tx.CommitContent whose committer did not get to set their bit in
+	// the block record, and that Sweep set.
+	Committed int
 }
 
 // Sweep aborts transactions that are older than Options.Grace and still
@@ -207,6 +211,18 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 		if !old {
 			st.Open++
 			continue
+		}
+		if ok && h.Alone {
+			// Committed in one round if its content is stored too: then
+			// it is to be kept, and its bit set, never aborted.
+			done, err := s.rollForward(ctx, MsgID(first|lo), h.Block)
+			if err != nil {
+				return err
+			}
+			if done {
+				st.Committed++
+				continue
+			}
 		}
 		abort = append(abort, lo)
 	}

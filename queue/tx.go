@@ -36,6 +36,9 @@ type Tx struct {
 	done     bool
 	anything bool // something besides the reservation may have been written
 	settling bool // a commit was tried: the block's bit may be set
+	// alone says the envelopes are written as those of a message
+	// committed in one round (Tx.CommitContent): envHeader.Alone.
+	alone bool
 	// ownContent says the content object may be this transaction's: its
 	// create-only write was not refused. pointers are the pointers it
 	// wrote or tried to. Rollback removes only these and its envelopes.
@@ -251,7 +254,7 @@ func (tx *Tx) flush(ctx context.Context) error {
 			// the record that would tell its writes apart.
 			return errorf("write", tx.id.String(), ErrConflict, "the transaction has been open longer than the grace period of %v", s.opts.Grace)
 		}
-		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix()}
+		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone}
 	}
 	var pointers []string
 	if tx.claim > 0 {
@@ -356,6 +359,81 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	// harmless and Sweep removes it.
 	s.background(ctx, func(ctx context.Context) { s.del(ctx, key) })
 	return nil
+}
+
+// CommitContent stores the message content read from r and commits the
+// message, as WriteContent followed by Commit, once every envelope has been
+// added. A message of one envelope commits in one round of writes: its
+// content, its envelope and its due or claim pointer in parallel, where
+// WriteContent then Commit take two (those writes, then the swap of the
+// block record). Its envelope says so in its header, and the message is
+// committed once both the envelope and the content are stored: the bit of
+// the block record that other messages wait for is set in the background
+// within a moment, or by the first reader that finds the two. A message of
+// several envelopes takes the two rounds. It returns the content's length.
+//
+// As for Commit, a failure means the message never becomes visible,
+// unless the error is ambiguous (the answer to a write was lost); then
+// Load tells, and Rollback either removes the message or reports that it
+// committed.
+func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
+	if err := tx.s.check("commit"); err != nil {
+		return 0, err
+	}
+	tx.mu.Lock()
+	id := tx.id.String()
+	switch {
+	case tx.done:
+		tx.mu.Unlock()
+		return 0, &Error{Op: "commit", ID: id, Kind: ErrClosed}
+	case len(tx.envs) == 0:
+		tx.mu.Unlock()
+		return 0, errorf("commit", id, ErrInvalid, "a message needs at least one envelope")
+	case tx.content:
+		tx.mu.Unlock()
+		return 0, errorf("commit", id, ErrInvalid, "content was written already: use Commit")
+	}
+	alone := tx.blk != nil && len(tx.envs) == 1 && !tx.envs[0].written
+	if alone {
+		// Once both writes land, a reader may commit the message: from
+		// here on only the block record's bits tell a rollback whether
+		// it did.
+		tx.alone, tx.settling = true, true
+	}
+	tx.mu.Unlock()
+	n, err := tx.WriteContent(ctx, r)
+	if err != nil {
+		return n, err
+	}
+	if !alone {
+		return n, tx.Commit(ctx)
+	}
+	tx.mu.Lock()
+	defer tx.mu.Unlock()
+	s := tx.s
+	lo := lowBits(tx.id)
+	if now := s.now(); now.Sub(tx.opened) < s.opts.Grace/2 {
+		// Stored well within the grace period: no sweep aborts a
+		// transaction before it is Grace old, and one that finds both
+		// objects commits it, so this one is committed. Readers of this
+		// Store know it at once; the record learns it in the background.
+		tx.done = true
+		s.blocks.markCommitted(tx.blk.first, tx.blk.nonce, lo, now)
+		s.settleLater(ctx, tx.blk, lo)
+		return n, nil
+	}
+	// Late enough that a sweep may have aborted it: the swap decides, as
+	// for Commit.
+	err = s.settle(ctx, tx.blk, lo, false)
+	if err == errAborted {
+		tx.done = true
+		return n, errorf("commit", id, ErrConflict, "%v", err)
+	}
+	if err != nil {
+		return n, s.wrap("commit", id, err, ErrConflict)
+	}
+	tx.done = true
+	return n, nil
 }
 
 // Rollback abandons the message and removes what it wrote. Rolling back a
@@ -491,7 +569,11 @@ func (s *Store) reservationState(ctx context.Context, m MsgID) (string, error) {
 // may be shown: the transaction that wrote it committed.
 func (s *Store) visibleEnvelope(ctx context.Context, m MsgID, h *envHeader) (bool, error) {
 	if h.Block != 0 {
-		return s.blockVisible(ctx, m, h.Block)
+		ok, err := s.blockVisible(ctx, m, h.Block)
+		if ok || err != nil || !h.Alone {
+			return ok, err
+		}
+		return s.rollForward(ctx, m, h.Block)
 	}
 	return s.visible(ctx, m, h.Pending)
 }

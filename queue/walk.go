@@ -86,29 +86,36 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 	}
 	var open map[MsgID]bool // nil until needed
 	hidden := make(map[MsgID]bool)
-	inBlock := make(map[MsgID]bool)
+	inBlock := make(map[MsgID]string)
 	ids := make([]EvpID, 0, len(all))
 	for _, id := range all {
 		m := id.MsgID()
 		if r := blocks[layout.BlockOf(uint32(m))]; r != nil && !r.Foreign.has(lowBits(m)) {
 			switch lo := lowBits(m); {
-			case r.Committed.has(lo):
+			case r.Committed.has(lo) || s.blocks.committed(m, r.Nonce):
+				// Committed, as stored or as this Store knows of a
+				// commit of its own whose bit is still to be written.
 				ids = append(ids, id)
 				continue
 			case r.Aborted.has(lo):
 				continue
 			}
-			// Open, or stored under an ID of the block by a node of an
+			// Open, or committed in one round and its bit not set yet,
+			// or stored under an ID of the block by a node of an
 			// earlier version: the envelope's header tells.
-			in, seen := inBlock[m]
+			st, seen := inBlock[m]
 			if !seen {
 				var err error
-				if in, err = s.writtenInBlock(ctx, id); err != nil {
+				if st, err = s.blockTxState(ctx, id); err != nil {
 					return nil, err
 				}
-				inBlock[m] = in
+				inBlock[m] = st
 			}
-			if in {
+			switch st {
+			case stateCommitted:
+				ids = append(ids, id)
+				continue
+			case stateOpen:
 				continue
 			}
 		}
@@ -145,12 +152,25 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 	return ids, nil
 }
 
-// writtenInBlock reports whether the envelope id was written by a
-// transaction of a block rather than under a reservation. A missing
-// envelope, or one that does not parse, counts as a block's.
-func (s *Store) writtenInBlock(ctx context.Context, id EvpID) (bool, error) {
+// blockTxState tells, by the header of the envelope id, whose message's
+// bit in its block record is neither committed nor aborted, whether the
+// message is committed (in one round, its bit not set yet: see
+// rollForward) or open, or "" when it was written under a reservation.
+// A missing envelope, or one that does not parse, counts as open.
+func (s *Store) blockTxState(ctx context.Context, id EvpID) (string, error) {
 	h, ok, err := s.firstHeader(ctx, []string{layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})})
-	return !ok || h.Block != 0, err
+	switch {
+	case err != nil || !ok:
+		return stateOpen, err
+	case h.Block == 0:
+		return "", nil
+	case h.Alone:
+		if done, err := s.rollForward(ctx, id.MsgID(), h.Block); err != nil || !done {
+			return stateOpen, err
+		}
+		return stateCommitted, nil
+	}
+	return stateOpen, nil
 }
 
 // readBlocks reads the records of the blocks whose first IDs are the keys
