@@ -91,31 +91,18 @@ func Commit(s *queue.Store, content []byte, rcpts int) Op {
 	}
 }
 
-// RawCommit is the floor of Commit: the content and one object per
-// recipient written in parallel, unconditionally, under keys of their own.
+// RawCommit is the floor of Commit: ONE create-only PUT, under a key of
+// its own, of the bytes the commit stores, the content followed by one
+// record per recipient. Nothing stores a message in fewer requests or
+// rounds.
 func RawCommit(b driver.Backend, content []byte, rcpts int) Op {
 	return func(ctx context.Context) error {
-		base := "raw/" + randHex(8)
-		var wg sync.WaitGroup
-		errs := make([]error, rcpts+1)
-		for i := range rcpts + 1 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				data := content
-				if i > 0 {
-					data = fmt.Appendf(nil, "rcpt%d@example.org", i)
-				}
-				_, errs[i] = b.Put(ctx, fmt.Sprintf("%s-%d", base, i), bytes.NewReader(data), &driver.PutOptions{Size: int64(len(data))})
-			}()
+		data := append([]byte(nil), content...)
+		for i := range rcpts {
+			data = fmt.Appendf(data, "rcpt%d@example.org\n", i)
 		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				return err
-			}
-		}
-		return nil
+		_, err := b.Put(ctx, "raw/"+randHex(8), bytes.NewReader(data), &driver.PutOptions{IfNoneMatch: true, Size: int64(len(data))})
+		return err
 	}
 }
 

@@ -102,10 +102,10 @@ var _ Handler = (*Queue)(nil)
 // (Store.Begin); ENVELOPE_CREATE adds to it without I/O (Tx.AddEnvelope),
 // or, for a committed message (bounces), stores the envelope at once
 // (Store.AddEnvelope). MESSAGE_COMMIT streams the body from smtpd's file
-// and commits (Tx.WriteContent, Tx.Commit), replying 1 only once the
-// message is durable; when that fails or runs out of time, the
-// transaction is rolled back before the reply, so that a message smtpd
-// was told failed never becomes visible. MESSAGE_DELETE rolls back.
+// and commits (Tx.CommitContent: one round of writes for a message of one
+// recipient), replying 1 only once the message is durable; when that
+// fails or runs out of time, the transaction is rolled back before the
+// reply, so that a message smtpd was told failed never becomes visible. MESSAGE_DELETE rolls back.
 // MESSAGE_FD_R copies the body, verifying its checksum, into an unlinked
 // temporary file; a corrupt body is quarantined. ENVELOPE_LOAD,
 // ENVELOPE_UPDATE (a compare-and-swap against the last version seen,

@@ -185,18 +185,60 @@ func TestCommitContentOneRound(t *testing.T) {
 func TestCommitContentReaders(t *testing.T) {
 	ctx := t.Context()
 	g := &gated{Backend: mem.OpenBackend("")}
-	now := time.Now()
-	clock := func() time.Time { return now }
-	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clock})
+	clk := &fuzzClock{now: time.Now()}
+	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	b, err := queue.New(g.Backend, &queue.Options{Node: "b", Clock: clock})
+	b, err := queue.New(g.Backend, &queue.Options{Node: "b", Clock: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
+
+	t.Run("due scan", func(t *testing.T) {
+		// Another node's due scan leaves the bit to the committer for a
+		// moment, then sets it itself.
+		tx, id := aloneTx(t, a)
+		g.mu.Lock()
+		g.noBlk = true
+		g.mu.Unlock()
+		defer func() {
+			g.mu.Lock()
+			g.noBlk = false
+			g.mu.Unlock()
+		}()
+		if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
+			t.Fatal(err)
+		}
+		a.Flush(ctx) // the swap is refused
+		dueHas := func() bool {
+			due, err := b.Due(ctx, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range due {
+				if e.ID == id {
+					return true
+				}
+			}
+			return false
+		}
+		if dueHas() {
+			t.Fatal("another node's due scan took the message before its committer could set its bit")
+		}
+		if c, _ := rawBits(t, g, tx.ID()); c {
+			t.Fatal("a due scan stored the bit at once")
+		}
+		clk.Advance(3 * time.Second)
+		if !dueHas() {
+			t.Fatal("another node's due scan does not find the message once its committer is late")
+		}
+		if c, _ := rawBits(t, g, tx.ID()); !c {
+			t.Fatal("the due scan did not store the bit")
+		}
+	})
 
 	t.Run("committed", func(t *testing.T) {
 		tx, id := aloneTx(t, a)
@@ -321,10 +363,9 @@ func TestCommitContentReaders(t *testing.T) {
 func TestSweepCommitsAlone(t *testing.T) {
 	ctx := t.Context()
 	g := &gated{Backend: mem.OpenBackend("")}
-	now := time.Now()
-	clock := func() time.Time { return now }
+	clk := &fuzzClock{now: time.Now()}
 	const grace = 15 * time.Minute
-	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clock, Grace: grace})
+	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now, Grace: grace})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,7 +385,7 @@ func TestSweepCommitsAlone(t *testing.T) {
 	g.noBlk = false
 	g.mu.Unlock()
 
-	sw, err := queue.New(g.Backend, &queue.Options{Node: "sweeper", Clock: clock, Grace: grace})
+	sw, err := queue.New(g.Backend, &queue.Options{Node: "sweeper", Clock: clk.Now, Grace: grace})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,7 +397,7 @@ func TestSweepCommitsAlone(t *testing.T) {
 	if st.Committed != 0 || st.Aborted != 0 || st.Open != 2 {
 		t.Fatalf("a sweep within the grace period: %+v, want 2 open", st)
 	}
-	now = now.Add(grace + time.Second)
+	clk.Advance(grace + time.Second)
 	if st, err = sw.Sweep(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -392,15 +433,9 @@ func TestSweepCommitsAlone(t *testing.T) {
 func TestCommitContentLate(t *testing.T) {
 	ctx := t.Context()
 	g := &gated{Backend: mem.OpenBackend("")}
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time {
-		mu.Lock()
-		defer mu.Unlock()
-		return now
-	}
+	clk := &fuzzClock{now: time.Now()}
 	const grace = 15 * time.Minute
-	s, err := queue.New(g, &queue.Options{Node: "a", Clock: clock, Grace: grace})
+	s, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now, Grace: grace})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,9 +445,7 @@ func TestCommitContentLate(t *testing.T) {
 	g.mu.Lock()
 	g.onPut = func(key string) {
 		if strings.HasPrefix(key, "msg/") {
-			mu.Lock()
-			now = now.Add(grace/2 + time.Second)
-			mu.Unlock()
+			clk.Advance(grace/2 + time.Second)
 		}
 	}
 	g.mu.Unlock()

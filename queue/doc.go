@@ -11,9 +11,10 @@
 //
 // A message is received in a transaction: Store.Begin hands out a MsgID and
 // returns a *Tx; Tx.AddEnvelope adds one envelope per recipient (opaque
-// data, at most Options.MaxEnvelopeSize bytes), Tx.WriteContent streams the
-// content, and Tx.Commit makes all of it visible at once, or Tx.Rollback
-// abandons it. A transaction that is never ended is aborted by Store.Sweep
+// data, at most Options.MaxEnvelopeSize bytes), and Tx.CommitContent
+// streams the content and makes all of it visible at once, or Tx.Rollback
+// abandons it. (Tx.WriteContent then Tx.Commit do the same in two calls,
+// for a caller that adds envelopes after the content.) A transaction that is never ended is aborted by Store.Sweep
 // after Options.Grace.
 //
 // Once committed, envelopes are read with Store.Load and Store.Walk, the
@@ -37,7 +38,17 @@
 // races with an abort either wins or fails; it never half-succeeds. A
 // transaction open longer than Options.Grace fails at its next write. An
 // error from Commit is ambiguous only when the final write timed out;
-// Store.Load then tells whether the message exists. Messages stored by
+// Store.Load then tells whether the message exists.
+//
+// A message of one envelope committed by Tx.CommitContent needs no swap
+// before it is visible: its content, its envelope and its pointer are
+// written in one round, and its envelope's header says so. It is committed
+// once both the content and the envelope are stored, if they were stored
+// within half of Options.Grace of Begin. Its committed bit follows in the
+// background, in one swap with the others of the moment; a reader that
+// finds the two objects before the bit sets it itself, and Sweep sets it
+// rather than abort such a transaction. Clocks of the nodes must agree to
+// within half of Options.Grace, as they must for leases. Messages stored by
 // Store.Import, and those of queues written by earlier versions, have a
 // reservation record instead, whose change from "open" to "committed" was
 // their commit point; they are read by those rules.

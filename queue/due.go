@@ -109,7 +109,7 @@ func (s *Store) duePointer(ctx context.Context, key string, bucket int64, h hand
 	if s.claims.has(id, now) {
 		return true, nil // this Store's caller is on it
 	}
-	e, err := s.load(ctx, id)
+	e, err := s.loadFor(ctx, id, true)
 	if s.isNotFound(err) {
 		// Gone, or written by a transaction not committed yet, whose
 		// pointer must stay. A commit writes its pointer and its

@@ -44,6 +44,13 @@ func (s *Store) Load(ctx context.Context, id EvpID) (*Envelope, error) {
 }
 
 func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
+	return s.loadFor(ctx, id, false)
+}
+
+// loadFor is load; for a due scan, it leaves a message committed in one
+// round by another node alone for aloneWait, while its committer sets
+// its bit, rather than set it (see Store.visibleEnvelope).
+func (s *Store) loadFor(ctx context.Context, id EvpID, due bool) (*Envelope, error) {
 	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})
 	b, a, err := s.getBytes(ctx, key, s.maxRecord())
 	if err != nil {
@@ -59,7 +66,7 @@ func (s *Store) load(ctx context.Context, id EvpID) (*Envelope, error) {
 		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h) })
 		return nil, notFound("load", id)
 	}
-	ok, err := s.visibleEnvelope(ctx, id.MsgID(), h)
+	ok, err := s.visibleEnvelope(ctx, id.MsgID(), h, due)
 	if err != nil {
 		return nil, err
 	}

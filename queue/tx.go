@@ -12,6 +12,10 @@ import (
 	"github.com/mxqueue/mxq/queue/layout"
 )
 
+// aloneWait is how long a due scan leaves a message committed in one
+// round to its committer, before it stores the message's bit itself.
+const aloneWait = 2 * time.Second
+
 // maxIDAttempts bounds the retries of an ID allocation that collides.
 const maxIDAttempts = 20
 
@@ -567,11 +571,21 @@ func (s *Store) reservationState(ctx context.Context, m MsgID) (string, error) {
 
 // visibleEnvelope reports whether an envelope of message m with header h
 // may be shown: the transaction that wrote it committed.
-func (s *Store) visibleEnvelope(ctx context.Context, m MsgID, h *envHeader) (bool, error) {
+//
+// A message committed in one round (envHeader.Alone) whose bit is not
+// stored yet is committed if its content is stored, and the reader
+// stores the bit (rollForward). A due scan, which may come back later,
+// does not for aloneWait after the message's transaction began: its
+// committer sets the bit within a moment, and a busy site's scans would
+// otherwise race it for the block record.
+func (s *Store) visibleEnvelope(ctx context.Context, m MsgID, h *envHeader, due bool) (bool, error) {
 	if h.Block != 0 {
 		ok, err := s.blockVisible(ctx, m, h.Block)
 		if ok || err != nil || !h.Alone {
 			return ok, err
+		}
+		if due && s.now().Sub(time.Unix(h.Opened, 0)) < aloneWait {
+			return false, nil
 		}
 		return s.rollForward(ctx, m, h.Block)
 	}

@@ -55,7 +55,7 @@ func decodeEnvelope(b []byte) (envelope, error) {
 // content that content returns for the message's ID. When it returns nil,
 // the message is durable and any instance's Due finds it.
 func (mx *MX) enqueue(ctx context.Context, from string, rcpts []string, content func(queue.MsgID) io.Reader) (queue.MsgID, error) {
-	tx, err := mx.q.Begin(ctx) // reserves the message ID: one create-only write
+	tx, err := mx.q.Begin(ctx) // a message ID from the Store's block: no request
 	if err != nil {
 		return 0, err
 	}
@@ -68,11 +68,10 @@ func (mx *MX) enqueue(ctx context.Context, from string, rcpts []string, content 
 			}
 		}
 		// The content streams to the store, the envelopes beside it;
-		// nothing of the message is visible before Commit.
-		if _, err := tx.WriteContent(ctx, content(tx.ID())); err != nil {
-			return err
-		}
-		return tx.Commit(ctx)
+		// nothing of the message is visible before CommitContent
+		// returns, and a message of one recipient needs no more round.
+		_, err := tx.CommitContent(ctx, content(tx.ID()))
+		return err
 	}()
 	if err != nil {
 		// Rollback removes what was written. It also tells a commit whose
