@@ -482,17 +482,11 @@ func (s *Store) rollForward(ctx context.Context, m MsgID, nonce uint64) (bool, e
 		}
 	}
 	for range maxSettleRounds {
-		r, v, err := s.readBlock(ctx, first)
-		if s.isNotFound(err) {
-			s.blocks.drop(first)
-			return false, nil
-		}
-		if err != nil {
-			return false, err
-		}
-		s.blocks.putAt(first, r, s.now())
+		r, v, err := s.fetchBlock(ctx, first)
 		switch {
-		case r.Nonce != nonce || r.Foreign.has(lo) || r.Aborted.has(lo):
+		case err != nil:
+			return false, err
+		case r == nil || r.Nonce != nonce || r.Foreign.has(lo) || r.Aborted.has(lo):
 			return false, nil
 		case r.Committed.has(lo):
 			return true, nil
@@ -737,18 +731,28 @@ func (s *Store) blockVisible(ctx context.Context, m MsgID, nonce uint64) (bool, 
 	if s.blocks.committed(m, nonce) {
 		return true, nil
 	}
-	first := layout.BlockOf(uint32(m))
-	r, _, err := s.readBlock(ctx, first)
-	if s.isNotFound(err) {
+	r, _, err := s.fetchBlock(ctx, layout.BlockOf(uint32(m)))
+	if r == nil || err != nil {
 		// Swept, or never written: its transaction did not commit.
-		s.blocks.drop(first)
-		return false, nil
-	}
-	if err != nil {
 		return false, err
 	}
-	s.blocks.putAt(first, r, s.now())
 	return r.Nonce == nonce && r.Committed.has(lowBits(m)), nil
+}
+
+// fetchBlock reads the record of the block that starts at first and
+// caches it; a missing record is nil, with no error, and leaves the block
+// out of the cache.
+func (s *Store) fetchBlock(ctx context.Context, first uint32) (*blockRecord, Version, error) {
+	r, v, err := s.readBlock(ctx, first)
+	if s.isNotFound(err) {
+		s.blocks.drop(first)
+		return nil, "", nil
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	s.blocks.putAt(first, r, s.now())
+	return r, v, nil
 }
 
 // msgState tells whether the message m is committed, open or aborted

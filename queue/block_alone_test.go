@@ -75,6 +75,13 @@ func (g *gated) Put(ctx context.Context, key string, r io.Reader, o *driver.PutO
 	return g.Backend.Put(ctx, key, r, o)
 }
 
+// refuseBlk makes writes to block records fail, or succeed again.
+func (g *gated) refuseBlk(refuse bool) {
+	g.mu.Lock()
+	g.noBlk = refuse
+	g.mu.Unlock()
+}
+
 func (g *gated) blkWrites() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -201,14 +208,8 @@ func TestCommitContentReaders(t *testing.T) {
 		// Another node's due scan leaves the bit to the committer for a
 		// moment, then sets it itself.
 		tx, id := aloneTx(t, a)
-		g.mu.Lock()
-		g.noBlk = true
-		g.mu.Unlock()
-		defer func() {
-			g.mu.Lock()
-			g.noBlk = false
-			g.mu.Unlock()
-		}()
+		g.refuseBlk(true)
+		defer g.refuseBlk(false)
 		if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
 			t.Fatal(err)
 		}
@@ -242,14 +243,8 @@ func TestCommitContentReaders(t *testing.T) {
 
 	t.Run("committed", func(t *testing.T) {
 		tx, id := aloneTx(t, a)
-		g.mu.Lock()
-		g.noBlk = true // the committer never gets to write the bit
-		g.mu.Unlock()
-		defer func() {
-			g.mu.Lock()
-			g.noBlk = false
-			g.mu.Unlock()
-		}()
+		g.refuseBlk(true) // the committer never gets to write the bit
+		defer g.refuseBlk(false)
 		if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
 			t.Fatal(err)
 		}
@@ -371,9 +366,7 @@ func TestSweepCommitsAlone(t *testing.T) {
 	}
 	kept, keptID := aloneTx(t, a)
 	lost, lostID := aloneTx(t, a)
-	g.mu.Lock()
-	g.noBlk = true
-	g.mu.Unlock()
+	g.refuseBlk(true)
 	if _, err := kept.CommitContent(ctx, strings.NewReader("hello")); err != nil {
 		t.Fatal(err)
 	}
@@ -381,9 +374,7 @@ func TestSweepCommitsAlone(t *testing.T) {
 		t.Fatal("CommitContent with a failing reader succeeded")
 	}
 	a.Close() // dies: neither bit is written
-	g.mu.Lock()
-	g.noBlk = false
-	g.mu.Unlock()
+	g.refuseBlk(false)
 
 	sw, err := queue.New(g.Backend, &queue.Options{Node: "sweeper", Clock: clk.Now, Grace: grace})
 	if err != nil {

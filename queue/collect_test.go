@@ -121,8 +121,12 @@ func TestDeleteCollectsInBatches(t *testing.T) {
 			if how == "tombstone" {
 				maxDel = 4 * n // the envelope, the claim and due pointers, the content
 			}
-			if d.Get != n || d.Put != int64(puts*n) || d.Delete > maxDel || d.List > 10 {
-				t.Errorf("requests %+v for %d deliveries: want %d gets, %d puts, at most %d deletes and 10 listings", d, n, n, puts*n, maxDel)
+			// The listings depend on how the deliveries fall into the
+			// collector's 100 ms batches (one per block of at least four
+			// messages, else one per message): about 4 on an idle
+			// machine, more on a loaded one, and 50 without batches.
+			if d.Get != n || d.Put != int64(puts*n) || d.Delete > maxDel || d.List > n/2 {
+				t.Errorf("requests %+v for %d deliveries: want %d gets, %d puts, at most %d deletes and %d listings", d, n, n, puts*n, maxDel, n/2)
 			}
 			for _, p := range []string{"msg/", "evp/", "due/", "own/"} {
 				if got := rawCount(t, raw, p); got != 0 {
