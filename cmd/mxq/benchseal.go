@@ -171,11 +171,11 @@ func commitOne(ctx context.Context, s *queue.Store, content []byte) (queue.MsgID
 		tx.Rollback(ctx)
 		return 0, err
 	}
-	if _, err := tx.WriteContent(ctx, bytes.NewReader(content)); err != nil {
+	if _, err := tx.CommitContent(ctx, bytes.NewReader(content)); err != nil {
 		tx.Rollback(ctx)
 		return 0, err
 	}
-	return tx.ID(), tx.Commit(ctx)
+	return tx.ID(), nil
 }
 
 func readAll(ctx context.Context, s *queue.Store, m queue.MsgID, want int) error {

@@ -138,15 +138,16 @@ func runPut(ctx context.Context, c *cli, args []string) error {
 		}
 		ids = append(ids, id)
 	}
-	n, err := tx.WriteContent(ctx, bufio.NewReaderSize(c.stdin, 64<<10))
-	if err == nil {
-		err = tx.Commit(ctx)
-	}
+	n, err := tx.CommitContent(ctx, bufio.NewReaderSize(c.stdin, 64<<10))
 	if err != nil {
-		if rerr := tx.Rollback(ctx); rerr != nil && !errors.Is(rerr, queue.ErrClosed) {
+		switch rerr := tx.Rollback(ctx); {
+		case errors.Is(rerr, queue.ErrConflict):
+			// The commit landed, though its answer was lost: queued.
+		case rerr != nil && !errors.Is(rerr, queue.ErrClosed):
 			return fmt.Errorf("%v (and the rollback failed: %v)", err, rerr)
+		default:
+			return err
 		}
-		return err
 	}
 	if c.json {
 		return c.printJSON(map[string]any{"msgid": tx.ID(), "envelopes": ids, "size": n})
