@@ -454,20 +454,30 @@ func (s *Store) flushBits(ctx context.Context) error {
 	return nil
 }
 
-// rollForward commits the message m of the block use nonce, whose only
-// envelope a reader found written by Tx.CommitContent (envHeader.Alone)
-// with the message's bit neither committed nor aborted as far as it
-// knows. The message is committed if its content is stored too; then
-// this sets its committed bit, as the committer does in the background,
-// so that no sweep can abort it any more. It reports whether the message
-// is committed.
-func (s *Store) rollForward(ctx context.Context, m MsgID, nonce uint64) (bool, error) {
+// rollForward commits the message of the envelope id, the message's only
+// one, which a reader found with header h written by Tx.CommitContent
+// (envHeader.Alone) with the message's bit neither committed nor aborted
+// as far as it knows. The message is committed if its content is stored
+// too; then this writes the due or claim pointer that the commit wrote in
+// parallel, in case the committer died before it landed, and sets the
+// committed bit, as the committer does in the background, so that no
+// sweep can abort it any more. It reports whether the message is
+// committed.
+func (s *Store) rollForward(ctx context.Context, id EvpID, h *envHeader) (bool, error) {
+	m, nonce := id.MsgID(), h.Block
 	_, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
 	if s.isNotFound(err) {
 		return false, nil // not stored yet, or never will be
 	}
 	if err != nil {
 		return false, err
+	}
+	// A message without its pointer would be committed and never due:
+	// the pointer goes first, as in the commit.
+	for _, k := range commitPointers(id, h) {
+		if _, err := s.putBytes(ctx, k, nil, driver.PutOptions{}); err != nil {
+			return false, err
+		}
 	}
 	first, lo := layout.BlockOf(uint32(m)), lowBits(m)
 	if b := s.ownIDBlock(ctx, first, nonce); b != nil {
@@ -812,14 +822,14 @@ func (s *Store) msgInBlock(ctx context.Context, m MsgID) (in, committed bool, er
 	if err != nil || first == "" {
 		return true, false, err
 	}
-	h, ok, err := s.firstHeader(ctx, []string{first})
+	h, evp, ok, err := s.firstHeader(ctx, []string{first})
 	switch {
 	case err != nil || !ok:
 		return true, false, err
 	case h.Block == 0:
 		return false, false, nil
 	case h.Alone:
-		committed, err = s.rollForward(ctx, m, h.Block)
+		committed, err = s.rollForward(ctx, evp, h)
 		return true, committed, err
 	}
 	return true, false, nil

@@ -30,7 +30,8 @@ type gated struct {
 	timedOut bool
 	keys     []string
 	blkPuts  int
-	noBlk    bool // refuse writes to block records
+	noBlk    bool   // refuse writes to block records
+	refuse   string // refuse writes under this prefix, if not ""
 	onPut    func(key string)
 }
 
@@ -48,6 +49,12 @@ func (g *gated) Put(ctx context.Context, key string, r io.Reader, o *driver.PutO
 			g.mu.Unlock()
 			return "", errors.New("refused")
 		}
+	}
+	if g.refuse != "" && strings.HasPrefix(key, g.refuse) {
+		g.mu.Unlock()
+		// After the writes beside it have landed.
+		time.Sleep(50 * time.Millisecond)
+		return "", errors.New("refused")
 	}
 	armed, open := g.armed, g.open
 	if armed {
@@ -451,5 +458,51 @@ func TestCommitContentLate(t *testing.T) {
 	}
 	if _, err := s.Load(ctx, id); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRollForwardWritesPointer: a commit whose content and envelope
+// landed but whose due pointer did not is committed, and the reader that
+// commits it writes the pointer first, so that it is due, not stranded.
+func TestRollForwardWritesPointer(t *testing.T) {
+	ctx := t.Context()
+	g := &gated{Backend: mem.OpenBackend("")}
+	clk := &fuzzClock{now: time.Now()}
+	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := queue.New(g.Backend, &queue.Options{Node: "b", Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tx, id := aloneTx(t, a)
+	g.mu.Lock()
+	g.refuse = "due/"
+	g.mu.Unlock()
+	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
+		t.Fatal("CommitContent succeeded without its due pointer")
+	}
+	g.mu.Lock()
+	g.refuse = ""
+	g.mu.Unlock()
+	if keys, _, _ := g.List(ctx, "due/", "", 10); len(keys) != 0 {
+		t.Fatalf("due pointers %v before the roll-forward", keys)
+	}
+	if _, err := b.Load(ctx, id); err != nil {
+		t.Fatalf("Load of a message whose content and envelope are stored: %v", err)
+	}
+	if keys, _, _ := g.List(ctx, "due/", "", 10); len(keys) != 1 {
+		t.Fatalf("due pointers %v after the roll-forward, want the message's", keys)
+	}
+	clk.Advance(time.Minute)
+	due, err := b.Due(ctx, 10)
+	if err != nil || len(due) != 1 || due[0].ID != id {
+		t.Fatalf("Due = %v, %v: the message is stranded", due, err)
+	}
+	if err := tx.Rollback(ctx); !errors.Is(err, queue.ErrConflict) {
+		t.Fatalf("Rollback of a message a reader committed = %v, want ErrConflict", err)
 	}
 }

@@ -66,7 +66,7 @@ func (s *Store) loadFor(ctx context.Context, id EvpID, due bool) (*Envelope, err
 		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h) })
 		return nil, notFound("load", id)
 	}
-	ok, err := s.visibleEnvelope(ctx, id.MsgID(), h, due)
+	ok, err := s.visibleEnvelope(ctx, id, h, due)
 	if err != nil {
 		return nil, err
 	}
@@ -279,6 +279,22 @@ func pointers(id EvpID, h *envHeader) (own, ofMsg []string) {
 		ofMsg = append(ofMsg, layout.Key(layout.Handle{Kind: layout.Claim, Node: h.Claimer, Msg: uint32(m)}))
 	}
 	return own, ofMsg
+}
+
+// commitPointers returns the pointer that a commit wrote for the envelope
+// id with header h: the claim pointer of its message for Tx.ClaimOnCommit,
+// else the due pointer of its message or its own, if any.
+func commitPointers(id EvpID, h *envHeader) []string {
+	m := id.MsgID()
+	switch {
+	case h.Claimer != "" && ValidNodeName(h.Claimer) == nil:
+		return []string{layout.Key(layout.Handle{Kind: layout.Claim, Node: h.Claimer, Msg: uint32(m)})}
+	case h.ByMsg:
+		return []string{layout.Key(layout.Handle{Kind: layout.Due, Due: max(dueBucket(h.Due), 1), Msg: uint32(m)})}
+	case h.Due != 0:
+		return []string{dueKey(h.Due, id)}
+	}
+	return nil
 }
 
 // Envelopes returns the IDs of the committed envelopes of message m, in

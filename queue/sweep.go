@@ -200,7 +200,7 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 		// node of an earlier version stored under an ID of the block
 		// has a reservation's nonce instead, and is left to its rules.
 		// Content alone waits for the block to be done.
-		h, ok, err := s.firstHeader(ctx, keys)
+		h, evp, ok, err := s.firstHeader(ctx, keys)
 		if err != nil {
 			return err
 		}
@@ -215,7 +215,7 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 		if ok && h.Alone {
 			// Committed in one round if its content is stored too: then
 			// it is to be kept, and its bit set, never aborted.
-			done, err := s.rollForward(ctx, MsgID(first|lo), h.Block)
+			done, err := s.rollForward(ctx, evp, h)
 			if err != nil {
 				return err
 			}
@@ -285,8 +285,8 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 }
 
 // firstHeader reads the header of the first envelope among keys, and
-// reports false when there is none.
-func (s *Store) firstHeader(ctx context.Context, keys []string) (*envHeader, bool, error) {
+// returns it with the envelope's ID, or reports false when there is none.
+func (s *Store) firstHeader(ctx context.Context, keys []string) (*envHeader, EvpID, bool, error) {
 	for _, k := range keys {
 		h, err := parseHandle(k)
 		if err != nil || h.Kind != layout.Envelope {
@@ -297,15 +297,15 @@ func (s *Store) firstHeader(ctx context.Context, keys []string) (*envHeader, boo
 			continue
 		}
 		if err != nil {
-			return nil, false, err
+			return nil, 0, false, err
 		}
 		hdr, _, err := decodeRecord(k, b)
 		if err != nil {
 			continue
 		}
-		return hdr, true, nil
+		return hdr, h.Evp, true, nil
 	}
-	return nil, false, nil
+	return nil, 0, false, nil
 }
 
 // abortBits sets the aborted bits of the transactions los of the block

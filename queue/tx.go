@@ -578,7 +578,8 @@ func (s *Store) reservationState(ctx context.Context, m MsgID) (string, error) {
 // does not for aloneWait after the message's transaction began: its
 // committer sets the bit within a moment, and a busy site's scans would
 // otherwise race it for the block record.
-func (s *Store) visibleEnvelope(ctx context.Context, m MsgID, h *envHeader, due bool) (bool, error) {
+func (s *Store) visibleEnvelope(ctx context.Context, id EvpID, h *envHeader, due bool) (bool, error) {
+	m := id.MsgID()
 	if h.Block != 0 {
 		ok, err := s.blockVisible(ctx, m, h.Block)
 		if ok || err != nil || !h.Alone {
@@ -587,7 +588,7 @@ func (s *Store) visibleEnvelope(ctx context.Context, m MsgID, h *envHeader, due 
 		if due && s.now().Sub(time.Unix(h.Opened, 0)) < aloneWait {
 			return false, nil
 		}
-		return s.rollForward(ctx, m, h.Block)
+		return s.rollForward(ctx, id, h)
 	}
 	return s.visible(ctx, m, h.Pending)
 }

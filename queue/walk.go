@@ -158,14 +158,14 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 // rollForward) or open, or "" when it was written under a reservation.
 // A missing envelope, or one that does not parse, counts as open.
 func (s *Store) blockTxState(ctx context.Context, id EvpID) (string, error) {
-	h, ok, err := s.firstHeader(ctx, []string{layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})})
+	h, _, ok, err := s.firstHeader(ctx, []string{layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})})
 	switch {
 	case err != nil || !ok:
 		return stateOpen, err
 	case h.Block == 0:
 		return "", nil
 	case h.Alone:
-		if done, err := s.rollForward(ctx, id.MsgID(), h.Block); err != nil || !done {
+		if done, err := s.rollForward(ctx, id, h); err != nil || !done {
 			return stateOpen, err
 		}
 		return stateCommitted, nil
