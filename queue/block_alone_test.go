@@ -132,6 +132,17 @@ func (r brokenAfterEnvelope) Read([]byte) (int, error) {
 	return 0, errors.New("broken stream")
 }
 
+// clocked opens a Store of node on b with the clock clk and the grace
+// period grace (the default if 0).
+func clocked(t *testing.T, b driver.Backend, node string, clk *fuzzClock, grace time.Duration) *queue.Store {
+	t.Helper()
+	s, err := queue.New(b, &queue.Options{Node: node, Clock: clk.Now, Grace: grace})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
 // aloneTx begins a transaction of one envelope on s.
 func aloneTx(t *testing.T, s *queue.Store) (*queue.Tx, queue.EvpID) {
 	t.Helper()
@@ -200,15 +211,9 @@ func TestCommitContentReaders(t *testing.T) {
 	ctx := t.Context()
 	g := &gated{Backend: mem.OpenBackend("")}
 	clk := &fuzzClock{now: time.Now()}
-	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := clocked(t, g, "a", clk, 0)
 	defer a.Close()
-	b, err := queue.New(g.Backend, &queue.Options{Node: "b", Clock: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := clocked(t, g.Backend, "b", clk, 0)
 	defer b.Close()
 
 	t.Run("due scan", func(t *testing.T) {
@@ -367,10 +372,7 @@ func TestSweepCommitsAlone(t *testing.T) {
 	g := &gated{Backend: mem.OpenBackend("")}
 	clk := &fuzzClock{now: time.Now()}
 	const grace = 15 * time.Minute
-	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now, Grace: grace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := clocked(t, g, "a", clk, grace)
 	kept, keptID := aloneTx(t, a)
 	lost, lostID := aloneTx(t, a)
 	g.refuseBlk(true)
@@ -383,10 +385,7 @@ func TestSweepCommitsAlone(t *testing.T) {
 	a.Close() // dies: neither bit is written
 	g.refuseBlk(false)
 
-	sw, err := queue.New(g.Backend, &queue.Options{Node: "sweeper", Clock: clk.Now, Grace: grace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	sw := clocked(t, g.Backend, "sweeper", clk, grace)
 	defer sw.Close()
 	st, err := sw.Sweep(ctx)
 	if err != nil {
@@ -433,10 +432,7 @@ func TestCommitContentLate(t *testing.T) {
 	g := &gated{Backend: mem.OpenBackend("")}
 	clk := &fuzzClock{now: time.Now()}
 	const grace = 15 * time.Minute
-	s, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now, Grace: grace})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := clocked(t, g, "a", clk, grace)
 	defer s.Close()
 	tx, id := aloneTx(t, s)
 	before := g.blkWrites()
@@ -468,15 +464,9 @@ func TestRollForwardWritesPointer(t *testing.T) {
 	ctx := t.Context()
 	g := &gated{Backend: mem.OpenBackend("")}
 	clk := &fuzzClock{now: time.Now()}
-	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := clocked(t, g, "a", clk, 0)
 	defer a.Close()
-	b, err := queue.New(g.Backend, &queue.Options{Node: "b", Clock: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := clocked(t, g.Backend, "b", clk, 0)
 	defer b.Close()
 	tx, id := aloneTx(t, a)
 	g.mu.Lock()

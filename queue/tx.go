@@ -260,24 +260,23 @@ func (tx *Tx) flush(ctx context.Context) error {
 		}
 		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone}
 	}
-	var pointers []string
 	if tx.claim > 0 {
 		if err := s.ensureAlive(ctx); err != nil {
 			return err
 		}
 		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session.Load(), 1, now.Add(tx.claim).UnixNano()
-		h.Claimer = s.opts.Node
-		pointers = append(pointers, layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Msg: uint32(tx.id)}))
+		h.Claimer = s.opts.Node // the claim pointer names the message
 	} else if !s.opts.SelfScheduled && len(todo) == 1 && len(tx.envs) == 1 {
-		// The message's one envelope gets a pointer of its own, which
-		// a due scan follows with no listing of the message.
+		// The message's one envelope gets a due pointer of its own,
+		// which a due scan follows with no listing of the message.
 		h.Due = now.Unix()
-		pointers = append(pointers, dueKey(h.Due, tx.envs[todo[0]].id))
 	} else if !s.opts.SelfScheduled {
 		// One pointer makes every envelope of the message due.
 		h.Due, h.ByMsg = now.Unix(), true
-		pointers = append(pointers, layout.Key(layout.Handle{Kind: layout.Due, Due: max(dueBucket(h.Due), 1), Msg: uint32(tx.id)}))
 	}
+	// The header says which pointer goes with the envelopes, as it
+	// tells a reader that commits a one-round message for its committer.
+	pointers := commitPointers(tx.envs[todo[0]].id, &h)
 	tx.pointers = append(tx.pointers, pointers...)
 	return s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
 		if j >= len(todo) {
