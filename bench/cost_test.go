@@ -44,8 +44,15 @@ func TestCosts(t *testing.T) {
 		// page or a stale pointer, amortised over n; a walk's page
 		// may span one block or two.
 		slack := 0.1
-		if c.Op == "walk, per 1,000 envelopes" {
+		switch c.Op {
+		case "walk, per 1,000 envelopes":
 			slack = 0.5
+		case "claim + delete (last envelope)", "deliver (due scan, claim, delete)":
+			// The clean-up goes in 100 ms batches, each a listing
+			// and a multi-object delete: how the deliveries fall into
+			// them depends on the machine's load (4.05 idle, 4.11
+			// under a full CI run). A request more is 5.
+			slack = 0.25
 		}
 		if c.Requests > w+slack || c.Requests <= w-1 {
 			t.Errorf("%s: %.3f requests, want %.0f (to %.1f)", c.Op, c.Requests, w, w+slack)
