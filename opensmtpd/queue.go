@@ -316,6 +316,10 @@ func (q *Queue) MessageCreate(ctx context.Context) (uint32, error) {
 		q.background(ctx, func(ctx context.Context) { tx.Rollback(ctx) })
 		return 0, err
 	}
+	if q.opts.Shared {
+		// Before Prepare writes the envelope, which carries the claim.
+		tx.ClaimOnCommit(q.opts.Lease)
+	}
 	q.mu.Lock()
 	q.txs[uint32(tx.ID())] = &openTx{tx: tx, created: time.Now()}
 	q.mu.Unlock()
@@ -375,9 +379,6 @@ func (q *Queue) MessageCommit(ctx context.Context, msgid uint32, f *os.File) err
 	// The walk must never return these envelopes: smtpd schedules them
 	// from this commit. Marked before they become visible.
 	q.markLocal(t.tx.Envelopes()...)
-	if q.opts.Shared {
-		t.tx.ClaimOnCommit(q.opts.Lease)
-	}
 	wctx, rctx := ctx, ctx
 	if cd, rd, ok := commitBudget(ctx); ok {
 		var cancel, rcancel context.CancelFunc
@@ -456,6 +457,12 @@ func (q *Queue) MessageFdR(ctx context.Context, msgid uint32) (*os.File, error) 
 func (q *Queue) EnvelopeCreate(ctx context.Context, msgid uint32, data []byte) (uint64, error) {
 	if t := q.openTx(msgid); t != nil {
 		id, err := t.tx.AddEnvelope(data)
+		if err == nil {
+			// The envelope goes to the store while the client sends
+			// DATA, so that MESSAGE_COMMIT waits for the content
+			// alone. A second envelope undoes this in the background.
+			t.tx.Prepare(ctx)
+		}
 		return uint64(id), err
 	}
 	id, err := q.s.AddEnvelope(ctx, queue.MsgID(msgid), data)

@@ -113,6 +113,12 @@ type ServeOptions struct {
 	// PID is written into the pid field of replies; zero means os.Getpid().
 	// smtpd ignores it.
 	PID uint32
+
+	// Observe, if non-nil, is called after each reply is written with the
+	// request's type, the time since the previous reply (idle: smtpd was
+	// working or waiting for its clients) and the time from reading the
+	// request to writing its reply (busy). (*Profile).Observe fits.
+	Observe func(op Type, idle, busy time.Duration)
 }
 
 // Serve speaks the queue protocol with smtpd on conn (normally fd 0 of the
@@ -151,8 +157,10 @@ func Serve(ctx context.Context, conn *net.UnixConn, h Handler, opts *ServeOption
 	defer stop()
 
 	closed := false
+	last := time.Now()
 	for {
 		hd, payload, f, err := c.readFrame()
+		got := time.Now()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -185,6 +193,11 @@ func Serve(ctx context.Context, conn *net.UnixConn, h Handler, opts *ServeOption
 		}
 		if err != nil {
 			return fmt.Errorf("opensmtpd: write %s reply: %w", req.typ, err)
+		}
+		if opts.Observe != nil {
+			now := time.Now()
+			opts.Observe(req.typ, got.Sub(last), now.Sub(got))
+			last = now
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()

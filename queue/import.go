@@ -129,9 +129,12 @@ func (tx *Tx) importData(ctx context.Context, envs []ImportEnvelope, r io.Reader
 	}
 	tx.mu.Lock()
 	tx.anything = true
+	tx.idmu.Lock()
 	for _, e := range envs {
 		tx.envs = append(tx.envs, txEnvelope{id: e.ID, written: true})
+		tx.ids = append(tx.ids, e.ID)
 	}
+	tx.idmu.Unlock()
 	tx.mu.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/driver"
@@ -48,12 +50,26 @@ type Tx struct {
 	// wrote or tried to. Rollback removes only these and its envelopes.
 	ownContent bool
 	pointers   []string
+	// prepared says Prepare wrote, or is writing, the envelopes ahead of
+	// the content. busy, while a write ahead runs (holding mu), is closed
+	// when it ends: callers with a ctx wait for that, not for mu.
+	prepared bool
+	busy     atomic.Pointer[chan struct{}]
+
+	// ids are the IDs of envs, under a lock of their own, which a write
+	// ahead does not hold.
+	idmu sync.Mutex
+	ids  []EvpID
 }
 
 type txEnvelope struct {
 	id      EvpID
 	data    []byte
 	written bool
+	// again says the envelope is stored with a header that no longer
+	// fits (written ahead as the message's only one): the next write
+	// replaces it.
+	again bool
 }
 
 // Begin starts a message with a MsgID that no other node uses. IDs come
@@ -118,7 +134,12 @@ func (tx *Tx) ID() MsgID { return tx.id }
 // Commit. data is copied.
 func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 	tx.mu.Lock()
-	defer tx.mu.Unlock()
+	handed := false // to a rewrite in the background, which unlocks
+	defer func() {
+		if !handed {
+			tx.mu.Unlock()
+		}
+	}()
 	if tx.done {
 		return 0, &Error{Op: "add envelope", ID: tx.id.String(), Kind: ErrClosed}
 	}
@@ -142,9 +163,111 @@ func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 			continue
 		}
 		tx.envs = append(tx.envs, txEnvelope{id: e, data: append([]byte(nil), data...)})
+		tx.idmu.Lock()
+		tx.ids = append(tx.ids, e)
+		tx.idmu.Unlock()
+		if tx.prepared && tx.alone {
+			tx.unprepare()
+			handed = true
+		}
 		return e, nil
 	}
 	return 0, errorf("add envelope", tx.id.String(), ErrExists, "no free envelope ID after %d attempts", maxIDAttempts)
+}
+
+// Prepare starts writing the envelope of a message that has one so far,
+// in the background, so that CommitContent has only the content left to
+// write when it comes: for OpenSMTPD, the envelope goes to the store
+// while the client sends DATA, and the commit waits for one object, not
+// two. The envelope stays invisible until the content is stored. Prepare
+// returns at once; the commit, AddEnvelope and Rollback wait for the
+// write, and the commit writes again what it failed to write. ctx bounds
+// the write and need not outlive the call.
+//
+// Prepare does nothing for a message with no envelope or several, one
+// imported, or one whose content was written. If an envelope is added
+// after it, the first is rewritten in the background as one of several,
+// and the commit takes the two rounds a message of several envelopes
+// takes. A rollback after Prepare deletes what it wrote: an RSET costs
+// the store two requests where it would cost none. A transaction that is
+// abandoned without a rollback leaves an envelope that Sweep removes
+// after the grace period.
+func (tx *Tx) Prepare(ctx context.Context) {
+	tx.mu.Lock()
+	if tx.done || tx.prepared || tx.blk == nil || tx.content || len(tx.envs) != 1 || tx.envs[0].written || tx.s.check("prepare") != nil {
+		tx.mu.Unlock()
+		return
+	}
+	tx.prepared, tx.alone, tx.anything = true, true, true
+	tx.ahead(ctx, tx.flush)
+}
+
+// unprepare rewrites the envelope that Prepare wrote as the message's only
+// one, now that another was added, with the header of a message of
+// several envelopes: otherwise a reader that finds it and the content
+// would commit the message without the others. The content is written
+// only after this write: the commit waits for it. Pointers written with
+// the old header go. tx.mu is held, and handed to the write, which
+// releases it.
+func (tx *Tx) unprepare() {
+	tx.alone = false
+	tx.envs[0].written, tx.envs[0].again = false, true
+	old := tx.pointers
+	tx.pointers = nil
+	tx.ahead(context.Background(), func(ctx context.Context) error {
+		if err := tx.flush(ctx); err != nil {
+			tx.pointers = append(tx.pointers, old...)
+			return err
+		}
+		for _, k := range old {
+			if !slices.Contains(tx.pointers, k) {
+				tx.s.del(ctx, k)
+			}
+		}
+		return nil
+	})
+}
+
+// ahead runs write in the background with tx.mu held: the caller holds it
+// and hands it to the write, which releases it when done, so that every
+// other use of tx waits for the write. What the write failed to store the
+// commit writes again, replacing what may have landed unanswered.
+func (tx *Tx) ahead(ctx context.Context, write func(context.Context) error) {
+	budget := time.Minute
+	if d, ok := ctx.Deadline(); ok {
+		budget = time.Until(d) // ctx's deadline bounds the write; its end does not
+	}
+	done := make(chan struct{})
+	tx.busy.Store(&done)
+	started := tx.s.background(ctx, func(ctx context.Context) {
+		ctx, cancel := context.WithTimeout(ctx, budget)
+		defer cancel()
+		defer close(done)
+		defer tx.mu.Unlock()
+		if write(ctx) != nil {
+			for i := range tx.envs {
+				tx.envs[i].again = tx.envs[i].again || !tx.envs[i].written
+			}
+		}
+	})
+	if !started {
+		close(done)
+		tx.mu.Unlock() // closed: the commit fails on that
+	}
+}
+
+// lock takes tx.mu once a write ahead is done, or fails when ctx ends
+// first.
+func (tx *Tx) lock(ctx context.Context) error {
+	if done := tx.busy.Load(); done != nil {
+		select {
+		case <-*done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	tx.mu.Lock()
+	return nil
 }
 
 // ClaimOnCommit makes the transaction commit its envelopes already claimed
@@ -162,14 +285,11 @@ func (tx *Tx) ClaimOnCommit(d time.Duration) {
 }
 
 // Envelopes returns the IDs of the envelopes added so far.
+// It does not wait for a write ahead (Prepare).
 func (tx *Tx) Envelopes() []EvpID {
-	tx.mu.Lock()
-	defer tx.mu.Unlock()
-	ids := make([]EvpID, len(tx.envs))
-	for i, e := range tx.envs {
-		ids[i] = e.id
-	}
-	return ids
+	tx.idmu.Lock()
+	defer tx.idmu.Unlock()
+	return slices.Clone(tx.ids)
 }
 
 // WriteContent stores the message content read from r, streaming it in
@@ -179,7 +299,9 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 	if err := tx.s.check("write content"); err != nil {
 		return 0, err
 	}
-	tx.mu.Lock()
+	if err := tx.lock(ctx); err != nil {
+		return 0, &Error{Op: "write content", ID: tx.id.String(), Err: err}
+	}
 	defer tx.mu.Unlock()
 	if tx.done {
 		return 0, &Error{Op: "write content", ID: tx.id.String(), Kind: ErrClosed}
@@ -284,11 +406,13 @@ func (tx *Tx) flush(ctx context.Context) error {
 			return err
 		}
 		e := &tx.envs[todo[j]]
-		_, err := s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(e.id)}), encodeRecord(&h, e.data), driver.PutOptions{IfNoneMatch: true})
+		// An envelope written ahead with another header is replaced;
+		// any other is new.
+		_, err := s.putBytes(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(e.id)}), encodeRecord(&h, e.data), driver.PutOptions{IfNoneMatch: !e.again})
 		if err != nil {
 			return err
 		}
-		e.written = true
+		e.written, e.again = true, false
 		return nil
 	})
 }
@@ -302,7 +426,9 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	if err := tx.s.check("commit"); err != nil {
 		return err
 	}
-	tx.mu.Lock()
+	if err := tx.lock(ctx); err != nil {
+		return &Error{Op: "commit", ID: tx.id.String(), Err: err}
+	}
 	defer tx.mu.Unlock()
 	s := tx.s
 	id := tx.id.String()
@@ -383,7 +509,9 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 	if err := tx.s.check("commit"); err != nil {
 		return 0, err
 	}
-	tx.mu.Lock()
+	if err := tx.lock(ctx); err != nil {
+		return 0, &Error{Op: "commit", ID: tx.id.String(), Err: err}
+	}
 	id := tx.id.String()
 	switch {
 	case tx.done:
@@ -396,7 +524,8 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 		tx.mu.Unlock()
 		return 0, errorf("commit", id, ErrInvalid, "content was written already: use Commit")
 	}
-	alone := tx.blk != nil && len(tx.envs) == 1 && !tx.envs[0].written
+	// One envelope, not written yet, or written ahead as the only one.
+	alone := tx.blk != nil && len(tx.envs) == 1 && (!tx.envs[0].written || tx.alone)
 	if alone {
 		// Once both writes land, a reader may commit the message: from
 		// here on only the block record's bits tell a rollback whether
@@ -442,7 +571,9 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 // Rollback abandons the message and removes what it wrote. Rolling back a
 // committed or rolled-back transaction returns ErrClosed.
 func (tx *Tx) Rollback(ctx context.Context) error {
-	tx.mu.Lock()
+	if err := tx.lock(ctx); err != nil {
+		return &Error{Op: "rollback", ID: tx.id.String(), Err: err}
+	}
 	defer tx.mu.Unlock()
 	s := tx.s
 	id := tx.id.String()
@@ -503,7 +634,7 @@ func (tx *Tx) removeOwn(ctx context.Context) error {
 	s := tx.s
 	var keys []string
 	for _, e := range tx.envs {
-		if e.written {
+		if e.written || e.again { // again: a failed write may have landed
 			keys = append(keys, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(e.id)}))
 		}
 	}

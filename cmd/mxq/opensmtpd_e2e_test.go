@@ -917,10 +917,15 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 			}
 			rates := make(map[string]float64)
 			for _, r := range runs {
-				arg := r.url
+				arg, profile := r.url, ""
 				if arg != "" {
+					// The queue process writes where its time went
+					// (profile=), as the operator's guide shows.
+					dir := t.TempDir()
+					must(t, os.Chmod(dir, 0o777))
+					profile = filepath.Join(dir, "profile")
 					conf := filepath.Join(t.TempDir(), "queue.conf")
-					must(t, os.WriteFile(conf, fmt.Appendf(nil, "queue=%s\nsmtpd-patched=true\n", r.url), 0o600))
+					must(t, os.WriteFile(conf, fmt.Appendf(nil, "queue=%s\nsmtpd-patched=true\nprofile=%s\n", r.url, profile), 0o644))
 					arg = conf
 				}
 				m := newMTA(t, b, arg)
@@ -931,6 +936,13 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 				m.stop()
 				rates[r.name] = rate
 				t.Logf("%s %-14s %4d messages, %d clients: %7.1f msg/s", b.version, r.name, n, workers, rate)
+				if profile != "" {
+					p, err := os.ReadFile(profile)
+					if err != nil {
+						t.Fatalf("the queue process wrote no profile: %v", err)
+					}
+					t.Logf("%s %s: the queue process's profile of %d messages:\n%s", b.version, r.name, n+2*workers, p)
+				}
 			}
 			base := rates["fs (built-in)"]
 			for _, r := range runs[1:] {

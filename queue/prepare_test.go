@@ -1,0 +1,222 @@
+package queue_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mxqueue/mxq/adapters/mem"
+	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
+)
+
+// keysUnder lists every key of b under prefix.
+func keysUnder(t *testing.T, b driver.Backend, prefix string) []string {
+	t.Helper()
+	var all []string
+	after := ""
+	for range 100 {
+		keys, more, err := b.List(t.Context(), prefix, after, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, keys...)
+		if !more || len(keys) == 0 {
+			return all
+		}
+		after = keys[len(keys)-1]
+	}
+	t.Fatalf("listing %s did not end", prefix)
+	return nil
+}
+
+// waitStored waits, a bounded time, until key is stored.
+func waitStored(t *testing.T, b driver.Backend, key string) {
+	t.Helper()
+	for range 500 {
+		if rc, _, err := b.Get(t.Context(), key); err == nil {
+			rc.Close()
+			return
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Fatalf("%s was not stored within a second", key)
+}
+
+// TestPrepare: the envelope that Prepare writes ahead stays invisible to
+// every node, and the commit that follows writes the content alone, after
+// which every node sees the message.
+func TestPrepare(t *testing.T) {
+	ctx := t.Context()
+	g := &gated{Backend: mem.OpenBackend("")}
+	a, err := queue.New(g, &queue.Options{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := queue.New(g.Backend, &queue.Options{Node: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tx, id := aloneTx(t, a)
+	tx.Prepare(ctx)
+	waitStored(t, g, envKey(id))
+	if _, err := b.Load(ctx, id); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("another node's Load of a prepared envelope = %v, want ErrNotFound", err)
+	}
+	if due, err := b.Due(ctx, 10); err != nil || len(due) != 0 {
+		t.Fatalf("another node's due scan of a prepared envelope = %v, %v", due, err)
+	}
+	var mu sync.Mutex
+	var wrote []string
+	g.mu.Lock()
+	g.onPut = func(key string) {
+		mu.Lock()
+		wrote = append(wrote, key)
+		mu.Unlock()
+	}
+	g.mu.Unlock()
+	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if len(wrote) != 1 || wrote[0] != contentKey(tx.ID()) {
+		t.Errorf("the commit of a prepared message wrote %v, want its content alone", wrote)
+	}
+	mu.Unlock()
+	e, err := b.Load(ctx, id)
+	if err != nil || string(e.Data) != "rcpt@example.org" {
+		t.Fatalf("another node's Load after the commit = %v, %v", e, err)
+	}
+}
+
+// TestPrepareSecondEnvelope: an envelope added after Prepare makes the
+// first one of several, in the store before the content is written: a
+// reader that finds the first envelope and the content, as a committer
+// that died in the commit leaves them, does not commit the message
+// without the second. The commit then shows both, with the one pointer
+// of a message of several envelopes.
+func TestPrepareSecondEnvelope(t *testing.T) {
+	ctx := t.Context()
+	back := mem.OpenBackend("")
+	a, err := queue.New(back, &queue.Options{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := queue.New(back, &queue.Options{Node: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+
+	// The committer dies after the content landed.
+	tx, first := aloneTx(t, a)
+	tx.Prepare(ctx)
+	second, err := tx.AddEnvelope([]byte("two@example.org"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStored(t, back, envKey(second))
+	if _, err := back.Put(ctx, contentKey(tx.ID()), strings.NewReader("hello"), &driver.PutOptions{IfNoneMatch: true}); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := b.Load(ctx, first); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("another node's Load of the first envelope = %v, %v: it committed a message of two envelopes with one", e, err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	tx, first = aloneTx(t, a)
+	tx.Prepare(ctx)
+	if second, err = tx.AddEnvelope([]byte("two@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []queue.EvpID{first, second} {
+		if _, err := b.Load(ctx, id); err != nil {
+			t.Fatalf("Load(%v) after the commit: %v", id, err)
+		}
+	}
+	a.Flush(ctx)
+	if due := keysUnder(t, back, "due/"); len(due) != 1 || !strings.HasSuffix(due[0], tx.ID().String()) {
+		t.Fatalf("due pointers %v, want the message's one", due)
+	}
+}
+
+// TestPrepareRollback: a rollback after Prepare leaves nothing of the
+// message in the store.
+func TestPrepareRollback(t *testing.T) {
+	ctx := t.Context()
+	back := mem.OpenBackend("")
+	a, err := queue.New(back, &queue.Options{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	tx, id := aloneTx(t, a)
+	tx.Prepare(ctx)
+	waitStored(t, back, envKey(id))
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"evp/", "due/", "msg/"} {
+		if keys := keysUnder(t, back, p); len(keys) != 0 {
+			t.Errorf("left after the rollback: %v", keys)
+		}
+	}
+}
+
+// lostAnswer stores the first write under prefix and then reports it
+// failed, as a write whose answer was lost.
+type lostAnswer struct {
+	driver.Backend
+	prefix string
+	mu     sync.Mutex
+	done   bool
+}
+
+func (l *lostAnswer) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
+	v, err := l.Backend.Put(ctx, key, r, o)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err == nil && !l.done && strings.HasPrefix(key, l.prefix) {
+		l.done = true
+		return "", errors.New("connection reset")
+	}
+	return v, err
+}
+
+// TestPrepareLostAnswer: the commit writes again an envelope whose write
+// ahead failed, replacing it should it have landed, and commits.
+func TestPrepareLostAnswer(t *testing.T) {
+	ctx := t.Context()
+	back := &lostAnswer{Backend: mem.OpenBackend(""), prefix: "evp/"}
+	a, err := queue.New(back, &queue.Options{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	tx, id := aloneTx(t, a)
+	tx.Prepare(ctx)
+	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
+		t.Fatalf("commit after a lost answer to the write ahead: %v", err)
+	}
+	back.mu.Lock()
+	lost := back.done
+	back.mu.Unlock()
+	if !lost {
+		t.Fatal("no write ahead was made")
+	}
+	if e, err := a.Load(ctx, id); err != nil || string(e.Data) != "rcpt@example.org" {
+		t.Fatalf("Load = %v, %v", e, err)
+	}
+}
