@@ -33,6 +33,20 @@ type Result struct {
 // Measure runs op n times with the given concurrency and returns the
 // latency percentiles and the throughput.
 func Measure(ctx context.Context, op Op, n, concurrency int) (Result, error) {
+	return MeasureTimed(ctx, func(ctx context.Context) (time.Duration, error) {
+		t := time.Now()
+		err := op(ctx)
+		return time.Since(t), err
+	}, n, concurrency)
+}
+
+// TimedOp is an operation that times part of itself, leaving out its
+// setup: it returns the latency to count.
+type TimedOp func(ctx context.Context) (time.Duration, error)
+
+// MeasureTimed is Measure for an operation that times itself. The
+// throughput counts the whole of each operation, setup included.
+func MeasureTimed(ctx context.Context, op TimedOp, n, concurrency int) (Result, error) {
 	if n <= 0 {
 		return Result{}, nil
 	}
@@ -52,12 +66,12 @@ func Measure(ctx context.Context, op Op, n, concurrency int) (Result, error) {
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				t := time.Now()
-				if err := op(ctx); err != nil {
+				d, err := op(ctx)
+				if err != nil {
 					once.Do(func() { first = err })
 					return
 				}
-				lat[i] = time.Since(t)
+				lat[i] = d
 			}
 		}()
 	}
@@ -88,6 +102,43 @@ func Commit(s *queue.Store, content []byte, rcpts int) Op {
 		}
 		_, err = tx.CommitContent(ctx, bytes.NewReader(content))
 		return err
+	}
+}
+
+// DataTime is how long PreparedCommit waits between Prepare and the
+// commit: a stand-in for the time a client takes to send DATA, and longer
+// than a write to a store on the same network.
+const DataTime = 20 * time.Millisecond
+
+// PreparedCommit stores a message of content with one envelope as an MTA
+// does that calls Tx.Prepare at RCPT TO, and times what the client waits
+// for after DATA: CommitContent, DataTime after Prepare.
+func PreparedCommit(s *queue.Store, content []byte) TimedOp {
+	return func(ctx context.Context) (time.Duration, error) {
+		tx, err := s.Begin(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := tx.AddEnvelope([]byte("rcpt0@example.org")); err != nil {
+			return 0, err
+		}
+		tx.Prepare(ctx)
+		time.Sleep(DataTime)
+		t := time.Now()
+		_, err = tx.CommitContent(ctx, bytes.NewReader(content))
+		return time.Since(t), err
+	}
+}
+
+// After times op after a pause of d, as PreparedCommit times the commit:
+// its floor, measured on the same terms (a machine that idled for d may
+// answer its first request more slowly than a busy one).
+func After(d time.Duration, op Op) TimedOp {
+	return func(ctx context.Context) (time.Duration, error) {
+		time.Sleep(d)
+		t := time.Now()
+		err := op(ctx)
+		return time.Since(t), err
 	}
 }
 

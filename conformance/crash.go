@@ -25,10 +25,12 @@ import (
 var crashSeeds = []uint64{1, 2}
 
 // crashOps are the operations of the crash matrix.
-var crashOps = []string{"commit", "commit1", "update", "claim", "defer", "delete", "takeover", "quarantine", "sweep"}
+var crashOps = []string{"commit", "commit1", "prepare", "prepare1", "update", "claim", "defer", "delete", "takeover", "quarantine", "sweep"}
 
 // testCrashMatrix kills a node after each request of each operation
-// (commit, commit1: a commit of one envelope in one round, update, claim, defer, delete, takeover of a dead node,
+// (commit, commit1: a commit of one envelope in one round, prepare and
+// prepare1: a commit after Tx.Prepare, of several envelopes added after it
+// or of one, update, claim, defer, delete, takeover of a dead node,
 // quarantine, sweep of a dead node's open transaction), as CommitCrash does for the
 // commit alone, but with drivertest.Faults counting every request, reads
 // included, and with the answers in flight lost or not (see crashSeeds). A new Store on the same storage then takes over from the dead
@@ -48,7 +50,7 @@ func testCrashMatrix(t *testing.T, mk HarnessMaker) {
 			t.Run(fmt.Sprintf("seed%d/%s", seed, op), func(t *testing.T) {
 				rng := rand.New(rand.NewPCG(seed, 0))
 				nenv := 1 + rng.IntN(3)
-				if op == "commit1" {
+				if op == "commit1" || op == "prepare1" {
 					nenv = 1
 				}
 				size := rng.IntN(4096)
@@ -91,7 +93,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 
 	var m queue.MsgID
 	var ids []queue.EvpID
-	if op != "commit" && op != "commit1" {
+	if op != "commit" && op != "commit1" && op != "prepare" && op != "prepare1" {
 		setup := e.node("setup")
 		m, ids = e.commit(setup, content, old...)
 		setup.Close() // waits for its background writes
@@ -175,6 +177,26 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 				return err
 			}
 			ids = append(ids, id)
+			_, err = tx.CommitContent(ctx, bytes.NewReader(content))
+			return err
+		}()
+	case "prepare", "prepare1":
+		// As OpenSMTPD's queue does: Prepare after each envelope, which
+		// writes the first ahead and rewrites it when a second comes.
+		err = func() error {
+			tx, err := victim.Begin(ctx)
+			if err != nil {
+				return err
+			}
+			m = tx.ID()
+			for _, d := range old {
+				id, err := tx.AddEnvelope([]byte(d))
+				if err != nil {
+					return err
+				}
+				ids = append(ids, id)
+				tx.Prepare(ctx)
+			}
 			_, err = tx.CommitContent(ctx, bytes.NewReader(content))
 			return err
 		}()
@@ -367,7 +389,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 			absent(id)
 		}
 		noGarbage(m)
-	case "commit", "commit1":
+	case "commit", "commit1", "prepare", "prepare1":
 		lerr := error(queue.ErrNotFound) // no envelope was added
 		if len(ids) > 0 {
 			_, lerr = s.Load(ctx, ids[0])
