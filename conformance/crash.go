@@ -146,7 +146,11 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 	}
 	var err error
 	switch op {
-	case "commit":
+	case "commit", "commit1", "prepare", "prepare1":
+		// commit in two rounds; the others with CommitContent, and the
+		// prepare ops as OpenSMTPD's queue does: Prepare after each
+		// envelope, which writes the first ahead and rewrites it when a
+		// second comes.
 		err = func() error {
 			tx, err := victim.Begin(ctx)
 			if err != nil {
@@ -159,46 +163,18 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 					return err
 				}
 				ids = append(ids, id)
+				if op == "prepare" || op == "prepare1" {
+					tx.Prepare(ctx)
+				}
+			}
+			if op != "commit" {
+				_, err = tx.CommitContent(ctx, bytes.NewReader(content))
+				return err
 			}
 			if _, err := tx.WriteContent(ctx, bytes.NewReader(content)); err != nil {
 				return err
 			}
 			return tx.Commit(ctx)
-		}()
-	case "commit1":
-		err = func() error {
-			tx, err := victim.Begin(ctx)
-			if err != nil {
-				return err
-			}
-			m = tx.ID()
-			id, err := tx.AddEnvelope([]byte(old[0]))
-			if err != nil {
-				return err
-			}
-			ids = append(ids, id)
-			_, err = tx.CommitContent(ctx, bytes.NewReader(content))
-			return err
-		}()
-	case "prepare", "prepare1":
-		// As OpenSMTPD's queue does: Prepare after each envelope, which
-		// writes the first ahead and rewrites it when a second comes.
-		err = func() error {
-			tx, err := victim.Begin(ctx)
-			if err != nil {
-				return err
-			}
-			m = tx.ID()
-			for _, d := range old {
-				id, err := tx.AddEnvelope([]byte(d))
-				if err != nil {
-					return err
-				}
-				ids = append(ids, id)
-				tx.Prepare(ctx)
-			}
-			_, err = tx.CommitContent(ctx, bytes.NewReader(content))
-			return err
 		}()
 	case "update":
 		err = c.Update(ctx, []byte(newData))

@@ -34,6 +34,17 @@ func keysUnder(t *testing.T, b driver.Backend, prefix string) []string {
 	return nil
 }
 
+// node opens a Store of node on b.
+func node(t *testing.T, b driver.Backend, name string) *queue.Store {
+	t.Helper()
+	s, err := queue.New(b, &queue.Options{Node: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 // waitStored waits, a bounded time, until key is stored.
 func waitStored(t *testing.T, b driver.Backend, key string) {
 	t.Helper()
@@ -53,16 +64,7 @@ func waitStored(t *testing.T, b driver.Backend, key string) {
 func TestPrepare(t *testing.T) {
 	ctx := t.Context()
 	g := &gated{Backend: mem.OpenBackend("")}
-	a, err := queue.New(g, &queue.Options{Node: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := queue.New(g.Backend, &queue.Options{Node: "b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := node(t, g, "a"), node(t, g.Backend, "b")
 	tx, id := aloneTx(t, a)
 	tx.Prepare(ctx)
 	waitStored(t, g, envKey(id))
@@ -104,16 +106,7 @@ func TestPrepare(t *testing.T) {
 func TestPrepareSecondEnvelope(t *testing.T) {
 	ctx := t.Context()
 	back := mem.OpenBackend("")
-	a, err := queue.New(back, &queue.Options{Node: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := queue.New(back, &queue.Options{Node: "b"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	a, b := node(t, back, "a"), node(t, back, "b")
 
 	// The committer dies after the content landed.
 	tx, first := aloneTx(t, a)
@@ -157,11 +150,7 @@ func TestPrepareSecondEnvelope(t *testing.T) {
 func TestPrepareRollback(t *testing.T) {
 	ctx := t.Context()
 	back := mem.OpenBackend("")
-	a, err := queue.New(back, &queue.Options{Node: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := node(t, back, "a")
 	tx, id := aloneTx(t, a)
 	tx.Prepare(ctx)
 	waitStored(t, back, envKey(id))
@@ -200,11 +189,7 @@ func (l *lostAnswer) Put(ctx context.Context, key string, r io.Reader, o *driver
 func TestPrepareLostAnswer(t *testing.T) {
 	ctx := t.Context()
 	back := &lostAnswer{Backend: mem.OpenBackend(""), prefix: "evp/"}
-	a, err := queue.New(back, &queue.Options{Node: "a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	a := node(t, back, "a")
 	tx, id := aloneTx(t, a)
 	tx.Prepare(ctx)
 	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
