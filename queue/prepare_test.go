@@ -3,13 +3,16 @@ package queue_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/mxqueue/mxq/adapters/mem"
+	"github.com/mxqueue/mxq/bench"
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"
 )
@@ -68,6 +71,9 @@ func TestPrepare(t *testing.T) {
 	tx, id := aloneTx(t, a)
 	tx.Prepare(ctx)
 	waitStored(t, g, envKey(id))
+	if due := keysUnder(t, g, "due/"); len(due) != 0 {
+		t.Fatalf("Prepare wrote the due pointer %v; the commit writes it", due)
+	}
 	if _, err := b.Load(ctx, id); !errors.Is(err, queue.ErrNotFound) {
 		t.Fatalf("another node's Load of a prepared envelope = %v, want ErrNotFound", err)
 	}
@@ -87,13 +93,72 @@ func TestPrepare(t *testing.T) {
 		t.Fatal(err)
 	}
 	mu.Lock()
-	if len(wrote) != 1 || wrote[0] != contentKey(tx.ID()) {
-		t.Errorf("the commit of a prepared message wrote %v, want its content alone", wrote)
+	if len(wrote) != 2 || !slices.Contains(wrote, contentKey(tx.ID())) || !slices.ContainsFunc(wrote, func(k string) bool { return strings.HasPrefix(k, "due/") }) {
+		t.Errorf("the commit of a prepared message wrote %v, want its content and its due pointer", wrote)
 	}
 	mu.Unlock()
 	e, err := b.Load(ctx, id)
 	if err != nil || string(e.Data) != "rcpt@example.org" {
 		t.Fatalf("another node's Load after the commit = %v, %v", e, err)
+	}
+}
+
+// TestPrepareCosts: a prepared message of one envelope costs the requests
+// of one that is not, and its commit, on a store that schedules itself,
+// writes the content alone; one of two envelopes costs one write more,
+// the rewrite of the first.
+func TestPrepareCosts(t *testing.T) {
+	ctx := t.Context()
+	for _, rcpts := range []int{1, 2} {
+		count := func(prepare bool) (all, commit int64) {
+			raw := mem.OpenBackend("")
+			c := bench.Count(raw)
+			s, err := queue.New(c.Backend(), &queue.Options{Node: "a", SelfScheduled: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if _, err := s.Begin(ctx); err != nil { // the block of IDs
+				t.Fatal(err)
+			}
+			base := c.Counts()
+			tx, err := s.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range rcpts {
+				if _, err := tx.AddEnvelope([]byte(fmt.Sprintf("rcpt%d", i))); err != nil {
+					t.Fatal(err)
+				}
+				if prepare {
+					tx.Prepare(ctx)
+				}
+			}
+			if prepare {
+				waitStored(t, raw, envKey(tx.Envelopes()[rcpts-1])) // uncounted
+			}
+			before := c.Counts()
+			if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
+				t.Fatal(err)
+			}
+			commit = c.Counts().Sub(before).Total()
+			if err := s.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			return c.Counts().Sub(base).Total(), commit
+		}
+		plain, _ := count(false)
+		prepared, commit := count(true)
+		want := plain
+		if rcpts > 1 {
+			want++
+		}
+		if prepared != want {
+			t.Errorf("%d rcpt: %d requests prepared, %d not; want %d", rcpts, prepared, plain, want)
+		}
+		if rcpts == 1 && commit != 1 {
+			t.Errorf("the commit after Prepare made %d requests, want 1: the content", commit)
+		}
 	}
 }
 

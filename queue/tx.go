@@ -55,6 +55,8 @@ type Tx struct {
 	// when it ends: callers with a ctx wait for that, not for mu.
 	prepared bool
 	busy     atomic.Pointer[chan struct{}]
+	// held are pointers that a write ahead held back for the commit.
+	held []string
 
 	// ids are the IDs of envs, under a lock of their own, which a write
 	// ahead does not hold.
@@ -177,7 +179,8 @@ func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 
 // Prepare starts writing the envelope of a message that has one so far,
 // in the background, so that CommitContent has only the content left to
-// write when it comes: for OpenSMTPD, the envelope goes to the store
+// write when it comes, with the envelope's due or claim pointer, an empty
+// object, beside it: for OpenSMTPD, the envelope goes to the store
 // while the client sends DATA, and the commit waits for one object, not
 // two. The envelope stays invisible until the content is stored. Prepare
 // returns at once; the commit, AddEnvelope and Rollback wait for the
@@ -199,33 +202,20 @@ func (tx *Tx) Prepare(ctx context.Context) {
 		return
 	}
 	tx.prepared, tx.alone, tx.anything = true, true, true
-	tx.ahead(ctx, tx.flush)
+	tx.ahead(ctx, func(ctx context.Context) error { return tx.write(ctx, true) })
 }
 
 // unprepare rewrites the envelope that Prepare wrote as the message's only
 // one, now that another was added, with the header of a message of
 // several envelopes: otherwise a reader that finds it and the content
 // would commit the message without the others. The content is written
-// only after this write: the commit waits for it. Pointers written with
-// the old header go. tx.mu is held, and handed to the write, which
-// releases it.
+// only after this write: the commit waits for it. The pointer of the old
+// header was held back, never written, and is dropped. tx.mu is held, and
+// handed to the write, which releases it.
 func (tx *Tx) unprepare() {
-	tx.alone = false
+	tx.alone, tx.held = false, nil
 	tx.envs[0].written, tx.envs[0].again = false, true
-	old := tx.pointers
-	tx.pointers = nil
-	tx.ahead(context.Background(), func(ctx context.Context) error {
-		if err := tx.flush(ctx); err != nil {
-			tx.pointers = append(tx.pointers, old...)
-			return err
-		}
-		for _, k := range old {
-			if !slices.Contains(tx.pointers, k) {
-				tx.s.del(ctx, k)
-			}
-		}
-		return nil
-	})
+	tx.ahead(context.Background(), func(ctx context.Context) error { return tx.write(ctx, true) })
 }
 
 // ahead runs write in the background with tx.mu held: the caller holds it
@@ -361,7 +351,15 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 }
 
 // flush writes the envelopes not written yet, in parallel. tx.mu is held.
-func (tx *Tx) flush(ctx context.Context) error {
+func (tx *Tx) flush(ctx context.Context) error { return tx.write(ctx, false) }
+
+// write writes the envelopes not written yet, in parallel, with the
+// pointers their header names and the pointers held back before. ahead,
+// for Prepare, holds this call's pointers back for the commit instead:
+// an envelope written ahead that gets a second beside it is rewritten
+// with another header, and its old pointer, had it been written, would
+// cost a write and a delete. tx.mu is held.
+func (tx *Tx) write(ctx context.Context, ahead bool) error {
 	var todo []int
 	for i := range tx.envs {
 		if !tx.envs[i].written {
@@ -369,7 +367,16 @@ func (tx *Tx) flush(ctx context.Context) error {
 		}
 	}
 	if len(todo) == 0 {
-		return nil
+		if ahead || len(tx.held) == 0 {
+			return nil
+		}
+		held := tx.held
+		tx.held = nil
+		tx.pointers = append(tx.pointers, held...)
+		return tx.s.parallel(ctx, len(held), func(ctx context.Context, j int) error {
+			_, err := tx.s.putBytes(ctx, held[j], nil, driver.PutOptions{})
+			return err
+		})
 	}
 	s := tx.s
 	now := s.now()
@@ -399,8 +406,14 @@ func (tx *Tx) flush(ctx context.Context) error {
 	// The header says which pointer goes with the envelopes, as it
 	// tells a reader that commits a one-round message for its committer.
 	pointers := commitPointers(tx.envs[todo[0]].id, &h)
+	var hold []string
+	if ahead {
+		hold, pointers = pointers, nil
+	} else {
+		pointers, tx.held = append(pointers, tx.held...), nil
+	}
 	tx.pointers = append(tx.pointers, pointers...)
-	return s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
+	err := s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
 		if j >= len(todo) {
 			_, err := s.putBytes(ctx, pointers[j-len(todo)], nil, driver.PutOptions{})
 			return err
@@ -415,6 +428,11 @@ func (tx *Tx) flush(ctx context.Context) error {
 		e.written, e.again = true, false
 		return nil
 	})
+	if err == nil {
+		// Pointers of envelopes that failed are the rewrite's to name.
+		tx.held = append(tx.held, hold...)
+	}
+	return err
 }
 
 // Commit makes the message durable and visible: after it returns nil, the

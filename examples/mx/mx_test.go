@@ -406,7 +406,8 @@ func testDeliver(t *testing.T, u string) {
 
 // testRefuse: recipients outside --domains get 550 at RCPT (no open
 // relay), a message over --max-size 552, a line over SMTP's limit 500, and
-// none of them is queued.
+// none of them is queued; nor is a message reset after RCPT TO, whose
+// envelope, written ahead, is removed.
 func testRefuse(t *testing.T, u string) {
 	s := newSink(t)
 	mx := startMX(t, "mx1", u, s, "--domains", "dst.test", "--max-size", "4096")
@@ -447,8 +448,32 @@ func testRefuse(t *testing.T, u string) {
 	if err := w.Close(); !errors.As(err, &se) || se.Code != 500 {
 		t.Errorf("a line too long: %v, want 500", err)
 	}
-	if es := envelopes(t, openQueue(t, u)); len(es) != 0 {
+	// RSET after RCPT TO rolls back the message begun there, and its
+	// envelope, written ahead, goes with it. The long line closed the
+	// connection: a new one.
+	c, err = smtp.Dial(mx.smtp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Mail("alice@src.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Rcpt("bob@dst.test", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reset(); err != nil {
+		t.Fatal(err)
+	}
+	st := openQueue(t, u)
+	if es := envelopes(t, st); len(es) != 0 {
 		t.Errorf("%d envelopes queued, want none", len(es))
+	}
+	for _, prefix := range []string{"evp/", "msg/"} {
+		keys, _, err := st.Backend().List(t.Context(), prefix, "", 10)
+		if err != nil || len(keys) != 0 {
+			t.Errorf("left under %s by the refused messages and the RSET: %v, %v", prefix, keys, err)
+		}
 	}
 	if got := mx.metric("mx_accepted_messages_total", ""); got != 0 {
 		t.Errorf("%v messages accepted, want none", got)
