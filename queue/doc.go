@@ -49,8 +49,8 @@
 // finds the two objects before the bit sets it itself, and Sweep sets it
 // rather than abort such a transaction. Clocks of the nodes must agree to
 // within half of Options.Grace, as they must for leases. Tx.Prepare writes
-// such an envelope and its pointer ahead, while the content is still
-// arriving, so that the commit writes the content alone; an envelope added
+// such an envelope ahead, while the content is still arriving, so that the
+// commit writes the content alone, with the pointer beside it; an envelope added
 // after it turns the first into one of several, by a rewrite that the
 // content's write waits for. Messages stored by
 // Store.Import, and those of queues written by earlier versions, have a
