@@ -132,8 +132,10 @@ func (s *Store) reserveID(ctx context.Context, id MsgID) (*Tx, error) {
 func (tx *Tx) ID() MsgID { return tx.id }
 
 // AddEnvelope adds an envelope with the given opaque data and returns its
-// ID. It does no I/O: envelopes are written with the content, or at
-// Commit. data is copied.
+// ID. It does no I/O itself: envelopes are written with the content, or at
+// Commit. After Prepare it waits for the envelope written ahead, and the
+// second envelope starts that one's rewrite in the background (see
+// Prepare). data is copied.
 func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 	tx.mu.Lock()
 	handed := false // to a rewrite in the background, which unlocks
