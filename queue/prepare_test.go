@@ -270,3 +270,35 @@ func TestPrepareLostAnswer(t *testing.T) {
 		t.Fatalf("Load = %v, %v", e, err)
 	}
 }
+
+// TestPrepareOnePointer: envelopes of one message written at different
+// minutes (ahead, rewritten, added at the commit) name one pointer, so
+// that no pointer outlives its envelopes when some of them fail to land.
+func TestPrepareOnePointer(t *testing.T) {
+	ctx := t.Context()
+	back := mem.OpenBackend("")
+	clk := &fuzzClock{now: time.Now()}
+	a := clocked(t, back, "a", clk, 0)
+	defer a.Close()
+	tx, _ := aloneTx(t, a)
+	tx.Prepare(ctx)
+	second, err := tx.AddEnvelope([]byte("two@example.org")) // the rewrite
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStored(t, back, envKey(second))
+	clk.Advance(2 * time.Minute)
+	third, err := tx.AddEnvelope([]byte("three@example.org")) // written by the commit
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if due := keysUnder(t, back, "due/"); len(due) != 1 {
+		t.Fatalf("due pointers %v, want the message's one", due)
+	}
+	if _, err := a.Load(ctx, third); err != nil {
+		t.Fatal(err)
+	}
+}

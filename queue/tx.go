@@ -55,8 +55,10 @@ type Tx struct {
 	// when it ends: callers with a ctx wait for that, not for mu.
 	prepared bool
 	busy     atomic.Pointer[chan struct{}]
-	// held are pointers that a write ahead held back for the commit.
+	// held are pointers that a write ahead held back for the commit; due
+	// is the due time of every envelope of the message (dueTime).
 	held []string
+	due  int64
 
 	// ids are the IDs of envs, under a lock of their own, which a write
 	// ahead does not hold.
@@ -400,10 +402,10 @@ func (tx *Tx) write(ctx context.Context, ahead bool) error {
 	} else if !s.opts.SelfScheduled && len(todo) == 1 && len(tx.envs) == 1 {
 		// The message's one envelope gets a due pointer of its own,
 		// which a due scan follows with no listing of the message.
-		h.Due = now.Unix()
+		h.Due = tx.dueTime(now)
 	} else if !s.opts.SelfScheduled {
 		// One pointer makes every envelope of the message due.
-		h.Due, h.ByMsg = now.Unix(), true
+		h.Due, h.ByMsg = tx.dueTime(now), true
 	}
 	// The header says which pointer goes with the envelopes, as it
 	// tells a reader that commits a one-round message for its committer.
@@ -413,6 +415,8 @@ func (tx *Tx) write(ctx context.Context, ahead bool) error {
 		hold, pointers = pointers, nil
 	} else {
 		pointers, tx.held = append(pointers, tx.held...), nil
+		slices.Sort(pointers)
+		pointers = slices.Compact(pointers)
 	}
 	tx.pointers = append(tx.pointers, pointers...)
 	err := s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
@@ -435,6 +439,20 @@ func (tx *Tx) write(ctx context.Context, ahead bool) error {
 		tx.held = append(tx.held, hold...)
 	}
 	return err
+}
+
+// dueTime is the time the envelopes of tx are due from: the time of its
+// first write of envelopes, for every later one too, so that every
+// envelope of the message names the same pointer. Envelopes written at
+// different times (ahead by Prepare, then rewritten, then added at the
+// commit) would otherwise name pointers of different minutes, and a
+// pointer whose envelopes all failed to land would outlive the message.
+// tx.mu is held.
+func (tx *Tx) dueTime(now time.Time) int64 {
+	if tx.due == 0 {
+		tx.due = now.Unix()
+	}
+	return tx.due
 }
 
 // Commit makes the message durable and visible: after it returns nil, the
