@@ -302,3 +302,117 @@ func TestPrepareOnePointer(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// failKey fails every write of one key, once set, as a crash that lets
+// the writes beside it land.
+type failKey struct {
+	driver.Backend
+	mu  sync.Mutex
+	key string
+}
+
+func (f *failKey) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
+	f.mu.Lock()
+	fail := key == f.key
+	f.mu.Unlock()
+	if fail {
+		return "", errors.New("crashed")
+	}
+	return f.Backend.Put(ctx, key, r, o)
+}
+
+// TestPrepareSweptWhole: a committer of three envelopes, the first two
+// written ahead, dies in the commit after its content and its pointer
+// landed but not its third envelope; the survivor's sweep leaves nothing
+// of the message, its pointer included.
+func TestPrepareSweptWhole(t *testing.T) {
+	ctx := t.Context()
+	back := mem.OpenBackend("")
+	f := &failKey{Backend: back}
+	clk := &fuzzClock{now: time.Now()}
+	victim := clocked(t, f, "victim", clk, 0)
+	tx, _ := aloneTx(t, victim)
+	tx.Prepare(ctx)
+	if _, err := tx.AddEnvelope([]byte("two@example.org")); err != nil {
+		t.Fatal(err)
+	}
+	third, err := tx.AddEnvelope([]byte("three@example.org"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.key = envKey(third)
+	f.mu.Unlock()
+	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
+		t.Fatal("the commit succeeded without its third envelope")
+	}
+	if due := keysUnder(t, back, "due/"); len(due) != 1 {
+		t.Fatalf("due pointers after the failed commit: %v, want the one that landed", due)
+	}
+	victim.Close()
+	clk.Advance(time.Hour)
+	survivor := clocked(t, back, "survivor", clk, 0)
+	defer survivor.Close()
+	for range 2 {
+		if _, err := survivor.Sweep(ctx); err != nil {
+			t.Fatal(err)
+		}
+		clk.Advance(time.Hour)
+	}
+	for _, p := range []string{"evp/", "msg/", "due/"} {
+		if keys := keysUnder(t, back, p); len(keys) != 0 {
+			t.Errorf("left after the sweep: %v", keys)
+		}
+	}
+}
+
+// TestPrepareRewriteFails: when the rewrite of the envelope written ahead
+// fails, and so does every later write of it and of the second envelope,
+// the commit fails before the content is stored: no reader can find the
+// first envelope, still marked as a message's only one, beside the
+// content, and commit the message without the second.
+func TestPrepareRewriteFails(t *testing.T) {
+	ctx := t.Context()
+	back := mem.OpenBackend("")
+	f := &failKeys{Backend: back}
+	a := node(t, f, "a")
+	b := node(t, back, "b")
+	tx, first := aloneTx(t, a)
+	tx.Prepare(ctx)
+	waitStored(t, back, envKey(first))
+	var second queue.EvpID
+	f.fail = func(key string) bool { return key == envKey(first) || key == envKey(second) }
+	f.mu.Lock()
+	var err error
+	second, err = tx.AddEnvelope([]byte("two@example.org")) // its rewrite fails
+	f.mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
+		t.Fatal("the commit succeeded without its envelopes")
+	}
+	if keys := keysUnder(t, back, "msg/"); len(keys) != 0 {
+		t.Errorf("the content %v is stored beside an envelope marked as the message's only one", keys)
+	}
+	if e, err := b.Load(ctx, first); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("another node's Load of the first envelope = %v, %v: the message is half-visible", e, err)
+	}
+}
+
+// failKeys fails the writes of the keys fail names.
+type failKeys struct {
+	driver.Backend
+	mu   sync.Mutex
+	fail func(key string) bool
+}
+
+func (f *failKeys) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
+	f.mu.Lock()
+	fail := f.fail != nil && f.fail(key)
+	f.mu.Unlock()
+	if fail {
+		return "", errors.New("refused")
+	}
+	return f.Backend.Put(ctx, key, r, o)
+}

@@ -304,6 +304,16 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 		return 0, errorf("write content", tx.id.String(), ErrInvalid, "content was written already")
 	}
 	tx.anything = true
+	if !tx.alone && slices.ContainsFunc(tx.envs, func(e txEnvelope) bool { return e.again }) {
+		// An envelope may still be stored with the header of a message
+		// of one envelope: written ahead, its rewrite failed. It must be
+		// replaced before the content lands, or a reader finding the two
+		// would commit the message without the others: here, not beside
+		// the content.
+		if err := tx.flush(ctx); err != nil {
+			return 0, tx.s.wrap("write content", tx.id.String(), err, ErrExists)
+		}
+	}
 	var n int64
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
