@@ -1,6 +1,7 @@
 package opensmtpd
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"math"
@@ -99,8 +100,8 @@ func (o *opProfile) quantile(q float64) time.Duration {
 func (p *Profile) WriteTo(w io.Writer) (int64, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	cw := &countWriter{w: w}
-	tw := tabwriter.NewWriter(cw, 0, 8, 2, ' ', tabwriter.AlignRight)
+	var b bytes.Buffer
+	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "request\tcount\tbusy\tbusy/req\tp50\tp99\tidle before/req\t\n")
 	var n int64
 	var busy, idle time.Duration
@@ -115,21 +116,19 @@ func (p *Profile) WriteTo(w io.Writer) (int64, error) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t\n", op, o.n, round(o.busy), round(o.busy/time.Duration(o.n)),
 			round(o.quantile(0.5)), round(o.quantile(0.99)), round(o.idle/time.Duration(o.n)))
 	}
-	if err := tw.Flush(); err != nil {
-		return cw.n, err
-	}
+	tw.Flush() // into b, which does not fail
 	wall := time.Since(p.start)
 	share := 0.0
 	if wall > 0 {
 		share = float64(busy) / float64(wall)
 	}
-	fmt.Fprintf(cw, "%d requests; busy %s, idle %s, wall %s: the queue process was busy %.0f%% of the time\n",
+	fmt.Fprintf(&b, "%d requests; busy %s, idle %s, wall %s: the queue process was busy %.0f%% of the time\n",
 		n, round(busy), round(idle), round(wall), 100*share)
 	if user, sys, ok := cpuTime(); ok && n > 0 {
 		user, sys = user-p.user, sys-p.sys
-		fmt.Fprintf(cw, "CPU: user %s, system %s; %s per request\n", round(user), round(sys), round((user+sys)/time.Duration(n)))
+		fmt.Fprintf(&b, "CPU: user %s, system %s; %s per request\n", round(user), round(sys), round((user+sys)/time.Duration(n)))
 	}
-	return cw.n, cw.err
+	return b.WriteTo(w)
 }
 
 // round shortens d for the table: µs below 10 ms, ms above.
@@ -138,20 +137,4 @@ func round(d time.Duration) time.Duration {
 		return d.Round(time.Microsecond)
 	}
 	return d.Round(time.Millisecond)
-}
-
-type countWriter struct {
-	w   io.Writer
-	n   int64
-	err error
-}
-
-func (c *countWriter) Write(b []byte) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
-	n, err := c.w.Write(b)
-	c.n += int64(n)
-	c.err = err
-	return n, err
 }

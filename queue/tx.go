@@ -380,46 +380,21 @@ func (tx *Tx) write(ctx context.Context, ahead bool) error {
 			todo = append(todo, i)
 		}
 	}
-	if len(todo) == 0 {
-		if ahead || len(tx.held) == 0 {
-			return nil
-		}
-		held := tx.held
-		tx.held = nil
-		tx.pointers = append(tx.pointers, held...)
-		return tx.s.parallel(ctx, len(held), func(ctx context.Context, j int) error {
-			_, err := tx.s.putBytes(ctx, held[j], nil, driver.PutOptions{})
-			return err
-		})
+	if len(todo) == 0 && (ahead || len(tx.held) == 0) {
+		return nil
 	}
-	s := tx.s
-	now := s.now()
-	h := envHeader{Pending: tx.res.Nonce}
-	if tx.blk != nil {
-		if now.Sub(tx.opened) >= s.opts.Grace {
-			// A sweep may abort it and, its block done with, remove
-			// the record that would tell its writes apart.
-			return errorf("write", tx.id.String(), ErrConflict, "the transaction has been open longer than the grace period of %v", s.opts.Grace)
-		}
-		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone}
-	}
-	if tx.claim > 0 {
-		if err := s.ensureAlive(ctx); err != nil {
+	var h envHeader
+	var pointers []string
+	if len(todo) > 0 {
+		var err error
+		if h, err = tx.header(ctx, len(todo)); err != nil {
 			return err
 		}
-		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session.Load(), 1, now.Add(tx.claim).UnixNano()
-		h.Claimer = s.opts.Node // the claim pointer names the message
-	} else if !s.opts.SelfScheduled && len(todo) == 1 && len(tx.envs) == 1 {
-		// The message's one envelope gets a due pointer of its own,
-		// which a due scan follows with no listing of the message.
-		h.Due = tx.dueTime(now)
-	} else if !s.opts.SelfScheduled {
-		// One pointer makes every envelope of the message due.
-		h.Due, h.ByMsg = tx.dueTime(now), true
+		// The header says which pointer goes with the envelopes, as it
+		// tells a reader that commits a one-round message for its
+		// committer.
+		pointers = commitPointers(tx.envs[todo[0]].id, &h)
 	}
-	// The header says which pointer goes with the envelopes, as it
-	// tells a reader that commits a one-round message for its committer.
-	pointers := commitPointers(tx.envs[todo[0]].id, &h)
 	var hold []string
 	if ahead {
 		hold, pointers = pointers, nil
@@ -429,6 +404,7 @@ func (tx *Tx) write(ctx context.Context, ahead bool) error {
 		pointers = slices.Compact(pointers)
 	}
 	tx.pointers = append(tx.pointers, pointers...)
+	s := tx.s
 	err := s.parallel(ctx, len(todo)+len(pointers), func(ctx context.Context, j int) error {
 		if j >= len(todo) {
 			_, err := s.putBytes(ctx, pointers[j-len(todo)], nil, driver.PutOptions{})
@@ -449,6 +425,39 @@ func (tx *Tx) write(ctx context.Context, ahead bool) error {
 		tx.held = append(tx.held, hold...)
 	}
 	return err
+}
+
+// header is the header of the n envelopes that a write of tx stores now.
+// tx.mu is held.
+func (tx *Tx) header(ctx context.Context, n int) (envHeader, error) {
+	s := tx.s
+	now := s.now()
+	h := envHeader{Pending: tx.res.Nonce}
+	if tx.blk != nil {
+		if now.Sub(tx.opened) >= s.opts.Grace {
+			// A sweep may abort it and, its block done with, remove
+			// the record that would tell its writes apart.
+			return h, errorf("write", tx.id.String(), ErrConflict, "the transaction has been open longer than the grace period of %v", s.opts.Grace)
+		}
+		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone}
+	}
+	switch {
+	case tx.claim > 0:
+		if err := s.ensureAlive(ctx); err != nil {
+			return h, err
+		}
+		h.Holder, h.Session, h.Token, h.Expires = s.opts.Node, s.session.Load(), 1, now.Add(tx.claim).UnixNano()
+		h.Claimer = s.opts.Node // the claim pointer names the message
+	case s.opts.SelfScheduled:
+	case n == 1 && len(tx.envs) == 1:
+		// The message's one envelope gets a due pointer of its own,
+		// which a due scan follows with no listing of the message.
+		h.Due = tx.dueTime(now)
+	default:
+		// One pointer makes every envelope of the message due.
+		h.Due, h.ByMsg = tx.dueTime(now), true
+	}
+	return h, nil
 }
 
 // dueTime is the time the envelopes of tx are due from: the time of its
