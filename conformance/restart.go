@@ -77,7 +77,9 @@ func restartForgotten(t *testing.T, e *env, beatsAgain bool) {
 	a1 := e.node("node-a")
 	_, err := a1.Claim(e.ctx, y, time.Hour)
 	wantErr(t, "Claim by the first process", err, nil)
-	e.clock.Advance(time.Minute) // node-a's first process is dead
+	// node-a's first process is dead, and for longer than a lease of
+	// the default length: a takeover forgets it.
+	e.clock.Advance(time.Minute + 5*time.Minute)
 
 	var a2 *queue.Store
 	var cx *queue.Claim

@@ -23,8 +23,64 @@ import (
 // fails with ErrLeaseLost and changes nothing. A Claim is safe for use by
 // one goroutine at a time.
 type Claim struct {
-	s *Store
-	e *Envelope
+	s   *Store
+	e   *Envelope
+	ptr *lazyPointer // the claim pointer, while it is not written; nil once it is
+}
+
+// claimPointerDelay is how long a claim of an envelope that Due returned
+// goes without a claim pointer. Most such claims end sooner, and never
+// write one.
+var claimPointerDelay = time.Second
+
+// lazyPointer is the claim pointer of a claim made on an envelope that Due
+// returned, for at most Options.LeaseDuration, written only if the claim
+// lasts claimPointerDelay. Until then the envelope's due pointer is what
+// leads survivors to it: their due scans return it once its holder is
+// dead, as Takeover would. For that, Takeover keeps a dead node's
+// heartbeat record until such leases have lapsed (see takeNode).
+type lazyPointer struct {
+	timer *time.Timer
+	done  chan struct{} // closed once the timer's write is over
+}
+
+// deferPointer writes the claim pointer key after claimPointerDelay, in
+// the background, unless the claim ends first (see end).
+func (s *Store) deferPointer(key string) *lazyPointer {
+	p := &lazyPointer{done: make(chan struct{})}
+	p.timer = time.AfterFunc(claimPointerDelay, func() {
+		if !s.background(context.Background(), func(ctx context.Context) {
+			defer close(p.done)
+			s.putBytes(ctx, key, nil, driver.PutOptions{})
+		}) {
+			close(p.done) // closed: the claim ends with the Store
+		}
+	})
+	return p
+}
+
+// end stops the write of a lazy pointer and reports whether the pointer
+// may be stored, so that the end of the claim must remove it.
+func (p *lazyPointer) end(ctx context.Context) bool {
+	if p == nil {
+		return true
+	}
+	if p.timer.Stop() {
+		return false
+	}
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+	}
+	return true
+}
+
+// endPointer ends the claim's lazy pointer, if any, and reports whether
+// the claim pointer may be stored.
+func (c *Claim) endPointer(ctx context.Context) bool {
+	stored := c.ptr.end(ctx)
+	c.ptr = nil
+	return stored
 }
 
 // Envelope returns the envelope as this node last wrote or read it.
@@ -82,8 +138,18 @@ func (s *Store) ClaimEnvelope(ctx context.Context, e *Envelope, d time.Duration)
 	// A pointer from this node to the envelope lets survivors find it
 	// without reading the queue. It is written beside the claim, so that a
 	// claim never outlives its pointer's write and a later Delete or
-	// Release removes it for good.
+	// Release removes it for good. An envelope that Due returned has a due
+	// pointer that leads every node's due scan to it once its holder is
+	// dead; its claim pointer waits, and most deliveries end first.
 	pointer := layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Evp: uint64(e.ID)})
+	if e.found && e.hdr.Due != 0 && e.hdr.Holder != s.opts.Node && d <= s.opts.LeaseDuration && !s.opts.SelfScheduled {
+		if err := c.write(ctx, "claim", &h, c.e.Data, ErrConflict); err != nil {
+			s.claims.drop(e.ID)
+			return nil, err
+		}
+		c.ptr = s.deferPointer(pointer)
+		return c, nil
+	}
 	perr := make(chan error, 1)
 	go func() {
 		_, err := s.putBytes(ctx, pointer, nil, driver.PutOptions{})
@@ -174,6 +240,9 @@ func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte,
 func (c *Claim) ended(err error) {
 	if errors.Is(err, ErrLeaseLost) {
 		c.s.claims.drop(c.e.ID)
+		if c.ptr != nil && c.ptr.timer.Stop() {
+			c.ptr = nil // never written; one written already is stale, and Owned or Takeover drops it
+		}
 	}
 }
 
@@ -229,7 +298,9 @@ func (c *Claim) Release(ctx context.Context) error {
 		return err
 	}
 	c.s.claims.drop(c.e.ID)
-	c.s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: c.s.opts.Node, Evp: uint64(c.e.ID)}))
+	if c.endPointer(ctx) {
+		c.s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: c.s.opts.Node, Evp: uint64(c.e.ID)}))
+	}
 	return nil
 }
 
@@ -265,16 +336,19 @@ func (c *Claim) deferTo(ctx context.Context, op string, data []byte, due time.Ti
 	if old != 0 && !byMsg && dueBucket(old) != dueBucket(h.Due) {
 		s.del(ctx, dueKey(old, c.e.ID))
 	}
-	s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Evp: uint64(c.e.ID)}))
+	if c.endPointer(ctx) {
+		s.del(ctx, layout.Key(layout.Handle{Kind: layout.Claim, Node: s.opts.Node, Evp: uint64(c.e.ID)}))
+	}
 	return nil
 }
 
 // Delete removes the envelope, fenced, so that a holder that lost the
 // lease deletes nothing: with one conditional delete where the store
 // honours the condition (driver.ConditionalDeleter), and otherwise with a
-// tombstone swapped in first. The envelope is gone when Delete returns;
-// its pointers, and the content when it was the last envelope of its
-// message, go a moment later in a batch (see Flush).
+// tombstone swapped in, which every reader takes for a missing envelope.
+// The envelope is gone when Delete returns; the tombstone, the pointers,
+// and the content when it was the last envelope of its message, go a
+// moment later in a batch (see Flush).
 func (c *Claim) Delete(ctx context.Context) error {
 	s := c.s
 	id := c.e.ID
@@ -292,7 +366,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 			// The entry in s.claims stays until the lease would have
 			// lapsed: a worker that read the envelope before it went
 			// learns from memory that it is gone.
-			s.collectDeleted(ctx, id, &h)
+			s.collectDeleted(ctx, id, c.stored(ctx, h))
 			return nil
 		case s.isPrecondition(err) || s.isNotFound(err):
 			err = c.lost(ctx, "delete", err)
@@ -307,7 +381,20 @@ func (c *Claim) Delete(ctx context.Context) error {
 		c.ended(err)
 		return err
 	}
-	return s.wrap("delete", id.String(), s.finishDelete(ctx, id, &h), nil)
+	// Every reader takes the tombstone for a missing envelope, so it
+	// goes in the collector's next batch, with the pointers.
+	s.collectTombstone(ctx, id, c.stored(ctx, h))
+	return nil
+}
+
+// stored ends the claim's lazy pointer and returns h, the header of the
+// envelope it deletes, as the collector needs it: without the holder when
+// the claim pointer was never written, so that no request deletes it.
+func (c *Claim) stored(ctx context.Context, h envHeader) *envHeader {
+	if !c.endPointer(ctx) {
+		h.Holder = ""
+	}
+	return &h
 }
 
 // loadToClaim checks the Store and id, and loads the envelope id, for

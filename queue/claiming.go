@@ -22,6 +22,12 @@ import (
 // envelopes of entries in force, which delays an envelope that another
 // node took from this one and released, for this node only, until the
 // entry lapses.
+//
+// The set also holds the envelopes that Due returned and that no caller
+// has claimed yet, for offerTime: workers sharing a Store would otherwise
+// read the same due envelopes, and all but one of them for nothing. An
+// offer never refuses a claim; it only sends the envelope to the back of
+// this Store's other due scans until it is claimed or the offer lapses.
 type claiming struct {
 	mu    sync.Mutex
 	m     map[EvpID]claimEntry
@@ -31,7 +37,12 @@ type claiming struct {
 type claimEntry struct {
 	token uint64
 	until time.Time
+	offer bool // returned by Due, not claimed
 }
+
+// offerTime is how long an envelope that Due returned stays out of this
+// Store's due scans while nobody claims it.
+const offerTime = 5 * time.Second
 
 // maxClaiming is the size from which the set drops the entries that
 // lapsed, so that claims never ended through the Store do not pile up.
@@ -44,9 +55,17 @@ const maxClaiming = 4096
 func (c *claiming) take(id EvpID, read, token uint64, now, expires time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.m[id]; ok && now.Before(e.until) && read < e.token {
+	if e, ok := c.m[id]; ok && !e.offer && now.Before(e.until) && read < e.token {
 		return false
 	}
+	c.grow(now)
+	c.m[id] = claimEntry{token: token, until: expires}
+	return true
+}
+
+// grow makes room for an entry, dropping the entries that lapsed once the
+// set has grown enough since the last time. c.mu is held.
+func (c *claiming) grow(now time.Time) {
 	if c.m == nil {
 		c.m = make(map[EvpID]claimEntry)
 	}
@@ -60,8 +79,18 @@ func (c *claiming) take(id EvpID, read, token uint64, now, expires time.Time) bo
 		// stays proportional to the entries added since the last.
 		c.prune = 2 * len(c.m)
 	}
-	c.m[id] = claimEntry{token, expires}
-	return true
+}
+
+// offer records that Due returned id, read with token, unless an entry
+// in force already names it.
+func (c *claiming) offer(id EvpID, token uint64, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[id]; ok && now.Before(e.until) {
+		return
+	}
+	c.grow(now)
+	c.m[id] = claimEntry{token: token, until: now.Add(offerTime), offer: true}
 }
 
 // set moves the lapse of the entry of id, if any, to expires.
@@ -74,12 +103,20 @@ func (c *claiming) set(id EvpID, expires time.Time) {
 	c.mu.Unlock()
 }
 
-// has reports whether an entry of id is in force.
+// has reports whether a claim of id is in force.
 func (c *claiming) has(id EvpID, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[id]
-	return ok && now.Before(e.until)
+	return ok && !e.offer && now.Before(e.until)
+}
+
+// offered reports whether an offer of id is in force.
+func (c *claiming) offered(id EvpID, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[id]
+	return ok && e.offer && now.Before(e.until)
 }
 
 // drop removes id.

@@ -56,18 +56,26 @@ func rawCount(t *testing.T, b driver.Backend, prefix string) int {
 // leave go in a few multi-object deletes, and the envelopes' presence is
 // read with one listing per block rather than one per message; Flush and
 // Close leave nothing behind. The fenced delete is one conditional delete
-// where the backend has it, and a tombstone and a delete where it does
-// not.
+// where the backend has it, and otherwise a tombstone, which goes with the
+// pointers: in a multi-object delete where the backend has one (S3,
+// MinIO), and with a delete of its own where it does not.
 func TestDeleteCollectsInBatches(t *testing.T) {
-	for _, how := range []string{"flush", "close", "tombstone"} {
+	for _, how := range []string{"flush", "close", "tombstone", "tombstone in batches"} {
 		t.Run(how, func(t *testing.T) {
 			ctx := t.Context()
 			raw := mem.OpenBackend("")
 			var b driver.Backend = raw
 			puts := 2
-			if how == "tombstone" {
+			switch how {
+			case "tombstone":
 				// The Backend alone: no optional capability.
 				b = struct{ driver.Backend }{raw}
+				puts = 3
+			case "tombstone in batches":
+				b = struct {
+					driver.Backend
+					driver.MultiDeleter
+				}{raw, raw.(driver.MultiDeleter)}
 				puts = 3
 			}
 			c := bench.Count(b)
@@ -114,12 +122,15 @@ func TestDeleteCollectsInBatches(t *testing.T) {
 			}
 			d := c.Counts().Sub(base)
 			// Per envelope: a load, the claim, its pointer and the
-			// conditional delete (or a tombstone and the delete);
-			// then, for all of them, a few listings and multi-object
-			// deletes (one per key without the capability).
+			// conditional delete (or a tombstone); then, for all of
+			// them, a few listings and multi-object deletes (one per
+			// key without the capability).
 			maxDel := int64(n + 10)
-			if how == "tombstone" {
+			switch how {
+			case "tombstone":
 				maxDel = 4 * n // the envelope, the claim and due pointers, the content
+			case "tombstone in batches":
+				maxDel = 10
 			}
 			// The listings depend on how the deliveries fall into the
 			// collector's 100 ms batches (one per block of at least four

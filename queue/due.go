@@ -24,6 +24,12 @@ func dueKey(unix int64, id EvpID) string {
 // pointers up to now, so its cost follows the number of due and in-flight
 // envelopes, not the size of the queue; stale pointers it meets are
 // removed.
+//
+// Workers that share a Store share its due envelopes: for 5 seconds, or
+// until a claim of it fails or ends, an envelope that Due returned comes
+// after every other due envelope in this Store's later scans, so that
+// concurrent callers get different envelopes rather than read the same
+// ones.
 func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	if err := s.check("due"); err != nil {
 		return nil, err
@@ -43,6 +49,9 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	}
 	var out []*Envelope
 	var chunk []pointer
+	// The pointers of envelopes that Due returned lately, to another
+	// caller most likely, come last.
+	var offered []pointer
 	errStop := errors.New("stop")
 	process := func() error {
 		rand.Shuffle(len(chunk), func(i, j int) { chunk[i], chunk[j] = chunk[j], chunk[i] })
@@ -76,6 +85,10 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 				}
 				return errStop
 			}
+			if h.Msg == 0 && s.claims.offered(h.Evp, now) {
+				offered = append(offered, pointer{k, h.Due, h})
+				continue
+			}
 			chunk = append(chunk, pointer{k, h.Due, h})
 			if len(chunk) >= 4*limit {
 				if err := process(); err != nil {
@@ -88,12 +101,20 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	if err == nil {
 		err = process()
 	}
+	if (err == nil || err == errStop) && len(out) < limit && len(offered) > 0 {
+		chunk = offered
+		err = process()
+	}
 	if err != nil && err != errStop {
 		return nil, s.wrap("due", "", err, nil)
 	}
 	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 	if len(out) > limit {
 		out = out[:limit]
+	}
+	for _, e := range out {
+		e.found = true
+		s.claims.offer(e.ID, e.hdr.Token, now)
 	}
 	return out, nil
 }

@@ -26,6 +26,7 @@ type Envelope struct {
 
 	hdr    envHeader
 	loaded bool // hdr was read from the store
+	found  bool // returned by Due: its due pointer leads any node to it
 }
 
 func (s *Store) maxRecord() int64 { return int64(s.opts.MaxEnvelopeSize) + 4096 }
@@ -258,6 +259,16 @@ func (s *Store) collectDeleted(ctx context.Context, id EvpID, h *envHeader) {
 	s.collect(ctx, own, id.MsgID(), ofMsg)
 }
 
+// collectTombstone hands the collector the tombstone of the envelope id,
+// whose header was h, with what goes after it. The tombstone goes in the
+// batch's first delete, before the batch checks whether its message has
+// an envelope left.
+func (s *Store) collectTombstone(ctx context.Context, id EvpID, h *envHeader) {
+	own, ofMsg := pointers(id, h)
+	own = append(own, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)}))
+	s.collect(ctx, own, id.MsgID(), ofMsg)
+}
+
 // pointers returns the keys of the pointers that name the envelope id,
 // whose header is h (nil if unknown): those that go with it, and those
 // that name its whole message and go with the message's last envelope.
@@ -312,6 +323,9 @@ func (s *Store) Envelopes(ctx context.Context, m MsgID) ([]EvpID, error) {
 			id, err := parseEnvelopeKey(k)
 			if err != nil {
 				return err
+			}
+			if s.gc.isPending(k) {
+				continue // a tombstone waiting for its batch
 			}
 			ids = append(ids, id)
 		}

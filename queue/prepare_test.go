@@ -180,10 +180,12 @@ func TestPrepareSecondEnvelope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitStored(t, back, envKey(second))
-	if _, err := back.Put(ctx, contentKey(tx.ID()), strings.NewReader("hello"), &driver.PutOptions{IfNoneMatch: true}); err != nil {
+	// The content's write waits for the rewrite of the first envelope,
+	// as a commit's does.
+	if _, err := tx.WriteContent(ctx, strings.NewReader("hello")); err != nil {
 		t.Fatal(err)
 	}
+	waitStored(t, back, envKey(second))
 	if e, err := b.Load(ctx, first); !errors.Is(err, queue.ErrNotFound) {
 		t.Fatalf("another node's Load of the first envelope = %v, %v: it committed a message of two envelopes with one", e, err)
 	}

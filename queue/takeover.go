@@ -121,10 +121,13 @@ func (s *Store) reclaim(ctx context.Context, id EvpID) (bool, error) {
 // Takeover finds the nodes whose heartbeat expired and claims their
 // envelopes for this node, sharing the work with any other survivor that
 // does the same: each envelope is claimed by one conditional write, which
-// exactly one survivor wins. It returns the envelopes this node took. A
-// dead node is forgotten once all its envelopes are taken. The cost is one
-// listing of the nodes and one read per node, plus, for each dead node, a
-// listing of its claim pointers.
+// exactly one survivor wins. It returns the envelopes this node took.
+// A dead node is forgotten once all its envelopes are taken and
+// Options.LeaseDuration has passed since its heartbeat expired, so that
+// due scans meanwhile take the claims it made on due envelopes in their
+// first second, which have no claim pointer yet. The cost is one listing
+// of the nodes and one read per node, plus, for each dead node, a listing
+// of its claim pointers.
 func (s *Store) Takeover(ctx context.Context) ([]EvpID, error) {
 	if err := s.check("takeover"); err != nil {
 		return nil, err
@@ -232,7 +235,11 @@ func (s *Store) takeNode(ctx context.Context, n string, rec *nodeRecord) ([]EvpI
 	if err != nil {
 		return taken, err
 	}
-	if remaining == 0 && rec != nil {
+	// The claims of a node with no heartbeat record count as held until
+	// their leases lapse (see held), and a claim of a due envelope has no
+	// pointer in its first moments (see lazyPointer): the record stays
+	// until any such lease has lapsed, so that due scans take them.
+	if remaining == 0 && rec != nil && !s.now().Before(rec.Expires.Add(s.opts.LeaseDuration)) {
 		s.forget(ctx, n, rec)
 	}
 	return taken, nil

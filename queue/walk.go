@@ -78,6 +78,9 @@ func (s *Store) committedOf(ctx context.Context, keys []string) ([]EvpID, error)
 		if err != nil {
 			continue // not ours; the walk shows only envelopes
 		}
+		if s.gc.isPending(k) {
+			continue // a tombstone waiting for this Store's next batch
+		}
 		all = append(all, id)
 		blocks[layout.BlockOf(uint32(id.MsgID()))] = nil
 	}
