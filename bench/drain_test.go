@@ -2,9 +2,12 @@ package bench_test
 
 import (
 	"bytes"
+	"context"
+	"io"
 	"os"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/bench"
@@ -27,13 +30,14 @@ func TestDrainCost(t *testing.T) {
 	content := bytes.Repeat([]byte("x"), 1024)
 	raw := mem.OpenBackend("")
 	// mem as it is, with a conditional delete; and shaped like S3 and
-	// MinIO: a tombstone for the fenced delete, and multi-object deletes.
+	// MinIO: a tombstone for the fenced delete, multi-object deletes, and
+	// reads that take a millisecond, so that workers' due scans overlap.
 	shapes := map[string]driver.Backend{
 		"conditional delete": raw,
 		"tombstone": struct {
 			driver.Backend
 			driver.MultiDeleter
-		}{raw, raw.(driver.MultiDeleter)},
+		}{slowReads{raw}, raw.(driver.MultiDeleter)},
 	}
 	for name, b := range shapes {
 		t.Run(name, func(t *testing.T) {
@@ -59,4 +63,12 @@ func TestDrainCost(t *testing.T) {
 			}
 		})
 	}
+}
+
+// slowReads is a Backend whose reads take a millisecond more.
+type slowReads struct{ driver.Backend }
+
+func (b slowReads) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
+	time.Sleep(time.Millisecond)
+	return b.Backend.Get(ctx, key)
 }

@@ -23,9 +23,10 @@ import (
 // node took from this one and released, for this node only, until the
 // entry lapses.
 //
-// The set also holds the envelopes that Due returned and that no caller
-// has claimed yet, for offerTime: workers sharing a Store would otherwise
-// read the same due envelopes, and all but one of them for nothing. An
+// The set also holds the envelopes that a due scan is reading to return,
+// or returned, and that no caller has claimed yet, for offerTime: workers
+// sharing a Store would otherwise read the same due envelopes, and all
+// but one of them for nothing. An
 // offer never refuses a claim; it only sends the envelope to the back of
 // this Store's other due scans until it is claimed or the offer lapses.
 type claiming struct {
@@ -81,16 +82,26 @@ func (c *claiming) grow(now time.Time) {
 	}
 }
 
-// offer records that Due returned id, read with token, unless an entry
-// in force already names it.
-func (c *claiming) offer(id EvpID, token uint64, now time.Time) {
+// offer records that a due scan is reading id to return it, unless an
+// entry in force already names it, and reports whether it did.
+func (c *claiming) offer(id EvpID, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.m[id]; ok && now.Before(e.until) {
-		return
+		return false
 	}
 	c.grow(now)
-	c.m[id] = claimEntry{token: token, until: now.Add(offerTime), offer: true}
+	c.m[id] = claimEntry{until: now.Add(offerTime), offer: true}
+	return true
+}
+
+// unoffer removes the offer of id, if that is what the set holds of it.
+func (c *claiming) unoffer(id EvpID) {
+	c.mu.Lock()
+	if e, ok := c.m[id]; ok && e.offer {
+		delete(c.m, id)
+	}
+	c.mu.Unlock()
 }
 
 // set moves the lapse of the entry of id, if any, to expires.

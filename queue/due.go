@@ -25,11 +25,11 @@ func dueKey(unix int64, id EvpID) string {
 // envelopes, not the size of the queue; stale pointers it meets are
 // removed.
 //
-// Workers that share a Store share its due envelopes: for 5 seconds, or
-// until a claim of it fails or ends, an envelope that Due returned comes
-// after every other due envelope in this Store's later scans, so that
-// concurrent callers get different envelopes rather than read the same
-// ones.
+// Workers that share a Store share its due envelopes: an envelope that a
+// call of Due is reading, or returned less than 5 seconds ago and nobody
+// has claimed since, comes after every other due envelope in this Store's
+// other scans, so that concurrent callers read and get different
+// envelopes rather than the same ones.
 func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	if err := s.check("due"); err != nil {
 		return nil, err
@@ -52,15 +52,31 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	// The pointers of envelopes that Due returned lately, to another
 	// caller most likely, come last.
 	var offered []pointer
+	// mine holds the envelopes this call offered itself before it read
+	// them, so that the other callers of this Store read others.
+	mine := make(map[EvpID]bool)
 	errStop := errors.New("stop")
-	process := func() error {
+	process := func(last bool) error {
 		rand.Shuffle(len(chunk), func(i, j int) { chunk[i], chunk[j] = chunk[j], chunk[i] })
 		defer func() { chunk = chunk[:0] }()
 		for _, p := range chunk {
 			if len(out) >= limit {
 				return errStop
 			}
+			own := !last && p.h.Msg == 0
+			if own {
+				if !s.claims.offer(p.h.Evp, now) {
+					offered = append(offered, p)
+					continue
+				}
+				mine[p.h.Evp] = true
+			}
+			n := len(out)
 			more, err := s.duePointer(ctx, p.key, p.bucket, p.h, now, &out)
+			if own && len(out) == n {
+				s.claims.unoffer(p.h.Evp)
+				delete(mine, p.h.Evp)
+			}
 			if err != nil {
 				return err
 			}
@@ -80,7 +96,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 				continue
 			}
 			if h.Due > nowBucket {
-				if err := process(); err != nil {
+				if err := process(false); err != nil {
 					return err
 				}
 				return errStop
@@ -91,7 +107,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 			}
 			chunk = append(chunk, pointer{k, h.Due, h})
 			if len(chunk) >= 4*limit {
-				if err := process(); err != nil {
+				if err := process(false); err != nil {
 					return err
 				}
 			}
@@ -99,22 +115,32 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 		return nil
 	})
 	if err == nil {
-		err = process()
+		err = process(false)
 	}
 	if (err == nil || err == errStop) && len(out) < limit && len(offered) > 0 {
 		chunk = offered
-		err = process()
+		err = process(true)
 	}
 	if err != nil && err != errStop {
+		for id := range mine {
+			s.claims.unoffer(id)
+		}
 		return nil, s.wrap("due", "", err, nil)
 	}
 	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 	if len(out) > limit {
+		for _, e := range out[limit:] {
+			if mine[e.ID] {
+				s.claims.unoffer(e.ID)
+			}
+		}
 		out = out[:limit]
 	}
 	for _, e := range out {
 		e.found = true
-		s.claims.offer(e.ID, e.hdr.Token, now)
+		if !mine[e.ID] {
+			s.claims.offer(e.ID, now)
+		}
 	}
 	return out, nil
 }
