@@ -93,7 +93,7 @@ func (x *counted) Delete(ctx context.Context, key string) error {
 // DeleteMulti counts one delete per batch when the wrapped Backend is a
 // driver.MultiDeleter, and one per key when it is not.
 func (x *counted) DeleteMulti(ctx context.Context, keys []string) error {
-	if md, ok := x.c.b.(driver.MultiDeleter); ok {
+	if md, ok := x.c.b.(driver.MultiDeleter); ok && native[driver.MultiDeleter](x.c.b) {
 		x.c.del.Add(1)
 		return md.DeleteMulti(ctx, keys)
 	}
@@ -109,10 +109,24 @@ func (x *counted) DeleteMulti(ctx context.Context, keys []string) error {
 // driver.ConditionalDeleter, and none when it is not: then it makes no
 // request.
 func (x *counted) DeleteIfMatch(ctx context.Context, key string, v driver.Version) error {
-	if _, ok := x.c.b.(driver.ConditionalDeleter); ok {
+	if native[driver.ConditionalDeleter](x.c.b) {
 		x.c.del.Add(1)
 	}
 	return driver.DeleteIfMatch(ctx, x.c.b, key, v)
+}
+
+// native reports whether the backend under b's wrappers (driver.Prefixed,
+// encryption), which offer every capability and fall back when the
+// backend they wrap lacks it, has the capability T.
+func native[T any](b driver.Backend) bool {
+	for {
+		u, ok := b.(interface{ Unwrap() driver.Backend })
+		if !ok {
+			_, has := b.(T)
+			return has
+		}
+		b = u.Unwrap()
+	}
 }
 
 func (x *counted) List(ctx context.Context, prefix, startAfter string, limit int) ([]string, bool, error) {

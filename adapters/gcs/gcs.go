@@ -25,7 +25,9 @@
 // ifGenerationMatch=<generation>. GCS refuses a compare-and-swap of a
 // missing object with the same 412 as a stale one; Put then reads the
 // object's attributes and reports a missing one as storage.ErrObjectNotExist
-// (driver.CodeNotFound). Deletes are unconditional.
+// (driver.CodeNotFound). Deletes are unconditional. With Options.Batch, a
+// Store deletes up to 100 objects per request through the JSON API's
+// batch endpoint (driver.MultiDeleter), which the SDK does not offer.
 //
 // Objects of at most 256 KiB are sent in one request without a buffer
 // (ChunkSize 0), so the SDK does not retry them; a conditional write whose
@@ -56,7 +58,8 @@
 // fake-gcs-server (v1.56) honours ifGenerationMatch on writes, both 0 and a
 // generation, but ignores generation preconditions on deletes: a delete
 // with a stale ifGenerationMatch deletes anyway. The queue never relies on
-// conditional deletes, so this does not matter here. Uploads only work when
+// conditional deletes, so this does not matter here. It serves the batch
+// endpoint, so Options.Batch is tested against it. Uploads only work when
 // the server is started with -external-url (and -public-host) set to the
 // address that clients use, because resumable uploads follow the Location
 // the server returns.
@@ -69,6 +72,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -103,6 +107,14 @@ type Options struct {
 	// Prefix is put in front of every key, so that several queues can
 	// share a bucket. A missing trailing "/" is added.
 	Prefix string
+	// Batch, if set, is an HTTP client authorised for Cloud Storage's
+	// JSON API, with which the Store deletes up to 100 objects per
+	// request through the API's batch endpoint: the clean-up that follows
+	// deliveries then costs a request per 100 keys rather than one per
+	// key (driver.MultiDeleter). The endpoint is the emulator's when
+	// STORAGE_EMULATOR_HOST is set, as for the SDK. URLOpener sets it up;
+	// without it, every delete is a request of its own.
+	Batch *http.Client
 	// Queue are the options of the Store.
 	Queue queue.Options
 }
@@ -114,7 +126,7 @@ func Open(ctx context.Context, client *storage.Client, bucket string, opts *Opti
 	if opts == nil {
 		opts = new(Options)
 	}
-	b, err := openBackend(ctx, client, bucket, opts.Prefix)
+	b, err := openBackend(ctx, client, bucket, opts.Prefix, opts.Batch)
 	if err != nil {
 		return nil, err
 	}
@@ -127,15 +139,20 @@ func Open(ctx context.Context, client *storage.Client, bucket string, opts *Opti
 	return queue.New(b, &qo)
 }
 
-// openBackend returns the Backend over bucket under prefix.
-func openBackend(_ context.Context, client *storage.Client, bucket, prefix string) (driver.Backend, error) {
+// openBackend returns the Backend over bucket under prefix, which deletes
+// in batches through batch if it is not nil.
+func openBackend(_ context.Context, client *storage.Client, bucket, prefix string, batch *http.Client) (driver.Backend, error) {
 	if client == nil {
 		return nil, fmt.Errorf("%w: gcs: nil client", queue.ErrInvalid)
 	}
 	if bucket == "" {
 		return nil, fmt.Errorf("%w: gcs: empty bucket name", queue.ErrInvalid)
 	}
-	return driver.Prefixed(&backend{bkt: client.Bucket(bucket), name: bucket}, prefix), nil
+	b := &backend{bkt: client.Bucket(bucket), name: bucket}
+	if batch == nil {
+		return driver.Prefixed(b, prefix), nil
+	}
+	return driver.Prefixed(&batchBackend{backend: b, client: batch, url: batchURL()}, prefix), nil
 }
 
 type backend struct {

@@ -81,7 +81,7 @@ func ensureBucket(t testing.TB, c *storage.Client, bucket string) {
 
 func testBackend(t testing.TB) driver.Backend {
 	c, bucket, prefix := testEnv(t)
-	b, err := openBackend(t.Context(), c, bucket, prefix)
+	b, err := openBackend(t.Context(), c, bucket, prefix, &http.Client{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +96,7 @@ type harness struct {
 }
 
 func (h *harness) MakeBackend(ctx context.Context) (driver.Backend, error) {
-	return openBackend(ctx, h.c, h.bucket, h.prefix)
+	return openBackend(ctx, h.c, h.bucket, h.prefix, &http.Client{})
 }
 
 func (h *harness) Capabilities() conformance.Capabilities {
@@ -119,9 +119,9 @@ func (h *harness) MakeDeadBackend(ctx context.Context, d conformance.Dead) (driv
 			return nil, err
 		}
 		h.closers = append(h.closers, c.Close)
-		return openBackend(ctx, c, h.bucket, h.prefix)
+		return openBackend(ctx, c, h.bucket, h.prefix, nil)
 	case conformance.DeadContainer:
-		return openBackend(ctx, h.c, "no-such-bucket-"+strings.TrimSuffix(strings.ReplaceAll(h.prefix, "/", "-"), "-"), "")
+		return openBackend(ctx, h.c, "no-such-bucket-"+strings.TrimSuffix(strings.ReplaceAll(h.prefix, "/", "-"), "-"), "", nil)
 	}
 	return nil, nil
 }

@@ -3,6 +3,7 @@ package gcs
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"sync"
@@ -24,13 +25,19 @@ func init() { queue.DefaultURLMux().Register(Scheme, new(URLOpener)) }
 // If Client is nil, the opener creates one client on its first use, with
 // Application Default Credentials or, when STORAGE_EMULATOR_HOST is set,
 // the emulator without authentication, and shares it between the Stores
-// it opens.
+// it opens; likewise an HTTP client for batches of deletes (see
+// Options.Batch).
 type URLOpener struct {
 	// Client, if set, is used for every Store.
 	Client *storage.Client
+	// Batch, if set, is used for every Store's batches of deletes (see
+	// Options.Batch). If both are nil, the opener creates one, with the
+	// client's credentials; if only Client is set, there is none.
+	Batch *http.Client
 
 	once   sync.Once
 	client *storage.Client
+	batch  *http.Client
 	err    error
 }
 
@@ -46,17 +53,25 @@ func (o *URLOpener) OpenStoreURL(ctx context.Context, u *url.URL, qopts *queue.O
 	if u.Host == "" {
 		return nil, &queue.Error{Op: "open", ID: u.Redacted(), Kind: queue.ErrInvalid, Err: fmt.Errorf("gs URL needs a bucket: gs://bucket/prefix")}
 	}
-	c := o.Client
+	c, batch := o.Client, o.Batch
 	if c == nil {
 		o.once.Do(func() {
-			// The client outlives this call, so it does not take ctx's
+			// The clients outlive this call, so they do not take ctx's
 			// cancellation.
-			o.client, o.err = storage.NewClient(context.WithoutCancel(ctx))
+			ctx := context.WithoutCancel(ctx)
+			if o.client, o.err = storage.NewClient(ctx); o.err != nil {
+				return
+			}
+			o.batch, o.err = newBatchClient(ctx)
 		})
 		if o.err != nil {
 			return nil, &queue.Error{Op: "open", ID: u.Redacted(), Err: fmt.Errorf("gcs: creating client: %w", o.err)}
 		}
 		c = o.client
+		if batch == nil {
+			batch = o.batch
+		}
 	}
+	opts.Batch = batch
 	return Open(ctx, c, u.Host, opts)
 }
