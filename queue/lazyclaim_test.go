@@ -2,7 +2,6 @@ package queue_test
 
 import (
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -11,24 +10,6 @@ import (
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/layout"
 )
-
-// clock is a settable clock for Options.Clock.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 func claimKey(node string, id queue.EvpID) string {
 	return layout.Key(layout.Handle{Kind: layout.Claim, Node: node, Evp: uint64(id)})
@@ -43,7 +24,7 @@ func claimKey(node string, id queue.EvpID) string {
 func TestClaimPointerWaits(t *testing.T) {
 	ctx := t.Context()
 	raw := mem.OpenBackend("")
-	clk := &clock{now: time.Now()}
+	clk := &fuzzClock{now: time.Now()}
 	cnt := bench.Count(raw)
 	a, err := queue.New(cnt.Backend(), &queue.Options{Node: "a", Clock: clk.Now})
 	if err != nil {

@@ -197,11 +197,27 @@ func (b *backend) DeleteIfMatch(ctx context.Context, key string, v driver.Versio
 }
 
 // DeleteMulti implements driver.MultiDeleter.
+// It removes every key under one lock, and the keys from the sorted index
+// in one pass, as a store answers one request.
 func (b *backend) DeleteMulti(ctx context.Context, keys []string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	st := b.st
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	gone := 0
 	for _, k := range keys {
-		if err := b.Delete(ctx, k); err != nil {
-			return err
+		if _, ok := st.objects[k]; ok {
+			delete(st.objects, k)
+			gone++
 		}
+	}
+	if gone > 0 {
+		st.keys = slices.DeleteFunc(st.keys, func(k string) bool {
+			_, ok := st.objects[k]
+			return !ok
+		})
 	}
 	return nil
 }
