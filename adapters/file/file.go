@@ -83,6 +83,7 @@ type backend struct {
 var _ driver.Backend = (*backend)(nil)
 var _ driver.Stater = (*backend)(nil)
 var _ driver.ConditionalDeleter = (*backend)(nil)
+var _ driver.MultiDeleter = (*backend)(nil)
 
 var errPrecondition = errors.New("file: precondition failed")
 
@@ -308,6 +309,44 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 		}
 		return err
 	})
+}
+
+// DeleteMulti implements driver.MultiDeleter: the keys of one directory
+// are removed under one hold of its lock, and a directory that does not
+// exist holds nothing to remove. Like Delete, it does not fsync.
+func (b *backend) DeleteMulti(ctx context.Context, keys []string) error {
+	byDir := make(map[string][]string)
+	var dirs []string
+	for _, k := range keys {
+		dir, name, err := b.path(k)
+		if err != nil {
+			return err
+		}
+		if _, seen := byDir[dir]; !seen {
+			dirs = append(dirs, dir)
+		}
+		byDir[dir] = append(byDir[dir], name)
+	}
+	for _, dir := range dirs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := os.Stat(dir); errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		err := b.locked(dir, func() error {
+			for _, name := range byDir[dir] {
+				if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DeleteIfMatch implements driver.ConditionalDeleter: under the

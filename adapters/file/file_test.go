@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/mxqueue/mxq/conformance"
@@ -145,5 +146,41 @@ func TestInvalidKeys(t *testing.T) {
 		if e.Name() != ".tmp" {
 			t.Errorf("invalid keys left %s in the queue directory", e.Name())
 		}
+	}
+}
+
+// TestDeleteMulti: the keys of a batch go, whichever directories they are
+// in, and a key in a directory that does not exist creates none.
+func TestDeleteMulti(t *testing.T) {
+	ctx := t.Context()
+	root := t.TempDir()
+	b, err := openBackend(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := []string{"due/000000000001/a", "due/000000000001/b", "own/n/c"}
+	for _, k := range keys {
+		if _, err := b.Put(ctx, k, strings.NewReader("x"), &driver.PutOptions{Size: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.DeleteMulti(ctx, append(keys, "due/000000000001/missing", "zzz/never/made")); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if _, _, err := b.Get(ctx, k); b.ErrorCode(err) != driver.CodeNotFound {
+			t.Errorf("Get(%s) after DeleteMulti: %v", k, err)
+		}
+	}
+	after, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Errorf("DeleteMulti made directories: %v, before %v", after, before)
 	}
 }
