@@ -26,9 +26,9 @@ import (
 // The set also holds the envelopes that a due scan is reading to return,
 // or returned, and that no caller has claimed yet, for offerTime: workers
 // sharing a Store would otherwise read the same due envelopes, and all
-// but one of them for nothing. An
-// offer never refuses a claim; it only sends the envelope to the back of
-// this Store's other due scans until it is claimed or the offer lapses.
+// but one of them for nothing. An offer never refuses a claim; it only
+// sends the envelope to the back of this Store's other due scans until it
+// is claimed or the offer lapses.
 type claiming struct {
 	mu    sync.Mutex
 	m     map[EvpID]claimEntry
@@ -38,11 +38,11 @@ type claiming struct {
 type claimEntry struct {
 	token uint64
 	until time.Time
-	offer bool // returned by Due, not claimed
+	offer bool // a due scan's: being read or returned, not claimed
 }
 
-// offerTime is how long an envelope that Due returned stays out of this
-// Store's due scans while nobody claims it.
+// offerTime is how long an envelope that Due returned stays at the back
+// of this Store's due scans while nobody claims it.
 const offerTime = 5 * time.Second
 
 // maxClaiming is the size from which the set drops the entries that

@@ -207,6 +207,7 @@ var (
 	_ driver.Pinger  = (*backend)(nil)
 
 	_ driver.ConditionalDeleter = (*backend)(nil)
+	_ driver.MultiDeleter       = (*backend)(nil)
 )
 
 func (b *backend) headKey(key string) *datastore.Key {
@@ -490,7 +491,7 @@ func (b *backend) cleanup(ctx context.Context, keys []*datastore.Key) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	for len(keys) > 0 {
-		n := min(len(keys), 500)
+		n := min(len(keys), maxMutations)
 		if err := b.c.DeleteMulti(ctx, keys[:n]); err != nil {
 			return
 		}
@@ -502,6 +503,58 @@ func (b *backend) cleanup(ctx context.Context, keys []*datastore.Key) {
 // transaction that learns its chunks, then the chunks.
 func (b *backend) Delete(ctx context.Context, key string) error {
 	return b.deleteHead(ctx, key, "")
+}
+
+// maxMutations is the most entities one commit may write or delete.
+const maxMutations = 500
+
+// DeleteMulti implements driver.MultiDeleter: one lookup of the keys'
+// heads, to learn which objects have chunks beyond the head, then one
+// commit per 500 entities that deletes the heads, then the chunks. Unlike
+// Delete, the lookup and the deletes are not one transaction: an object
+// written again between them loses its new head, as an unconditional
+// delete may, and leaves its new chunks as unreachable garbage; the
+// Store's batches delete objects that nothing writes again.
+func (b *backend) DeleteMulti(ctx context.Context, keys []string) (err error) {
+	defer func() { err = ctxErr(ctx, err) }()
+	hks := make([]*datastore.Key, len(keys))
+	for i, k := range keys {
+		if err := validKey(k); err != nil {
+			return err
+		}
+		hks[i] = b.headKey(k)
+	}
+	heads := make([]head, len(keys))
+	err = b.c.GetMulti(ctx, hks, heads)
+	var me datastore.MultiError
+	switch {
+	case err == nil:
+		me = make(datastore.MultiError, len(keys))
+	case !errors.As(err, &me) || len(me) != len(keys):
+		return err
+	}
+	var del, chunks []*datastore.Key
+	for i, e := range me {
+		switch {
+		case errors.Is(e, datastore.ErrNoSuchEntity):
+			continue
+		case e != nil:
+			return e
+		}
+		del = append(del, hks[i])
+		if heads[i].N > 1 {
+			chunks = append(chunks, b.chunkKeys(keys[i], &heads[i])...)
+		}
+	}
+	del = append(del, chunks...)
+	for len(del) > 0 {
+		n := min(len(del), maxMutations)
+		if err := b.c.DeleteMulti(ctx, del[:n]); err != nil {
+			return err
+		}
+		del = del[n:]
+	}
+	return nil
 }
 
 // DeleteIfMatch implements driver.ConditionalDeleter: Delete, with a

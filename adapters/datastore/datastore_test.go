@@ -385,3 +385,26 @@ func TestChunkCleanup(t *testing.T) {
 		}
 	})
 }
+
+// TestDeleteMulti: a batch deletes big and small objects, their chunks
+// with them, and takes missing keys for gone.
+func TestDeleteMulti(t *testing.T) {
+	b := testBackend(t)
+	checkRoundTrip(t, b, "msg/00/00000003", 2*chunkData+7, -1, driver.PutOptions{})
+	checkRoundTrip(t, b, "due/000000000001/00000003", 0, 0, driver.PutOptions{})
+	if n := chunks(t, b); n != 2 {
+		t.Fatalf("%d chunks, want 2", n)
+	}
+	keys := []string{"msg/00/00000003", "due/000000000001/00000003", "due/000000000001/missing"}
+	if err := b.DeleteMulti(t.Context(), keys); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if _, _, err := b.Get(t.Context(), k); b.ErrorCode(err) != driver.CodeNotFound {
+			t.Errorf("Get(%s) after DeleteMulti: %v", k, err)
+		}
+	}
+	if n := chunks(t, b); n != 0 {
+		t.Errorf("%d chunks left after DeleteMulti", n)
+	}
+}
