@@ -50,7 +50,10 @@
 // The chunks of a replaced or deleted head, and those of a write whose
 // head was refused, are deleted right after, best-effort. Chunks of a
 // writer that died between its chunks and its head, or whose clean-up
-// failed, stay behind as unreachable garbage; they are never read.
+// failed, stay behind as unreachable garbage; they are never read. A
+// batch of deletes (driver.MultiDeleter, for the Store's clean-up after
+// deliveries) looks the heads up at once and deletes heads and chunks
+// with one commit per 500 entities.
 //
 // Listing is a keys-only query ordered by __key__ with the prefix and the
 // start key as key filters, which is a cursor over the key space.
