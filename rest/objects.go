@@ -3,6 +3,7 @@ package rest
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -225,6 +226,41 @@ func (h *Handler) objectDelete(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := h.be.Delete(r.Context(), key); err != nil {
 		return h.backendErr(r, key, err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// DeleteBatch is the body of POST /v1/objects:delete: the keys to remove,
+// 1 to driver.MaxMultiDelete of them. Missing keys are not an error.
+type DeleteBatch struct {
+	Keys []string `json:"keys"`
+}
+
+// objectDeleteBatch removes many objects with one request, with the
+// store's multi-object delete where it has one (driver.DeleteMulti).
+func (h *Handler) objectDeleteBatch(w http.ResponseWriter, r *http.Request) error {
+	if _, err := query(r); err != nil {
+		return err
+	}
+	data, err := readSmall(w, r, int64(driver.MaxMultiDelete)*(MaxKeyLength+8)+64)
+	if err != nil {
+		return err
+	}
+	var req DeleteBatch
+	if err := json.Unmarshal(data, &req); err != nil {
+		return errf(CodeInvalid, "body: want {\"keys\":[...]}: %v", err)
+	}
+	if n := len(req.Keys); n < 1 || n > driver.MaxMultiDelete {
+		return errf(CodeInvalid, "%d keys: want 1 to %d", n, driver.MaxMultiDelete)
+	}
+	for _, k := range req.Keys {
+		if err := validKey(k, false); err != nil {
+			return err
+		}
+	}
+	if err := driver.DeleteMulti(r.Context(), h.be, req.Keys); err != nil {
+		return h.backendErr(r, req.Keys[0]+" (in a batch of "+strconv.Itoa(len(req.Keys))+")", err)
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil

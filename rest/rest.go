@@ -193,6 +193,7 @@ func (h *Handler) routes() {
 		{"HEAD", "/v1/objects/{key...}", "object_stat", false, h.objectGet},
 		{"PUT", "/v1/objects/{key...}", "object_put", false, h.objectPut},
 		{"DELETE", "/v1/objects/{key...}", "object_delete", false, h.objectDelete},
+		{"POST", "/v1/objects:delete", "object_delete_batch", false, h.objectDeleteBatch},
 
 		{"POST", "/v1/messages", "begin", false, h.begin},
 		{"POST", "/v1/messages/{msgid}/envelopes", "add_envelope", false, h.addEnvelope},

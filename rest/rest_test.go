@@ -3,6 +3,7 @@ package rest_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -565,5 +566,34 @@ func TestClientPrefix(t *testing.T) {
 	}
 	if k := e.rawKeys("evp/"); len(k) != 1 {
 		t.Fatalf("through the prefix: %v", k)
+	}
+}
+
+// TestObjectDeleteBatch: POST /v1/objects:delete removes every key of the
+// batch, missing ones included, and refuses an empty batch, one too large
+// and a bad key, deleting nothing.
+func TestObjectDeleteBatch(t *testing.T) {
+	e := newEnv(t, nil, nil)
+	keys := []string{"due/000000000001/00000001", "due/000000000001/00000002", "own/n1/0000000100000001"}
+	for _, k := range keys {
+		e.do("PUT", "/v1/objects/"+k, strings.NewReader("x")).ok(t, 204, nil)
+	}
+	batch := func(keys ...string) io.Reader {
+		data, err := json.Marshal(rest.DeleteBatch{Keys: keys})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return bytes.NewReader(data)
+	}
+	e.do("POST", "/v1/objects:delete", batch()).fails(t, 400, "invalid")
+	e.do("POST", "/v1/objects:delete", batch(keys[0], "bad//key")).fails(t, 400, "invalid")
+	e.do("POST", "/v1/objects:delete", strings.NewReader("{")).fails(t, 400, "invalid")
+	e.do("POST", "/v1/objects:delete", batch(make([]string, driver.MaxMultiDelete+1)...)).fails(t, 400, "invalid")
+	if got := e.rawKeys(""); len(got) != len(keys) {
+		t.Fatalf("refused batches left %v, want the %d keys", got, len(keys))
+	}
+	e.do("POST", "/v1/objects:delete", batch(append(keys, "due/000000000001/missing")...)).ok(t, 204, nil)
+	if got := e.rawKeys(""); len(got) != 0 {
+		t.Fatalf("left after the batch: %v", got)
 	}
 }

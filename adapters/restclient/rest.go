@@ -16,7 +16,9 @@
 // # Keys
 //
 // A queue key becomes the path /v1/objects/<key>, byte for byte: keys are
-// made of a-z 0-9 . _ - and "/" and need no escaping.
+// made of a-z 0-9 . _ - and "/" and need no escaping. A batch of deletes
+// (driver.MultiDeleter) is one POST /v1/objects:delete; a server without
+// that endpoint gets one DELETE per key.
 //
 // # Errors
 //
@@ -30,6 +32,7 @@
 package restclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -41,6 +44,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mxqueue/mxq/queue"
@@ -87,16 +91,18 @@ func OpenBackend(ctx context.Context, baseURL string, opts *Options) (driver.Bac
 }
 
 type backend struct {
-	base   string // scheme://host[:port][/prefix], no trailing slash
-	token  string
-	client *http.Client
-	own    *http.Transport // closed in Close when the client is ours
+	base    string // scheme://host[:port][/prefix], no trailing slash
+	token   string
+	client  *http.Client
+	own     *http.Transport // closed in Close when the client is ours
+	noBatch atomic.Bool     // the server has no POST /v1/objects:delete
 }
 
 var (
-	_ driver.Backend = (*backend)(nil)
-	_ driver.Stater  = (*backend)(nil)
-	_ driver.Pinger  = (*backend)(nil)
+	_ driver.Backend      = (*backend)(nil)
+	_ driver.Stater       = (*backend)(nil)
+	_ driver.Pinger       = (*backend)(nil)
+	_ driver.MultiDeleter = (*backend)(nil)
 )
 
 func openBackend(u *url.URL, token string, client *http.Client) (*backend, error) {
@@ -163,7 +169,7 @@ func (e *httpError) Error() string {
 // *httpError, its body read and closed.
 func (b *backend) do(ctx context.Context, method, path string, body io.Reader, size int64, hdr http.Header, want ...int) (*http.Response, error) {
 	rctx := ctx
-	if method == http.MethodPut || method == http.MethodDelete {
+	if method == http.MethodPut || method == http.MethodDelete || method == http.MethodPost {
 		// A write whose request reached the server may land after the
 		// caller gave up, and the caller would then believe it failed
 		// while the object changes under it. So once ctx is done, a
@@ -345,6 +351,36 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 		return err
 	}
 	resp.Body.Close()
+	return nil
+}
+
+// DeleteMulti implements driver.MultiDeleter with one POST
+// /v1/objects:delete. A server without that endpoint (it answers 404 or
+// 405) gets one DELETE per key, from then on.
+func (b *backend) DeleteMulti(ctx context.Context, keys []string) error {
+	if !b.noBatch.Load() {
+		data, err := json.Marshal(struct {
+			Keys []string `json:"keys"`
+		}{keys})
+		if err != nil {
+			return err
+		}
+		resp, err := b.do(ctx, http.MethodPost, "/v1/objects:delete", bytes.NewReader(data), int64(len(data)), http.Header{"Content-Type": {"application/json"}}, http.StatusNoContent, http.StatusOK)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		var he *httpError
+		if !errors.As(err, &he) || he.status != http.StatusNotFound && he.status != http.StatusMethodNotAllowed {
+			return err
+		}
+		b.noBatch.Store(true)
+	}
+	for _, k := range keys {
+		if err := b.Delete(ctx, k); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

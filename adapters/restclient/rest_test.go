@@ -199,3 +199,54 @@ func TestErrorCode(t *testing.T) {
 		})
 	}
 }
+
+// TestDeleteMultiFallback: a batch of deletes is one POST
+// /v1/objects:delete; a server without that endpoint gets a DELETE per
+// key, and is not asked for a batch again.
+func TestDeleteMultiFallback(t *testing.T) {
+	for _, batches := range []bool{true, false} {
+		t.Run(fmt.Sprintf("server with batches %v", batches), func(t *testing.T) {
+			var posts, deletes atomic.Int64
+			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				switch {
+				case r.Method == http.MethodPost && r.URL.Path == "/v1/objects:delete":
+					posts.Add(1)
+					if !batches {
+						w.WriteHeader(http.StatusMethodNotAllowed)
+						return
+					}
+					w.WriteHeader(http.StatusNoContent)
+				case r.Method == http.MethodDelete && strings.HasPrefix(r.URL.Path, "/v1/objects/"):
+					deletes.Add(1)
+					w.WriteHeader(http.StatusNoContent)
+				default:
+					w.WriteHeader(http.StatusBadRequest)
+				}
+			})}
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			go srv.Serve(ln)
+			defer srv.Close()
+			b, err := OpenBackend(t.Context(), "http://"+ln.Addr().String(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			keys := []string{"due/000000000001/a", "due/000000000001/b", "own/n/c"}
+			for range 2 {
+				if err := driver.DeleteMulti(t.Context(), b, keys); err != nil {
+					t.Fatal(err)
+				}
+			}
+			wantPosts, wantDeletes := int64(2), int64(0)
+			if !batches {
+				wantPosts, wantDeletes = 1, 6
+			}
+			if posts.Load() != wantPosts || deletes.Load() != wantDeletes {
+				t.Errorf("%d batch requests and %d deletes for two batches of 3, want %d and %d", posts.Load(), deletes.Load(), wantPosts, wantDeletes)
+			}
+		})
+	}
+}
