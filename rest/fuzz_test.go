@@ -33,6 +33,7 @@ func FuzzHandler(f *testing.F) {
 		{"GET", "/v1/objects/inc/00000001", "", "", true},
 		{"GET", "/v1/objects?prefix=inc/&limit=5", "", "", true},
 		{"DELETE", "/v1/objects/inc/00000001", "If-Match: \"v1\"", "", true},
+		{"POST", "/v1/objects:delete", "Content-Type: application/json", `{"keys":["inc/00000001","due/000000000001/00000001"]}`, true},
 		{"POST", "/v1/messages", "", "", true},
 		{"POST", "/v1/messages/00000001/envelopes", "Content-Type: application/octet-stream", "rcpt: a@b", true},
 		{"PUT", "/v1/messages/00000001/content", "", "hello", true},
