@@ -59,13 +59,17 @@ func (s *Store) deferPointer(key string) *lazyPointer {
 	return p
 }
 
+// stop cancels the write of the pointer, and reports whether it did so
+// before the write began.
+func (p *lazyPointer) stop() bool { return p != nil && p.timer.Stop() }
+
 // end stops the write of a lazy pointer and reports whether the pointer
 // may be stored, so that the end of the claim must remove it.
 func (p *lazyPointer) end(ctx context.Context) bool {
 	if p == nil {
 		return true
 	}
-	if p.timer.Stop() {
+	if p.stop() {
 		return false
 	}
 	select {
@@ -240,7 +244,7 @@ func (c *Claim) write(ctx context.Context, op string, h *envHeader, data []byte,
 func (c *Claim) ended(err error) {
 	if errors.Is(err, ErrLeaseLost) {
 		c.s.claims.drop(c.e.ID)
-		if c.ptr != nil && c.ptr.timer.Stop() {
+		if c.ptr.stop() {
 			c.ptr = nil // never written; one written already is stale, and Owned or Takeover drops it
 		}
 	}
@@ -366,7 +370,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 			// The entry in s.claims stays until the lease would have
 			// lapsed: a worker that read the envelope before it went
 			// learns from memory that it is gone.
-			s.collectDeleted(ctx, id, c.stored(ctx, h))
+			s.collectDeleted(ctx, id, c.stored(ctx, h), false)
 			return nil
 		case s.isPrecondition(err) || s.isNotFound(err):
 			err = c.lost(ctx, "delete", err)
@@ -383,7 +387,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 	}
 	// Every reader takes the tombstone for a missing envelope, so it
 	// goes in the collector's next batch, with the pointers.
-	s.collectTombstone(ctx, id, c.stored(ctx, h))
+	s.collectDeleted(ctx, id, c.stored(ctx, h), true)
 	return nil
 }
 

@@ -247,25 +247,21 @@ func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error 
 	if err := s.del(ctx, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})); err != nil {
 		return err
 	}
-	s.collectDeleted(ctx, id, h)
+	s.collectDeleted(ctx, id, h, false)
 	return nil
 }
 
 // collectDeleted hands the collector what goes after the envelope id,
 // whose header was h, is gone: the pointers that name it, and the
-// message's content and pointers when it was the last envelope.
-func (s *Store) collectDeleted(ctx context.Context, id EvpID, h *envHeader) {
+// message's content and pointers when it was the last envelope. With
+// tombstone set, the envelope's tombstone goes too, in the batch's first
+// delete, before the batch checks whether its message has an envelope
+// left.
+func (s *Store) collectDeleted(ctx context.Context, id EvpID, h *envHeader, tombstone bool) {
 	own, ofMsg := pointers(id, h)
-	s.collect(ctx, own, id.MsgID(), ofMsg)
-}
-
-// collectTombstone hands the collector the tombstone of the envelope id,
-// whose header was h, with what goes after it. The tombstone goes in the
-// batch's first delete, before the batch checks whether its message has
-// an envelope left.
-func (s *Store) collectTombstone(ctx context.Context, id EvpID, h *envHeader) {
-	own, ofMsg := pointers(id, h)
-	own = append(own, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)}))
+	if tombstone {
+		own = append(own, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)}))
+	}
 	s.collect(ctx, own, id.MsgID(), ofMsg)
 }
 

@@ -57,7 +57,8 @@ func newBatchClient(ctx context.Context) (*http.Client, error) {
 type batchBackend struct {
 	*backend
 	client *http.Client
-	url    string
+	url    string // the batch endpoint
+	host   string // its host, for the calls' Host header
 }
 
 var _ driver.MultiDeleter = (*batchBackend)(nil)
@@ -78,10 +79,6 @@ func (b *batchBackend) DeleteMulti(ctx context.Context, keys []string) error {
 
 // deleteBatch deletes keys, at most maxBatch of them, with one request.
 func (b *batchBackend) deleteBatch(ctx context.Context, keys []string) error {
-	u, err := url.Parse(b.url)
-	if err != nil {
-		return fmt.Errorf("gcs: batch endpoint %q: %w", b.url, err)
-	}
 	var body bytes.Buffer
 	mw := multipart.NewWriter(&body)
 	for i, k := range keys {
@@ -92,7 +89,7 @@ func (b *batchBackend) deleteBatch(ctx context.Context, keys []string) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(pw, "DELETE /storage/v1/b/%s/o/%s HTTP/1.1\r\nHost: %s\r\n\r\n", url.PathEscape(b.name), url.PathEscape(k), u.Host)
+		fmt.Fprintf(pw, "DELETE /storage/v1/b/%s/o/%s HTTP/1.1\r\nHost: %s\r\n\r\n", url.PathEscape(b.name), url.PathEscape(k), b.host)
 	}
 	if err := mw.Close(); err != nil {
 		return err

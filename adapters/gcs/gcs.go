@@ -152,7 +152,12 @@ func openBackend(_ context.Context, client *storage.Client, bucket, prefix strin
 	if batch == nil {
 		return driver.Prefixed(b, prefix), nil
 	}
-	return driver.Prefixed(&batchBackend{backend: b, client: batch, url: batchURL()}, prefix), nil
+	endpoint := batchURL()
+	u, err := url.Parse(endpoint)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("%w: gcs: batch endpoint %q from STORAGE_EMULATOR_HOST", queue.ErrInvalid, endpoint)
+	}
+	return driver.Prefixed(&batchBackend{backend: b, client: batch, url: endpoint, host: u.Host}, prefix), nil
 }
 
 type backend struct {
