@@ -52,7 +52,7 @@ func TestRestartStorm(t *testing.T) {
 		// them.
 		restarts, messages := 24, stormMessages
 		if name == "file" {
-			restarts, messages = 40, 2*stormMessages
+			restarts, messages = 40, 4*stormMessages
 		}
 		t.Run(name, func(t *testing.T) { storm(t, u, restarts, messages) })
 	}
