@@ -306,21 +306,30 @@ func TestPrepareOnePointer(t *testing.T) {
 }
 
 // failKey fails every write of one key, once set, as a crash that lets
-// the writes beside it land.
+// the writes beside it land. The failure waits until a key under after
+// is stored, for at most 5 s: a commit cancels its writes still in flight
+// when one fails, so a failure that came first could stop them.
 type failKey struct {
 	driver.Backend
-	mu  sync.Mutex
-	key string
+	mu    sync.Mutex
+	key   string
+	after string
 }
 
 func (f *failKey) Put(ctx context.Context, key string, r io.Reader, o *driver.PutOptions) (driver.Version, error) {
 	f.mu.Lock()
-	fail := key == f.key
+	fail, after := key == f.key, f.after
 	f.mu.Unlock()
-	if fail {
-		return "", errors.New("crashed")
+	if !fail {
+		return f.Backend.Put(ctx, key, r, o)
 	}
-	return f.Backend.Put(ctx, key, r, o)
+	for deadline := time.Now().Add(5 * time.Second); after != "" && time.Now().Before(deadline); {
+		if keys, _, err := f.Backend.List(ctx, after, "", 1); err == nil && len(keys) > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return "", errors.New("crashed")
 }
 
 // TestPrepareSweptWhole: a committer of three envelopes, the first two
@@ -343,7 +352,7 @@ func TestPrepareSweptWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.mu.Lock()
-	f.key = envKey(third)
+	f.key, f.after = envKey(third), "due/"
 	f.mu.Unlock()
 	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
 		t.Fatal("the commit succeeded without its third envelope")
