@@ -15,9 +15,11 @@ import (
 	"github.com/mxqueue/mxq/queue/layout"
 )
 
+// testChecksum damages content objects: those of a Store that keeps no
+// content in its envelopes (testInlineContent damages the others).
 func testChecksum(t *testing.T, mk HarnessMaker) {
 	e := newEnv(t, mk)
-	a := e.store(nil)
+	a := e.store(&queue.Options{InlineContent: -1})
 	raw := e.backend()
 	content := []byte("the original content of the message")
 	cases := []struct {
@@ -146,5 +148,99 @@ func testLargeMessage(t *testing.T, mk HarnessMaker) {
 	}
 	if put > limit || get > limit {
 		t.Fatalf("heap grew by %s writing and %s reading 100 MiB; the bound is %s", mib(put), mib(get), mib(limit))
+	}
+}
+
+// testInlineContent: a message of one envelope and small content is one
+// object, the envelope with the content at its end. Another node reads
+// the content and its size; an envelope added to the message first gives
+// the content an object of its own, which outlives the first envelope;
+// the last delete leaves nothing. Damage to the content kept in an
+// envelope is ErrCorrupt, and the quarantine keeps it as it was.
+func testInlineContent(t *testing.T, mk HarnessMaker) {
+	e := newEnv(t, mk)
+	a := e.store(nil)
+	raw := e.backend()
+	plain := raw // the records as a Store reads them
+	if eh, ok := e.h.(encryptedHarness); ok {
+		var err error
+		if plain, err = queue.Sealed(raw, eh.encryption()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	content := []byte("a message small enough to travel in its envelope")
+	m, ids := e.commit(a, content, "a")
+	msgKey := layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)})
+	if keys := e.rawKeys(raw, msgKey); len(keys) != 0 {
+		t.Fatalf("a small message of one envelope has a content object: %v", keys)
+	}
+	b := e.store(nil) // another node, with nothing cached
+	got, err := e.readContent(b, m)
+	wantErr(t, "another node's OpenContent", err, nil)
+	if !bytes.Equal(got, content) {
+		t.Fatalf("content read by another node: %q, want %q", got, content)
+	}
+	size, err := e.store(nil).ContentSize(e.ctx, m)
+	wantErr(t, "ContentSize", err, nil)
+	if size != int64(len(content)) {
+		t.Fatalf("ContentSize = %d, want %d", size, len(content))
+	}
+	second, err := a.AddEnvelope(e.ctx, m, []byte("b"))
+	wantErr(t, "AddEnvelope", err, nil)
+	if keys := e.rawKeys(raw, msgKey); len(keys) != 1 {
+		t.Fatalf("after AddEnvelope the content has no object of its own: %v", keys)
+	}
+	wantErr(t, "DeleteEnvelope of the first", a.DeleteEnvelope(e.ctx, ids[0]), nil)
+	wantErr(t, "Flush", a.Flush(e.ctx), nil)
+	got, err = e.readContent(e.store(nil), m)
+	wantErr(t, "OpenContent after the first envelope went", err, nil)
+	if !bytes.Equal(got, content) {
+		t.Fatalf("content after the first envelope went: %q, want %q", got, content)
+	}
+	wantErr(t, "DeleteEnvelope of the second", a.DeleteEnvelope(e.ctx, second), nil)
+	wantErr(t, "Flush", a.Flush(e.ctx), nil)
+	for _, p := range []string{msgKey, layout.Key(layout.Handle{Kind: layout.Envelope, Msg: uint32(m)})} {
+		if keys := e.rawKeys(raw, p); len(keys) != 0 {
+			t.Fatalf("left after the last delete: %v", keys)
+		}
+	}
+	_, err = e.readContent(e.store(nil), m)
+	wantErr(t, "OpenContent of a deleted message", err, queue.ErrNotFound)
+
+	// Large content keeps an object of its own.
+	big := bytes.Repeat([]byte("x"), 40<<10)
+	m, _ = e.commit(a, big, "a")
+	if keys := e.rawKeys(raw, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)})); len(keys) != 1 {
+		t.Fatalf("content of %d bytes is kept in its envelope", len(big))
+	}
+
+	// A flipped byte of the content kept in the envelope.
+	m, ids = e.commit(a, content, "a")
+	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(ids[0])})
+	rc, _, err := plain.Get(e.ctx, key)
+	wantErr(t, "raw Get", err, nil)
+	stored, _ := io.ReadAll(rc)
+	rc.Close()
+	i := bytes.LastIndex(stored, content[:10])
+	if i < 0 {
+		t.Fatalf("the envelope %q does not hold the content", stored)
+	}
+	stored[i] ^= 0x20
+	if _, err := plain.Put(e.ctx, key, bytes.NewReader(stored), &driver.PutOptions{Size: int64(len(stored))}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.store(nil)
+	_, err = e.readContent(c, m)
+	wantErr(t, "reading corrupt content kept in the envelope", err, queue.ErrCorrupt)
+	wantErr(t, "Quarantine", c.Quarantine(e.ctx, m, "checksum mismatch"), nil)
+	rc, err = c.OpenQuarantined(e.ctx, m)
+	wantErr(t, "OpenQuarantined", err, nil)
+	rc.Close()
+	rc, _, err = plain.Get(e.ctx, layout.Key(layout.Handle{Kind: layout.QuarantineContent, Msg: uint32(m)}))
+	wantErr(t, "raw Get of the quarantined content", err, nil)
+	kept, _ := io.ReadAll(rc)
+	rc.Close()
+	if !bytes.Contains(kept, stored[i:i+10]) {
+		t.Fatalf("the quarantine kept %q, not the damaged content", kept)
 	}
 }

@@ -465,12 +465,14 @@ func (s *Store) flushBits(ctx context.Context) error {
 // committed.
 func (s *Store) rollForward(ctx context.Context, id EvpID, h *envHeader) (bool, error) {
 	m, nonce := id.MsgID(), h.Block
-	_, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
-	if s.isNotFound(err) {
-		return false, nil // not stored yet, or never will be
-	}
-	if err != nil {
-		return false, err
+	if len(h.content) == 0 {
+		_, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
+		if s.isNotFound(err) {
+			return false, nil // not stored yet, or never will be
+		}
+		if err != nil {
+			return false, err
+		}
 	}
 	// A message without its pointer would be committed and never due:
 	// the pointer goes first, as in the commit.

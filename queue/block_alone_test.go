@@ -133,10 +133,11 @@ func (r brokenAfterEnvelope) Read([]byte) (int, error) {
 }
 
 // clocked opens a Store of node on b with the clock clk and the grace
-// period grace (the default if 0).
+// period grace (the default if 0), keeping every content in an object of
+// its own.
 func clocked(t *testing.T, b driver.Backend, node string, clk *fuzzClock, grace time.Duration) *queue.Store {
 	t.Helper()
-	s, err := queue.New(b, &queue.Options{Node: node, Clock: clk.Now, Grace: grace})
+	s, err := queue.New(b, &queue.Options{Node: node, Clock: clk.Now, Grace: grace, InlineContent: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +166,7 @@ func aloneTx(t *testing.T, s *queue.Store) (*queue.Tx, queue.EvpID) {
 func TestCommitContentOneRound(t *testing.T) {
 	ctx := t.Context()
 	g := &gated{Backend: mem.OpenBackend("")}
-	s, err := queue.New(g, &queue.Options{Node: "a"})
+	s, err := queue.New(g, &queue.Options{Node: "a", InlineContent: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"reflect"
 	"testing"
 	"testing/iotest"
 )
@@ -58,6 +59,8 @@ func FuzzVerifier(f *testing.F) {
 
 func FuzzDecodeRecord(f *testing.F) {
 	f.Add(encodeRecord(&envHeader{Pending: 5, Holder: "n"}, []byte("data")))
+	f.Add(encodeRecord(&envHeader{Block: 7, Alone: true, content: sealBytes([]byte("hello"))}, []byte("data")))
+	f.Add([]byte("mxq-evp/1 {\"n\":40}\nshort"))
 	f.Add([]byte("mxq-evp/1 {}\n"))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -69,7 +72,7 @@ func FuzzDecodeRecord(f *testing.F) {
 			return
 		}
 		h2, data2, err := decodeRecord("k", encodeRecord(h, data))
-		if err != nil || *h2 != *h || !bytes.Equal(data, data2) {
+		if err != nil || !reflect.DeepEqual(h2, h) || !bytes.Equal(data, data2) {
 			t.Fatalf("re-encoding changed the record: %v", err)
 		}
 	})

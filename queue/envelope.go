@@ -29,7 +29,12 @@ type Envelope struct {
 	found  bool // returned by Due: its due pointer leads any node to it
 }
 
-func (s *Store) maxRecord() int64 { return int64(s.opts.MaxEnvelopeSize) + 4096 }
+// maxRecord bounds an envelope record as read: the data, the header, and
+// the largest content that any node may keep in it, whatever this
+// Store's own Options.InlineContent.
+func (s *Store) maxRecord() int64 {
+	return int64(s.opts.MaxEnvelopeSize) + MaxInlineContent + trailerSize + 4096
+}
 
 // Load returns the committed envelope id. An envelope whose message is not
 // committed is ErrNotFound, as is a missing one.
@@ -73,6 +78,9 @@ func (s *Store) loadFor(ctx context.Context, id EvpID, due bool) (*Envelope, err
 	}
 	if !ok {
 		return nil, notFound("load", id)
+	}
+	if len(h.content) > 0 {
+		s.inline.put(id.MsgID(), h.content, s.now())
 	}
 	e := &Envelope{ID: id, Data: data, Version: a.Version, hdr: *h, loaded: true}
 	e.fill()
@@ -201,9 +209,22 @@ func (s *Store) AddEnvelope(ctx context.Context, m MsgID, data []byte) (EvpID, e
 	return 0, errorf("add envelope", m.String(), ErrExists, "no free envelope ID after %d attempts", maxIDAttempts)
 }
 
-// requireMessage returns nil if m is a committed message with content.
+// requireMessage returns nil if m is a committed message with a content
+// object. A message that keeps its content in its one envelope gets the
+// object first, before an envelope is added: its content must outlive
+// that envelope.
 func (s *Store) requireMessage(ctx context.Context, m MsgID) error {
-	if _, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)})); err != nil {
+	key := layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)})
+	if _, err := s.stat(ctx, key); !s.isNotFound(err) {
+		if err != nil {
+			return err
+		}
+	} else if b, ierr := s.storedInline(ctx, m); ierr != nil {
+		if s.isNotFound(ierr) {
+			return err
+		}
+		return ierr
+	} else if _, err := s.putBytes(ctx, key, b, driver.PutOptions{IfNoneMatch: true}); err != nil && !s.isPrecondition(err) {
 		return err
 	}
 	st, err := s.msgState(ctx, m)
@@ -258,6 +279,7 @@ func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error 
 // delete, before the batch checks whether its message has an envelope
 // left.
 func (s *Store) collectDeleted(ctx context.Context, id EvpID, h *envHeader, tombstone bool) {
+	s.inline.remove(id.MsgID())
 	own, ofMsg := pointers(id, h)
 	if tombstone {
 		own = append(own, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)}))
@@ -361,12 +383,7 @@ func (s *Store) OpenContent(ctx context.Context, m MsgID) (io.ReadCloser, error)
 	if st == stateOpen || st == stateAborted {
 		return nil, notFound("open content", m)
 	}
-	var rc io.ReadCloser
-	err = s.retry(ctx, func() error {
-		var err error
-		rc, _, err = s.b.Get(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
-		return err
-	})
+	rc, err := s.openContent(ctx, m)
 	if err != nil {
 		return nil, s.wrap("open content", m.String(), err, nil)
 	}

@@ -200,12 +200,12 @@ func (s *Store) ContentSize(ctx context.Context, m MsgID) (int64, error) {
 	if err := m.Valid(); err != nil {
 		return 0, &Error{Op: "content size", ID: m.String(), Kind: ErrInvalid, Err: err}
 	}
-	a, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
+	size, err := s.contentSize(ctx, m)
 	if err != nil {
 		return 0, s.wrap("content size", m.String(), err, nil)
 	}
-	if a.Size < 0 {
+	if size < 0 {
 		return -1, nil
 	}
-	return max(a.Size-trailerSize, 0), nil
+	return max(size-trailerSize, 0), nil
 }

@@ -46,7 +46,16 @@ func (s *Store) quarantine(ctx context.Context, m MsgID, reason string) error {
 	}
 	q := Quarantined{ID: m, Reason: reason, Time: s.now().UTC(), Node: s.opts.Node}
 	found := false
-	if err := s.copyObject(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}), layout.Key(layout.Handle{Kind: layout.QuarantineContent, Msg: uint32(m)})); err == nil {
+	qc := layout.Key(layout.Handle{Kind: layout.QuarantineContent, Msg: uint32(m)})
+	if err := s.copyObject(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}), qc); err == nil {
+		found = true
+	} else if !s.isNotFound(err) {
+		return err
+	} else if b, err := s.inlineContent(ctx, m); err == nil {
+		// Kept in its envelope: the quarantine keeps it on its own too.
+		if _, err := s.putBytes(ctx, qc, b, driver.PutOptions{}); err != nil {
+			return err
+		}
 		found = true
 	} else if !s.isNotFound(err) {
 		return err

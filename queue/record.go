@@ -89,6 +89,13 @@ type envHeader struct {
 	// Due skips it and no node can claim it until ReleaseHold. Records
 	// written before holds existed lack it, and are not held.
 	Held bool `json:"o,omitempty"`
+	// Content is the length of the message's content stored at the end
+	// of the record, after the envelope's data, in the form of a content
+	// object (with its checksum trailer): a message of one envelope and
+	// small content, committed in one write (see Options.InlineContent).
+	// Every rewrite of the record carries the content along, in content.
+	Content int `json:"n,omitempty"`
+	content []byte
 }
 
 // settled clears the fields that tie a header to its transaction, for a
@@ -98,12 +105,14 @@ func (h *envHeader) settled() {
 }
 
 func encodeRecord(h *envHeader, data []byte) []byte {
+	h.Content = len(h.content)
 	hb, _ := json.Marshal(h)
-	b := make([]byte, 0, len(recordMagic)+len(hb)+1+len(data))
+	b := make([]byte, 0, len(recordMagic)+len(hb)+1+len(data)+len(h.content))
 	b = append(b, recordMagic...)
 	b = append(b, hb...)
 	b = append(b, '\n')
-	return append(b, data...)
+	b = append(b, data...)
+	return append(b, h.content...)
 }
 
 func decodeRecord(key string, b []byte) (*envHeader, []byte, error) {
@@ -119,5 +128,13 @@ func decodeRecord(key string, b []byte) (*envHeader, []byte, error) {
 	if err := json.Unmarshal(b[:i], &h); err != nil {
 		return nil, nil, fmt.Errorf("%w: envelope %s header does not parse: %v", ErrCorrupt, key, err)
 	}
-	return &h, b[i+1:], nil
+	data := b[i+1:]
+	if h.Content != 0 {
+		if h.Content < trailerSize || h.Content > len(data) {
+			return nil, nil, fmt.Errorf("%w: envelope %s claims %d bytes of content in %d", ErrCorrupt, key, h.Content, len(data))
+		}
+		cut := len(data) - h.Content
+		data, h.content = data[:cut:cut], data[cut:]
+	}
+	return &h, data, nil
 }

@@ -339,17 +339,17 @@ func (s *Store) Stats(ctx context.Context, opts *StatsOptions) (*Stats, error) {
 		var unknown atomic.Bool
 		err := s.parallel(ctx, len(ids), func(ctx context.Context, i int) error {
 			heads.Add(1)
-			a, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(ids[i])}))
+			size, err := s.contentSize(ctx, ids[i])
 			if s.isNotFound(err) {
 				return nil // delivered meanwhile
 			}
 			if err != nil {
 				return err
 			}
-			if a.Size < 0 {
+			if size < 0 {
 				unknown.Store(true)
 			} else {
-				total.Add(max(a.Size-trailerSize, 0))
+				total.Add(max(size-trailerSize, 0))
 			}
 			return nil
 		})

@@ -31,6 +31,14 @@ type Options struct {
 	Grace time.Duration
 	// MaxEnvelopeSize bounds an envelope's data. Default: 64 KiB.
 	MaxEnvelopeSize int
+	// InlineContent is the largest content, in bytes, that a message of
+	// one envelope committed by Tx.CommitContent keeps in its envelope's
+	// object, so that its commit writes one object where it would write
+	// two. Every due scan and claim of the envelope reads or rewrites
+	// that object whole, so this bounds what they carry. Default: 32 KiB;
+	// at most MaxInlineContent; negative keeps every content in an
+	// object of its own.
+	InlineContent int
 	// Concurrency bounds the requests one operation runs in parallel.
 	// Default: 16.
 	Concurrency int
@@ -93,7 +101,8 @@ type Store struct {
 	committed cache // messages known to be committed
 	blocks    blockCache
 	gc        *collector
-	claims    claiming // the envelopes this Store's callers claim
+	inline    inlineCache // inline contents read lately
+	claims    claiming    // the envelopes this Store's callers claim
 	// noCondDelete is set once the backend has said it has no
 	// conditional delete (driver.ConditionalDeleter).
 	noCondDelete atomic.Bool
@@ -132,6 +141,12 @@ func New(b driver.Backend, opts *Options) (*Store, error) {
 	s.blkMu = make(chan struct{}, 1)
 	if o.MaxEnvelopeSize <= 0 {
 		o.MaxEnvelopeSize = 64 << 10
+	}
+	switch {
+	case o.InlineContent == 0:
+		o.InlineContent = 32 << 10
+	case o.InlineContent > MaxInlineContent:
+		o.InlineContent = MaxInlineContent
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 16

@@ -1,6 +1,7 @@
 package queue
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -59,6 +60,9 @@ type Tx struct {
 	// is the due time of every envelope of the message (dueTime).
 	held []string
 	due  int64
+	// inline is the content, with its trailer, that the envelope of a
+	// message of one envelope keeps (envHeader.Content).
+	inline []byte
 
 	// ids are the IDs of envs, under a lock of their own, which a write
 	// ahead does not hold.
@@ -364,6 +368,26 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 	return n, nil
 }
 
+// writeInline writes the envelope of a message of one envelope with the
+// content b at its end: one object where WriteContent writes two.
+func (tx *Tx) writeInline(ctx context.Context, b []byte) (int64, error) {
+	if err := tx.lock(ctx); err != nil {
+		return 0, &Error{Op: "write content", ID: tx.id.String(), Err: err}
+	}
+	defer tx.mu.Unlock()
+	if tx.done {
+		return 0, &Error{Op: "write content", ID: tx.id.String(), Kind: ErrClosed}
+	}
+	tx.anything = true
+	tx.inline = sealBytes(b)
+	if err := tx.flush(ctx); err != nil {
+		return 0, tx.s.wrap("write content", tx.id.String(), err, ErrExists)
+	}
+	tx.content = true
+	tx.s.inline.put(tx.id, tx.inline, tx.s.now())
+	return int64(len(b)), nil
+}
+
 // flush writes the envelopes not written yet, in parallel. tx.mu is held.
 func (tx *Tx) flush(ctx context.Context) error { return tx.write(ctx, false) }
 
@@ -439,7 +463,7 @@ func (tx *Tx) header(ctx context.Context, n int) (envHeader, error) {
 			// the record that would tell its writes apart.
 			return h, errorf("write", tx.id.String(), ErrConflict, "the transaction has been open longer than the grace period of %v", s.opts.Grace)
 		}
-		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone}
+		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone, content: tx.inline}
 	}
 	switch {
 	case tx.claim > 0:
@@ -589,8 +613,24 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 		// it did.
 		tx.alone, tx.settling = true, true
 	}
+	inline := alone && !tx.prepared && tx.s.opts.InlineContent > 0
 	tx.mu.Unlock()
-	n, err := tx.WriteContent(ctx, r)
+	var n int64
+	var err error
+	if inline {
+		var b []byte
+		var fits bool
+		if b, fits, err = readUpTo(r, tx.s.opts.InlineContent); err != nil {
+			return int64(len(b)), &Error{Op: "write content", ID: id, Err: err}
+		}
+		if fits {
+			n, err = tx.writeInline(ctx, b)
+		} else {
+			n, err = tx.WriteContent(ctx, io.MultiReader(bytes.NewReader(b), r))
+		}
+	} else {
+		n, err = tx.WriteContent(ctx, r)
+	}
 	if err != nil {
 		return n, err
 	}
@@ -709,6 +749,7 @@ func (tx *Tx) removeOwn(ctx context.Context) error {
 // they name, then, only if all of them went, its content: the content is
 // what makes a message ID taken, so it must not go first.
 func (s *Store) removeMessageData(ctx context.Context, m MsgID) error {
+	s.inline.remove(m)
 	keys, err := s.envelopeKeys(ctx, m)
 	if err != nil {
 		return err

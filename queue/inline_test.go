@@ -1,0 +1,150 @@
+package queue_test
+
+import (
+	"errors"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mxqueue/mxq/adapters/mem"
+	"github.com/mxqueue/mxq/bench"
+	"github.com/mxqueue/mxq/queue"
+)
+
+// TestInlineCommit: a message of one envelope and content within
+// Options.InlineContent commits in one write of one object, its envelope
+// with the content at its end, beside its due pointer; another node that
+// finds it before its bit is stored commits it without looking for a
+// content object; the committer's delivery reads the content with no
+// request; content one byte larger gets an object of its own.
+func TestInlineCommit(t *testing.T) {
+	ctx := t.Context()
+	raw := mem.OpenBackend("")
+	ca, cb := bench.Count(raw), bench.Count(raw)
+	a, err := queue.New(ca.Backend(), &queue.Options{Node: "a", InlineContent: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := queue.New(cb.Backend(), &queue.Options{Node: "b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tx, id := aloneTx(t, a)
+	before := ca.Counts()
+	if _, err := tx.CommitContent(ctx, strings.NewReader("sixteen bytes!!!")); err != nil {
+		t.Fatal(err)
+	}
+	if c := ca.Counts().Sub(before); c.Put != 2 || c.Total() != 2 {
+		t.Errorf("the commit made %+v, want 2 writes: the envelope with its content, the due pointer", c)
+	}
+	if keys := keysUnder(t, raw, "msg/"); len(keys) != 0 {
+		t.Errorf("content objects %v of a message that keeps its content in its envelope", keys)
+	}
+	before = cb.Counts()
+	e, err := b.Load(ctx, id) // the bit is a's to store, within 100 ms
+	if err != nil || string(e.Data) != "rcpt@example.org" {
+		t.Fatalf("another node's Load = %v, %v", e, err)
+	}
+	// The envelope, the block record, and the record again for the swap
+	// of its bit; the pointer and the swap.
+	if c := cb.Counts().Sub(before); c.Stat != 0 || c.Get > 3 {
+		t.Errorf("another node's Load made %+v: a Stat or a read of a content object it does not need", c)
+	}
+	before = ca.Counts()
+	rc, err := a.OpenContent(ctx, tx.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil || string(got) != "sixteen bytes!!!" {
+		t.Fatalf("OpenContent = %q, %v", got, err)
+	}
+	if c := ca.Counts().Sub(before); c.Total() != 0 {
+		t.Errorf("the committer's OpenContent made %+v, want no request", c)
+	}
+
+	tx2, _ := aloneTx(t, a)
+	if _, err := tx2.CommitContent(ctx, strings.NewReader("seventeen bytes!!")); err != nil {
+		t.Fatal(err)
+	}
+	if keys := keysUnder(t, raw, "msg/"); len(keys) != 1 {
+		t.Errorf("content objects %v, want the one of the message of 17 bytes", keys)
+	}
+	rc, err = b.OpenContent(ctx, tx2.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = io.ReadAll(rc)
+	rc.Close()
+	if string(got) != "seventeen bytes!!" {
+		t.Fatalf("another node read %q", got)
+	}
+}
+
+// TestInlineReaderFails: a content reader that fails before its end
+// fails the commit, and nothing is stored.
+func TestInlineReaderFails(t *testing.T) {
+	ctx := t.Context()
+	raw := mem.OpenBackend("")
+	a := node(t, raw, "a")
+	tx, _ := aloneTx(t, a)
+	_, err := tx.CommitContent(ctx, io.MultiReader(strings.NewReader("partial"), errReader{}))
+	if err == nil || !strings.Contains(err.Error(), "broken source") {
+		t.Fatalf("CommitContent with a broken reader = %v, want its error", err)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"evp/", "msg/", "due/"} {
+		if keys := keysUnder(t, raw, p); len(keys) != 0 {
+			t.Errorf("stored after a failed commit: %v", keys)
+		}
+	}
+}
+
+// TestInlineRollForwardPointer: a message that keeps its content in its
+// envelope, whose due pointer failed to land, is committed by another
+// node's Load, which writes the pointer: it is due.
+func TestInlineRollForwardPointer(t *testing.T) {
+	ctx := t.Context()
+	g := &gated{Backend: mem.OpenBackend("")}
+	clk := &fuzzClock{now: time.Now()}
+	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := queue.New(g.Backend, &queue.Options{Node: "b", Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	tx, id := aloneTx(t, a)
+	g.mu.Lock()
+	g.refuse = "due/"
+	g.mu.Unlock()
+	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
+		t.Fatal("CommitContent succeeded without its due pointer")
+	}
+	g.mu.Lock()
+	g.refuse = ""
+	g.mu.Unlock()
+	if keys := keysUnder(t, g.Backend, "msg/"); len(keys) != 0 {
+		t.Fatalf("content objects %v", keys)
+	}
+	if _, err := b.Load(ctx, id); err != nil {
+		t.Fatalf("Load of a message whose envelope holds its content: %v", err)
+	}
+	clk.Advance(time.Minute)
+	due, err := b.Due(ctx, 10)
+	if err != nil || len(due) != 1 || due[0].ID != id {
+		t.Fatalf("Due = %v, %v: the message is stranded", due, err)
+	}
+	if err := tx.Rollback(ctx); !errors.Is(err, queue.ErrConflict) {
+		t.Fatalf("Rollback of a message a reader committed = %v, want ErrConflict", err)
+	}
+}
