@@ -418,7 +418,9 @@ func TestQueueCommitTimeout(t *testing.T) {
 
 func TestQueueCorruptBody(t *testing.T) {
 	q, s, _ := newTestQueue(t)
-	msgid, _ := accept(t, q, "Subject: x\n\nintact\n", "a@x")
+	// Larger than what an envelope keeps: the content has an object of
+	// its own to damage.
+	msgid, _ := accept(t, q, "Subject: x\n\nintact\n"+strings.Repeat("x", queue.MaxInlineContent), "a@x")
 	key := layout.Key(layout.Handle{Kind: layout.Content, Msg: msgid})
 	b := s.Backend()
 	rc, _, err := b.Get(opCtx(t), key)

@@ -188,6 +188,10 @@ func New(b driver.Backend, opts *Options) (*Store, error) {
 	return s, nil
 }
 
+// InlineContent returns the largest content that a message of one
+// envelope keeps in its envelope (Options.InlineContent), or 0 if none.
+func (s *Store) InlineContent() int { return max(s.opts.InlineContent, 0) }
+
 // MaxEnvelopeSize returns the largest envelope the Store accepts.
 func (s *Store) MaxEnvelopeSize() int { return s.opts.MaxEnvelopeSize }
 

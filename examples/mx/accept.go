@@ -54,8 +54,8 @@ func decodeEnvelope(b []byte) (envelope, error) {
 // enqueue commits one message with one envelope per recipient and the
 // content that content returns for the message's ID. When it returns nil,
 // the message is durable and any instance's Due finds it. The SMTP
-// session does the same in steps: Begin, add and Prepare at RCPT TO,
-// commit after DATA.
+// session does the same in steps: Begin and add at RCPT TO (and Prepare
+// for a large message), commit after DATA.
 func (mx *MX) enqueue(ctx context.Context, from string, rcpts []string, content func(queue.MsgID) io.Reader) (queue.MsgID, error) {
 	tx, err := mx.q.Begin(ctx) // a message ID from the Store's block: no request
 	if err != nil {
@@ -122,11 +122,18 @@ type session struct {
 	mx   *MX
 	conn *smtp.Conn
 	from string
+	size int64 // the SIZE the client declared, or 0
 	to   []string
 	tx   *queue.Tx
 }
 
-func (s *session) Mail(from string, _ *smtp.MailOptions) error { s.from = from; return nil }
+func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+	s.from, s.size = from, 0
+	if opts != nil {
+		s.size = opts.Size
+	}
+	return nil
+}
 
 // Rcpt accepts the recipients of --domains only: an MX that takes mail for
 // anyone is an open relay. Each one accepted becomes an envelope.
@@ -147,12 +154,16 @@ func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
 	if err := s.mx.add(s.tx, s.from, to, time.Now().UTC()); err != nil {
 		return s.unavailable(err)
 	}
-	// The first envelope goes to the store now, in the background, while
-	// the client sends the rest: it stays invisible until the commit,
-	// which then writes the content (and the due pointer) alone. A second
-	// recipient costs one write more, the first's rewrite, and the commit
-	// of several takes two rounds.
-	s.tx.Prepare(ctx)
+	// A message larger than its envelope keeps (the SIZE the client
+	// declared tells) sends its first envelope to the store now, in the
+	// background, while the client sends the rest: it stays invisible
+	// until the commit, which then writes the content (and the due
+	// pointer) alone. A second recipient costs one write more, the
+	// first's rewrite, and the commit of several takes two rounds. A
+	// smaller message needs none of it: its commit is one object.
+	if s.size > int64(s.mx.q.InlineContent()) {
+		s.tx.Prepare(ctx)
+	}
 	s.to = append(s.to, to)
 	return nil
 }
@@ -162,7 +173,7 @@ func (s *session) Reset() {
 	if s.tx != nil {
 		s.mx.rollback(context.Background(), s.tx)
 	}
-	s.from, s.to, s.tx = "", nil, nil
+	s.from, s.size, s.to, s.tx = "", 0, nil, nil
 }
 
 func (s *session) Logout() error { s.Reset(); return nil }
