@@ -137,7 +137,13 @@ func (r brokenAfterEnvelope) Read([]byte) (int, error) {
 // its own.
 func clocked(t *testing.T, b driver.Backend, node string, clk *fuzzClock, grace time.Duration) *queue.Store {
 	t.Helper()
-	s, err := queue.New(b, &queue.Options{Node: node, Clock: clk.Now, Grace: grace, InlineContent: -1})
+	return clockedInline(t, b, node, clk, grace, -1)
+}
+
+// clockedInline is clocked with Options.InlineContent set to inline.
+func clockedInline(t *testing.T, b driver.Backend, node string, clk *fuzzClock, grace time.Duration, inline int) *queue.Store {
+	t.Helper()
+	s, err := queue.New(b, &queue.Options{Node: node, Clock: clk.Now, Grace: grace, InlineContent: inline})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -460,40 +466,52 @@ func TestCommitContentLate(t *testing.T) {
 
 // TestRollForwardWritesPointer: a commit whose content and envelope
 // landed but whose due pointer did not is committed, and the reader that
-// commits it writes the pointer first, so that it is due, not stranded.
+// commits it writes the pointer first, so that it is due, not stranded:
+// with the content in an object of its own, and kept in the envelope.
 func TestRollForwardWritesPointer(t *testing.T) {
-	ctx := t.Context()
-	g := &gated{Backend: mem.OpenBackend("")}
-	clk := &fuzzClock{now: time.Now()}
-	a := clocked(t, g, "a", clk, 0)
-	defer a.Close()
-	b := clocked(t, g.Backend, "b", clk, 0)
-	defer b.Close()
-	tx, id := aloneTx(t, a)
-	g.mu.Lock()
-	g.refuse = "due/"
-	g.mu.Unlock()
-	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
-		t.Fatal("CommitContent succeeded without its due pointer")
-	}
-	g.mu.Lock()
-	g.refuse = ""
-	g.mu.Unlock()
-	if keys, _, _ := g.List(ctx, "due/", "", 10); len(keys) != 0 {
-		t.Fatalf("due pointers %v before the roll-forward", keys)
-	}
-	if _, err := b.Load(ctx, id); err != nil {
-		t.Fatalf("Load of a message whose content and envelope are stored: %v", err)
-	}
-	if keys, _, _ := g.List(ctx, "due/", "", 10); len(keys) != 1 {
-		t.Fatalf("due pointers %v after the roll-forward, want the message's", keys)
-	}
-	clk.Advance(time.Minute)
-	due, err := b.Due(ctx, 10)
-	if err != nil || len(due) != 1 || due[0].ID != id {
-		t.Fatalf("Due = %v, %v: the message is stranded", due, err)
-	}
-	if err := tx.Rollback(ctx); !errors.Is(err, queue.ErrConflict) {
-		t.Fatalf("Rollback of a message a reader committed = %v, want ErrConflict", err)
+	for _, c := range []struct {
+		name    string
+		inline  int
+		objects int // content objects
+	}{{"content object", -1, 1}, {"content in the envelope", 0, 0}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := t.Context()
+			g := &gated{Backend: mem.OpenBackend("")}
+			clk := &fuzzClock{now: time.Now()}
+			a := clockedInline(t, g, "a", clk, 0, c.inline)
+			defer a.Close()
+			b := clocked(t, g.Backend, "b", clk, 0)
+			defer b.Close()
+			tx, id := aloneTx(t, a)
+			g.mu.Lock()
+			g.refuse = "due/"
+			g.mu.Unlock()
+			if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
+				t.Fatal("CommitContent succeeded without its due pointer")
+			}
+			g.mu.Lock()
+			g.refuse = ""
+			g.mu.Unlock()
+			if keys, _, _ := g.List(ctx, "due/", "", 10); len(keys) != 0 {
+				t.Fatalf("due pointers %v before the roll-forward", keys)
+			}
+			if keys, _, _ := g.List(ctx, "msg/", "", 10); len(keys) != c.objects {
+				t.Fatalf("content objects %v, want %d", keys, c.objects)
+			}
+			if _, err := b.Load(ctx, id); err != nil {
+				t.Fatalf("Load of a message whose content and envelope are stored: %v", err)
+			}
+			if keys, _, _ := g.List(ctx, "due/", "", 10); len(keys) != 1 {
+				t.Fatalf("due pointers %v after the roll-forward, want the message's", keys)
+			}
+			clk.Advance(time.Minute)
+			due, err := b.Due(ctx, 10)
+			if err != nil || len(due) != 1 || due[0].ID != id {
+				t.Fatalf("Due = %v, %v: the message is stranded", due, err)
+			}
+			if err := tx.Rollback(ctx); !errors.Is(err, queue.ErrConflict) {
+				t.Fatalf("Rollback of a message a reader committed = %v, want ErrConflict", err)
+			}
+		})
 	}
 }

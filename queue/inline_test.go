@@ -1,11 +1,9 @@
 package queue_test
 
 import (
-	"errors"
 	"io"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/mxqueue/mxq/adapters/mem"
 	"github.com/mxqueue/mxq/bench"
@@ -103,48 +101,5 @@ func TestInlineReaderFails(t *testing.T) {
 		if keys := keysUnder(t, raw, p); len(keys) != 0 {
 			t.Errorf("stored after a failed commit: %v", keys)
 		}
-	}
-}
-
-// TestInlineRollForwardPointer: a message that keeps its content in its
-// envelope, whose due pointer failed to land, is committed by another
-// node's Load, which writes the pointer: it is due.
-func TestInlineRollForwardPointer(t *testing.T) {
-	ctx := t.Context()
-	g := &gated{Backend: mem.OpenBackend("")}
-	clk := &fuzzClock{now: time.Now()}
-	a, err := queue.New(g, &queue.Options{Node: "a", Clock: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := queue.New(g.Backend, &queue.Options{Node: "b", Clock: clk.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	tx, id := aloneTx(t, a)
-	g.mu.Lock()
-	g.refuse = "due/"
-	g.mu.Unlock()
-	if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
-		t.Fatal("CommitContent succeeded without its due pointer")
-	}
-	g.mu.Lock()
-	g.refuse = ""
-	g.mu.Unlock()
-	if keys := keysUnder(t, g.Backend, "msg/"); len(keys) != 0 {
-		t.Fatalf("content objects %v", keys)
-	}
-	if _, err := b.Load(ctx, id); err != nil {
-		t.Fatalf("Load of a message whose envelope holds its content: %v", err)
-	}
-	clk.Advance(time.Minute)
-	due, err := b.Due(ctx, 10)
-	if err != nil || len(due) != 1 || due[0].ID != id {
-		t.Fatalf("Due = %v, %v: the message is stranded", due, err)
-	}
-	if err := tx.Rollback(ctx); !errors.Is(err, queue.ErrConflict) {
-		t.Fatalf("Rollback of a message a reader committed = %v, want ErrConflict", err)
 	}
 }
