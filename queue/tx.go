@@ -463,7 +463,10 @@ func (tx *Tx) header(ctx context.Context, n int) (envHeader, error) {
 			// the record that would tell its writes apart.
 			return h, errorf("write", tx.id.String(), ErrConflict, "the transaction has been open longer than the grace period of %v", s.opts.Grace)
 		}
-		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone, content: tx.inline}
+		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone}
+		if tx.alone && len(tx.envs) == 1 {
+			h.content = tx.inline
+		}
 	}
 	switch {
 	case tx.claim > 0:
