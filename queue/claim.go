@@ -381,6 +381,7 @@ func (c *Claim) Delete(ctx context.Context) error {
 		}
 	}
 	h.Gone = true
+	h.content = nil // a tombstone carries nothing
 	if err := c.write(ctx, "delete", &h, nil, ErrLeaseLost); err != nil {
 		c.ended(err)
 		return err

@@ -61,6 +61,8 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(encodeRecord(&envHeader{Pending: 5, Holder: "n"}, []byte("data")))
 	f.Add(encodeRecord(&envHeader{Block: 7, Alone: true, content: sealBytes([]byte("hello"))}, []byte("data")))
 	f.Add([]byte("mxq-evp/1 {\"n\":40}\nshort"))
+	f.Add([]byte("mxq-evp/2 {}\nno content"))
+	f.Add([]byte("mxq-evp/1 {\"n\":36}\n" + string(make([]byte, 36))))
 	f.Add([]byte("mxq-evp/1 {}\n"))
 	f.Add([]byte("garbage"))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -54,9 +54,10 @@ func (c *inlineCache) put(m MsgID, b []byte, now time.Time) {
 	}
 	if old, ok := c.m[m]; ok {
 		c.size -= len(old.b)
+	} else {
+		c.order = append(c.order, m)
 	}
 	c.m[m] = inlineEntry{b: b, at: now}
-	c.order = append(c.order, m)
 	c.size += len(b)
 	for c.size > inlineCacheBytes && len(c.order) > 0 {
 		old := c.order[0]

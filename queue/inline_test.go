@@ -20,7 +20,8 @@ func TestInlineCommit(t *testing.T) {
 	ctx := t.Context()
 	raw := mem.OpenBackend("")
 	ca, cb := bench.Count(raw), bench.Count(raw)
-	a, err := queue.New(ca.Backend(), &queue.Options{Node: "a", InlineContent: 16})
+	g := &gated{Backend: ca.Backend()}
+	a, err := queue.New(g, &queue.Options{Node: "a", InlineContent: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,6 +32,9 @@ func TestInlineCommit(t *testing.T) {
 	}
 	defer b.Close()
 	tx, id := aloneTx(t, a)
+	g.mu.Lock()
+	g.noBlk = true // a cannot store the bit: b must
+	g.mu.Unlock()
 	before := ca.Counts()
 	if _, err := tx.CommitContent(ctx, strings.NewReader("sixteen bytes!!!")); err != nil {
 		t.Fatal(err)
@@ -42,14 +46,14 @@ func TestInlineCommit(t *testing.T) {
 		t.Errorf("content objects %v of a message that keeps its content in its envelope", keys)
 	}
 	before = cb.Counts()
-	e, err := b.Load(ctx, id) // the bit is a's to store, within 100 ms
+	e, err := b.Load(ctx, id)
 	if err != nil || string(e.Data) != "rcpt@example.org" {
 		t.Fatalf("another node's Load = %v, %v", e, err)
 	}
 	// The envelope, the block record, and the record again for the swap
 	// of its bit; the pointer and the swap.
-	if c := cb.Counts().Sub(before); c.Stat != 0 || c.Get > 3 {
-		t.Errorf("another node's Load made %+v: a Stat or a read of a content object it does not need", c)
+	if c := cb.Counts().Sub(before); c.Stat != 0 || c.Get > 3 || c.Put != 2 {
+		t.Errorf("another node's Load made %+v, want the pointer and the swap of the bit, and no Stat or read of a content object", c)
 	}
 	before = ca.Counts()
 	rc, err := a.OpenContent(ctx, tx.ID())
@@ -101,5 +105,55 @@ func TestInlineReaderFails(t *testing.T) {
 		if keys := keysUnder(t, raw, p); len(keys) != 0 {
 			t.Errorf("stored after a failed commit: %v", keys)
 		}
+	}
+}
+
+// TestInlineFailedCommitForgotten: the content of a commit whose write
+// failed is not carried by the envelope's next write: a second commit,
+// of content too large for the envelope, stores the envelope without it,
+// and every reader reads the second content.
+func TestInlineFailedCommitForgotten(t *testing.T) {
+	ctx := t.Context()
+	g := &gated{Backend: mem.OpenBackend("")}
+	a, err := queue.New(g, &queue.Options{Node: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	tx, id := aloneTx(t, a)
+	g.mu.Lock()
+	g.refuse = "evp/"
+	g.mu.Unlock()
+	if _, err := tx.CommitContent(ctx, strings.NewReader("first attempt")); err == nil {
+		t.Fatal("CommitContent succeeded without its envelope")
+	}
+	g.mu.Lock()
+	g.refuse = ""
+	g.mu.Unlock()
+	second := strings.Repeat("second attempt ", 3000)
+	if _, err := tx.CommitContent(ctx, strings.NewReader(second)); err != nil {
+		t.Fatal(err)
+	}
+	rc, _, err := g.Backend.Get(ctx, envKey(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := io.ReadAll(rc)
+	rc.Close()
+	if strings.Contains(string(rec), "first attempt") {
+		t.Fatalf("the envelope carries the failed commit's content: %q", rec)
+	}
+	b := node(t, g.Backend, "b")
+	if _, err := b.Load(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	rc, err = b.OpenContent(ctx, tx.ID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(got) != second {
+		t.Fatalf("another node read %d bytes, want the second commit's %d", len(got), len(second))
 	}
 }

@@ -47,8 +47,14 @@ func decodeReservation(key string, b []byte) (*reservation, error) {
 }
 
 // An envelope record is one line of JSON, the header, followed by the
-// envelope's opaque data.
-const recordMagic = "mxq-evp/1 "
+// envelope's opaque data. A record that keeps its message's content after
+// the data (envHeader.Content) starts with recordMagicInline instead, so
+// that a node of an earlier version, which would take the content for
+// envelope data, refuses it as corrupt.
+const (
+	recordMagic       = "mxq-evp/1 "
+	recordMagicInline = "mxq-evp/2 "
+)
 
 type envHeader struct {
 	// Pending is the nonce of the transaction that wrote the envelope
@@ -105,10 +111,15 @@ func (h *envHeader) settled() {
 }
 
 func encodeRecord(h *envHeader, data []byte) []byte {
-	h.Content = len(h.content)
-	hb, _ := json.Marshal(h)
-	b := make([]byte, 0, len(recordMagic)+len(hb)+1+len(data)+len(h.content))
-	b = append(b, recordMagic...)
+	hh := *h // h may be shared by writes in parallel
+	hh.Content = len(hh.content)
+	hb, _ := json.Marshal(&hh)
+	magic := recordMagic
+	if hh.Content > 0 {
+		magic = recordMagicInline
+	}
+	b := make([]byte, 0, len(magic)+len(hb)+1+len(data)+len(h.content))
+	b = append(b, magic...)
 	b = append(b, hb...)
 	b = append(b, '\n')
 	b = append(b, data...)
@@ -116,7 +127,8 @@ func encodeRecord(h *envHeader, data []byte) []byte {
 }
 
 func decodeRecord(key string, b []byte) (*envHeader, []byte, error) {
-	if !bytes.HasPrefix(b, []byte(recordMagic)) {
+	inline := bytes.HasPrefix(b, []byte(recordMagicInline))
+	if !inline && !bytes.HasPrefix(b, []byte(recordMagic)) {
 		return nil, nil, fmt.Errorf("%w: envelope %s is not an envelope record", ErrCorrupt, key)
 	}
 	b = b[len(recordMagic):]
@@ -129,6 +141,9 @@ func decodeRecord(key string, b []byte) (*envHeader, []byte, error) {
 		return nil, nil, fmt.Errorf("%w: envelope %s header does not parse: %v", ErrCorrupt, key, err)
 	}
 	data := b[i+1:]
+	if inline != (h.Content != 0) {
+		return nil, nil, fmt.Errorf("%w: envelope %s: its header's content length %d does not match its version", ErrCorrupt, key, h.Content)
+	}
 	if h.Content != 0 {
 		if h.Content < trailerSize || h.Content > len(data) {
 			return nil, nil, fmt.Errorf("%w: envelope %s claims %d bytes of content in %d", ErrCorrupt, key, h.Content, len(data))

@@ -380,7 +380,11 @@ func (tx *Tx) writeInline(ctx context.Context, b []byte) (int64, error) {
 	}
 	tx.anything = true
 	tx.inline = sealBytes(b)
-	if err := tx.flush(ctx); err != nil {
+	err := tx.flush(ctx)
+	if err != nil {
+		// Only this write carries it: a later one of the envelope,
+		// after a failed commit, has content of its own.
+		tx.inline = nil
 		return 0, tx.s.wrap("write content", tx.id.String(), err, ErrExists)
 	}
 	tx.content = true

@@ -698,7 +698,7 @@ func stormWorker(t *testing.T) {
 // claimLog is a Backend that logs the envelope writes of its node: a
 // claim (the node becomes the holder) before it is sent and its outcome
 // after, and a release before it is sent. It reads the record header,
-// "mxq-evp/1 " and a line of JSON.
+// "mxq-evp/1 " (or "/2 ") and a line of JSON.
 // beatID stands in the envelope ID field of a heartbeat's log line.
 const beatID = queue.EvpID(1<<32 | 1)
 
@@ -731,7 +731,9 @@ func (c *claimLog) Put(ctx context.Context, key string, r io.Reader, opts *drive
 	if err != nil {
 		return "", err
 	}
-	line, _, _ := bytes.Cut(bytes.TrimPrefix(b, []byte("mxq-evp/1 ")), []byte("\n"))
+	// "mxq-evp/1 ", or "mxq-evp/2 " for a record with its message's
+	// content after the data.
+	line, _, _ := bytes.Cut(bytes.TrimPrefix(bytes.TrimPrefix(b, []byte("mxq-evp/1 ")), []byte("mxq-evp/2 ")), []byte("\n"))
 	var h struct {
 		Holder string `json:"h"`
 		Token  uint64 `json:"t"`
