@@ -25,12 +25,14 @@ import (
 var crashSeeds = []uint64{1, 2}
 
 // crashOps are the operations of the crash matrix.
-var crashOps = []string{"commit", "commit1", "prepare", "prepare1", "update", "claim", "defer", "delete", "takeover", "quarantine", "sweep"}
+var crashOps = []string{"commit", "commit1", "prepare", "prepare1", "update", "claim", "defer", "defer1", "delete", "delete1", "takeover", "quarantine", "sweep"}
 
 // testCrashMatrix kills a node after each request of each operation
 // (commit, commit1: a commit of one envelope in one round, prepare and
 // prepare1: a commit after Tx.Prepare, of several envelopes added after it
-// or of one, update, claim, defer, delete, takeover of a dead node,
+// or of one, update, claim, defer, delete, defer1 and delete1: those of a
+// message of one envelope, which keeps its content in its envelope's
+// object, takeover of a dead node,
 // quarantine, sweep of a dead node's open transaction), as CommitCrash does for the
 // commit alone, but with drivertest.Faults counting every request, reads
 // included, and with the answers in flight lost or not (see crashSeeds). A new Store on the same storage then takes over from the dead
@@ -50,8 +52,12 @@ func testCrashMatrix(t *testing.T, mk HarnessMaker) {
 			t.Run(fmt.Sprintf("seed%d/%s", seed, op), func(t *testing.T) {
 				rng := rand.New(rand.NewPCG(seed, 0))
 				nenv := 1 + rng.IntN(3)
-				if op == "commit1" || op == "prepare1" {
+				trial := op
+				switch op {
+				case "commit1", "prepare1":
 					nenv = 1
+				case "defer1", "delete1":
+					nenv, trial = 1, strings.TrimSuffix(op, "1")
 				}
 				size := rng.IntN(4096)
 				lose := seed%2 == 0
@@ -63,7 +69,7 @@ func testCrashMatrix(t *testing.T, mk HarnessMaker) {
 					if k == 64 {
 						t.Fatalf("%s still crashes after 64 requests", op)
 					}
-					if done := crashTrial(t, mk, op, seed, nenv, size, k, lose); done {
+					if done := crashTrial(t, mk, trial, seed, nenv, size, k, lose); done {
 						points := k
 						if lose {
 							points--
