@@ -89,6 +89,13 @@ func (g *gated) refuseBlk(refuse bool) {
 	g.mu.Unlock()
 }
 
+// refusePrefix makes writes under prefix fail, or, with "", none.
+func (g *gated) refusePrefix(prefix string) {
+	g.mu.Lock()
+	g.refuse = prefix
+	g.mu.Unlock()
+}
+
 func (g *gated) blkWrites() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -483,15 +490,11 @@ func TestRollForwardWritesPointer(t *testing.T) {
 			b := clocked(t, g.Backend, "b", clk, 0)
 			defer b.Close()
 			tx, id := aloneTx(t, a)
-			g.mu.Lock()
-			g.refuse = "due/"
-			g.mu.Unlock()
+			g.refusePrefix("due/")
 			if _, err := tx.CommitContent(ctx, strings.NewReader("hello")); err == nil {
 				t.Fatal("CommitContent succeeded without its due pointer")
 			}
-			g.mu.Lock()
-			g.refuse = ""
-			g.mu.Unlock()
+			g.refusePrefix("")
 			if keys, _, _ := g.List(ctx, "due/", "", 10); len(keys) != 0 {
 				t.Fatalf("due pointers %v before the roll-forward", keys)
 			}

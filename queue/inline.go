@@ -171,7 +171,7 @@ func (s *Store) openContent(ctx context.Context, m MsgID) (io.ReadCloser, error)
 	if !s.isNotFound(err) {
 		return rc, err
 	}
-	b, ierr := s.inlineContent(ctx, m)
+	b, ierr := s.storedInline(ctx, m) // the cache had nothing
 	if ierr != nil {
 		if s.isNotFound(ierr) {
 			return nil, err

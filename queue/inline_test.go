@@ -32,9 +32,7 @@ func TestInlineCommit(t *testing.T) {
 	}
 	defer b.Close()
 	tx, id := aloneTx(t, a)
-	g.mu.Lock()
-	g.noBlk = true // a cannot store the bit: b must
-	g.mu.Unlock()
+	g.refuseBlk(true) // a cannot store the bit: b must
 	before := ca.Counts()
 	if _, err := tx.CommitContent(ctx, strings.NewReader("sixteen bytes!!!")); err != nil {
 		t.Fatal(err)
@@ -121,15 +119,11 @@ func TestInlineFailedCommitForgotten(t *testing.T) {
 	}
 	defer a.Close()
 	tx, id := aloneTx(t, a)
-	g.mu.Lock()
-	g.refuse = "evp/"
-	g.mu.Unlock()
+	g.refusePrefix("evp/")
 	if _, err := tx.CommitContent(ctx, strings.NewReader("first attempt")); err == nil {
 		t.Fatal("CommitContent succeeded without its envelope")
 	}
-	g.mu.Lock()
-	g.refuse = ""
-	g.mu.Unlock()
+	g.refusePrefix("")
 	second := strings.Repeat("second attempt ", 3000)
 	if _, err := tx.CommitContent(ctx, strings.NewReader(second)); err != nil {
 		t.Fatal(err)
