@@ -15,7 +15,7 @@ import (
 // docs/performance.md explains each figure.
 func TestCosts(t *testing.T) {
 	want := map[string]float64{
-		"commit, 1 rcpt":                    2,  // the envelope with its content, and the due pointer, in one round; the block record's swap shared in the background; a block of IDs per 4,096
+		"commit, 1 rcpt":                    1,  // the envelope with its content; its due group and the block record's swap shared in the background; a block of IDs per 4,096
 		"commit, 10 rcpt":                   13, // content, 10 envelopes, due pointer, then the block record's swap
 		"walk, per 1,000 envelopes":         3,  // per page of 1,000: a listing of envelopes and a read of each block it spans; 2,200 make 3 pages
 		"load":                              1,  // the envelope; its block record is cached

@@ -159,6 +159,9 @@ type idBlock struct {
 type bitReq struct {
 	lo    uint32
 	abort bool
+	// group is the envelope whose due pointer a group written before
+	// the bit carries (see writeGroups), for settleLater, or zero.
+	group groupEntry
 	err   error
 	done  chan struct{}
 }
@@ -384,10 +387,12 @@ func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) e
 // settleLater sets the committed bit of lo in b's record in the
 // background, within collectDelay, with one swap for every bit that comes
 // meanwhile: the bits of messages committed by Tx.CommitContent, which
-// are committed without them. Flush and Close send them at once.
-func (s *Store) settleLater(ctx context.Context, b *idBlock, lo uint32) {
+// are committed without them. Flush and Close send them at once. A
+// message whose due pointer is left to its group (g.id set) gets it
+// before its bit: one group for every such bit sent at once.
+func (s *Store) settleLater(ctx context.Context, b *idBlock, lo uint32, g groupEntry) {
 	b.mu.Lock()
-	b.lazy = append(b.lazy, &bitReq{lo: lo, done: make(chan struct{})})
+	b.lazy = append(b.lazy, &bitReq{lo: lo, group: g, done: make(chan struct{})})
 	arm := !b.armed
 	b.armed = true
 	b.mu.Unlock()
@@ -424,7 +429,34 @@ func (s *Store) sendLazy(ctx context.Context, b *idBlock) []*bitReq {
 	b.mu.Lock()
 	reqs := b.lazy
 	b.lazy, b.armed = nil, false
-	b.queue = append(b.queue, reqs...)
+	b.mu.Unlock()
+	// The due pointers first, so that no bit is stored for a message
+	// without one. A bit whose pointer failed stays unset: a reader
+	// that finds the message, or Sweep, writes the pointer and sets it.
+	var entries []groupEntry
+	for _, r := range reqs {
+		if r.group.id != 0 {
+			entries = append(entries, r.group)
+		}
+	}
+	ready := reqs
+	if len(entries) > 0 {
+		stored := make(map[EvpID]bool, len(entries))
+		for _, e := range s.writeGroups(ctx, entries) {
+			stored[e.id] = true
+		}
+		ready = nil
+		for _, r := range reqs {
+			if r.group.id == 0 || stored[r.group.id] {
+				ready = append(ready, r)
+				continue
+			}
+			r.err = fmt.Errorf("%w: the due pointer of %v was not stored", ErrConflict, r.group.id)
+			close(r.done)
+		}
+	}
+	b.mu.Lock()
+	b.queue = append(b.queue, ready...)
 	lead := !b.busy && len(b.queue) > 0
 	b.busy = b.busy || lead
 	b.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/mxqueue/mxq/queue/layout"
@@ -21,9 +22,9 @@ func dueKey(unix int64, id EvpID) string {
 // Due returns up to limit envelopes that are due now and not held by a
 // live lease, loaded, in random order so that nodes asking at once spread
 // over them. Claim them with ClaimEnvelope. It reads the time-bucketed due
-// pointers up to now, so its cost follows the number of due and in-flight
-// envelopes, not the size of the queue; stale pointers it meets are
-// removed.
+// pointers up to now, and the due groups among them (see writeGroups), so
+// its cost follows the number of due and in-flight envelopes, not the size
+// of the queue; stale pointers it meets are removed.
 //
 // Workers that share a Store share its due envelopes: an envelope that a
 // call of Due is reading, or returned less than 5 seconds ago and nobody
@@ -63,6 +64,19 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 			if len(out) >= limit {
 				return errStop
 			}
+			if p.h.Kind == layout.DueGroup {
+				more, skipped, err := s.dueGroup(ctx, p.key, p.h, now, &out, limit, last, mine)
+				if err != nil {
+					return err
+				}
+				if skipped {
+					offered = append(offered, p)
+				}
+				if !more {
+					return errStop
+				}
+				continue
+			}
 			own := !last && p.h.Msg == 0
 			if own {
 				if !s.claims.offer(p.h.Evp, now) {
@@ -92,7 +106,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 	err := s.list(ctx, layout.Key(layout.Handle{Kind: layout.Due}), func(keys []string) error {
 		for _, k := range keys {
 			h, err := parseHandle(k)
-			if err != nil || h.Kind != layout.Due || s.gc.isPending(k) {
+			if err != nil || h.Kind != layout.Due && h.Kind != layout.DueGroup || s.gc.isPending(k) {
 				continue
 			}
 			if h.Due > nowBucket {
@@ -101,7 +115,7 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 				}
 				return errStop
 			}
-			if h.Msg == 0 && s.claims.offered(h.Evp, now) {
+			if h.Kind == layout.Due && h.Msg == 0 && s.claims.offered(h.Evp, now) {
 				offered = append(offered, pointer{k, h.Due, h})
 				continue
 			}
@@ -127,6 +141,14 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 		}
 		return nil, s.wrap("due", "", err, nil)
 	}
+	// A message rolled forward by a reader has its own pointer beside its
+	// group's entry.
+	seen := make(map[EvpID]bool, len(out))
+	out = slices.DeleteFunc(out, func(e *Envelope) bool {
+		dup := seen[e.ID]
+		seen[e.ID] = true
+		return dup
+	})
 	rand.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
 	if len(out) > limit {
 		for _, e := range out[limit:] {

@@ -280,6 +280,7 @@ func (s *Store) finishDelete(ctx context.Context, id EvpID, h *envHeader) error 
 // left.
 func (s *Store) collectDeleted(ctx context.Context, id EvpID, h *envHeader, tombstone bool) {
 	s.inline.remove(id.MsgID())
+	s.gone.add(id)
 	own, ofMsg := pointers(id, h)
 	if tombstone {
 		own = append(own, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)}))

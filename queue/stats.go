@@ -2,6 +2,7 @@ package queue
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -106,8 +107,8 @@ type msgStat struct {
 
 // Stats describes the queue from listings of its key layout: it lists the
 // envelopes, transactions, due pointers, claim pointers, nodes and
-// quarantine, reads the records of the (few) transactions and nodes, and
-// reads no envelope and no content. With StatsOptions.Sizes it also makes
+// quarantine, reads the records of the (few) transactions, nodes and due
+// groups, and reads no envelope and no content. With StatsOptions.Sizes it also makes
 // one metadata request per message. opts may be nil. Stats.Cost reports
 // the requests.
 //
@@ -249,8 +250,19 @@ func (s *Store) Stats(ctx context.Context, opts *StatsOptions) (*Stats, error) {
 			st.Due.Later += n
 		}
 	}
-	err = list(layout.Due, func(h handle, _ string) {
-		if h.Msg != 0 {
+	var groups []handle
+	err = listKeys(layout.Key(layout.Handle{Kind: layout.Due}), func(key string) {
+		h, err := parseHandle(key)
+		if err != nil {
+			return
+		}
+		switch {
+		case h.Kind == layout.DueGroup:
+			groups = append(groups, h)
+			return
+		case h.Kind != layout.Due:
+			return
+		case h.Msg != 0:
 			if ms := msgs[h.Msg]; ms != nil && (ms.due == 0 || h.Due < ms.due) {
 				ms.due = h.Due
 			}
@@ -263,6 +275,26 @@ func (s *Store) Stats(ctx context.Context, opts *StatsOptions) (*Stats, error) {
 	})
 	if err != nil {
 		return nil, wrap(err)
+	}
+	// Due groups: one read each, of the entries of many messages.
+	for _, h := range groups {
+		key := layout.Key(layout.Handle{Kind: layout.DueGroup, Due: h.Due, Evp: uint64(h.Evp)})
+		if _, ok := s.groups.get(key); !ok {
+			gets.Add(1)
+		}
+		ids, err := s.readGroup(ctx, key, h.Evp)
+		if errors.Is(err, ErrCorrupt) {
+			continue // its messages count as unscheduled
+		}
+		if err != nil {
+			return nil, wrap(err)
+		}
+		for _, id := range ids {
+			if ms := msgs[id.MsgID()]; ms != nil && ms.own < ms.n {
+				ms.own++
+				count(h.Due, 1)
+			}
+		}
 	}
 	for m, ms := range msgs {
 		rest := int64(ms.n - ms.own)

@@ -103,6 +103,8 @@ type Store struct {
 	gc        *collector
 	inline    inlineCache // inline contents read lately
 	claims    claiming    // the envelopes this Store's callers claim
+	groups    groupCache  // the due groups read lately
+	gone      goneSet     // envelopes deleted or found missing lately
 	// noCondDelete is set once the backend has said it has no
 	// conditional delete (driver.ConditionalDeleter).
 	noCondDelete atomic.Bool

@@ -45,7 +45,10 @@ type Tx struct {
 	settling bool // a commit was tried: the block's bit may be set
 	// alone says the envelopes are written as those of a message
 	// committed in one round (Tx.CommitContent): envHeader.Alone.
-	alone bool
+	// grouping says the commit writes no due pointer: its group does,
+	// after the commit and before the bit (see writeGroups).
+	alone    bool
+	grouping bool
 	// ownContent says the content object may be this transaction's: its
 	// create-only write was not refused. pointers are the pointers it
 	// wrote or tried to. Rollback removes only these and its envelopes.
@@ -428,6 +431,9 @@ func (tx *Tx) write(ctx context.Context, ahead bool) error {
 		hold, pointers = pointers, nil
 	} else {
 		pointers, tx.held = append(pointers, tx.held...), nil
+		if tx.grouping {
+			pointers = nil // the group's, after the commit
+		}
 		slices.Sort(pointers)
 		pointers = slices.Compact(pointers)
 	}
@@ -619,6 +625,9 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 		// here on only the block record's bits tell a rollback whether
 		// it did.
 		tx.alone, tx.settling = true, true
+		// Its due pointer, if it has one, waits for the commit's
+		// return and goes into a group with those of other commits.
+		tx.grouping = tx.claim == 0 && !tx.s.opts.SelfScheduled
 	}
 	inline := alone && !tx.prepared && tx.s.opts.InlineContent > 0
 	tx.mu.Unlock()
@@ -655,11 +664,22 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 		// Store know it at once; the record learns it in the background.
 		tx.done = true
 		s.blocks.markCommitted(tx.blk.first, tx.blk.nonce, lo, now)
-		s.settleLater(ctx, tx.blk, lo)
+		var g groupEntry
+		if tx.grouping {
+			g = groupEntry{id: tx.envs[0].id, due: tx.due}
+		}
+		s.settleLater(ctx, tx.blk, lo, g)
 		return n, nil
 	}
 	// Late enough that a sweep may have aborted it: the swap decides, as
-	// for Commit.
+	// for Commit, after the due pointer, which no group carries.
+	if tx.grouping {
+		key := dueKey(tx.due, tx.envs[0].id)
+		tx.pointers = append(tx.pointers, key)
+		if _, err := s.putBytes(ctx, key, nil, driver.PutOptions{}); err != nil {
+			return n, s.wrap("commit", id, err, nil)
+		}
+	}
 	err = s.settle(ctx, tx.blk, lo, false)
 	if err == errAborted {
 		tx.done = true

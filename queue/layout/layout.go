@@ -55,6 +55,10 @@ const (
 	// Block is the record of a block of BlockSize message IDs that one
 	// node hands out: the commit point of their transactions.
 	Block
+	// DueGroup is a due pointer shared by the messages of one envelope
+	// that one node committed within a moment in the same bucket: an
+	// object that lists their envelope IDs, named after the first.
+	DueGroup
 )
 
 // BlockBits is how many low bits of a message ID a block spans: a block
@@ -71,7 +75,7 @@ type Handle struct {
 	Msg  uint32 // the message ID, for kinds that have one
 	Evp  uint64 // the envelope ID, for envelope kinds
 	Node string // the node name, for Node and Claim
-	Due  int64  // the due bucket (Unix seconds divided by the bucket width), for Due
+	Due  int64  // the due bucket (Unix seconds divided by the bucket width), for Due and DueGroup
 }
 
 // BlockOf returns the first message ID of the block that holds m: the
@@ -116,6 +120,7 @@ func shard(m uint32) string { return hex8(m)[:2] }
 //	  of a whole message   own/<name>/<msgid>
 //	due          due/<bucket>/<evpid>              prefix due/<bucket>/, or due/
 //	  of a whole message   due/<bucket>/<msgid>
+//	  of a group           due/<bucket>/g<evpid>
 //	block        blk/<hi>                          prefix blk/
 //
 // <hh> is the top byte of the message ID in two hex digits, <msgid> and
@@ -184,6 +189,8 @@ func Key(h Handle) string {
 			return b + hex8(h.Msg)
 		}
 		return b
+	case DueGroup:
+		return fmt.Sprintf("due/%012d/g", h.Due) + hex16(h.Evp)
 	case Block:
 		if h.Msg == 0 {
 			return "blk/"
@@ -199,7 +206,7 @@ func Key(h Handle) string {
 // Handle has the fields Key reads for that key set, and only those: Evp
 // for a key of one envelope, Msg for a key of a message (or of all of its
 // envelopes, for claim and due pointers), Node for Node and Claim,
-// Due for Due. Any other key is ErrNotKey.
+// Due for Due, Due and Evp for DueGroup. Any other key is ErrNotKey.
 func Parse(key string) (Handle, error) {
 	h, ok := parseKey(key)
 	if !ok || Key(h) != key {
@@ -273,6 +280,10 @@ func parseKey(key string) (Handle, bool) {
 		b, err := strconv.ParseInt(parts[0], 10, 64)
 		if err != nil || b <= 0 {
 			return Handle{}, false
+		}
+		if g, ok := strings.CutPrefix(parts[1], "g"); ok {
+			e, ok := evp(g)
+			return Handle{Kind: DueGroup, Due: b, Evp: e}, ok
 		}
 		return msgOrEvp(Handle{Kind: Due, Due: b}, parts[1])
 	}

@@ -38,6 +38,7 @@ var keyCases = []struct {
 	{"claim prefix", Handle{Kind: Claim}, "own/", true},
 	{"due", Handle{Kind: Due, Due: 29511234, Evp: testEvp}, "due/000029511234/ab12cd3400c0ffee", false},
 	{"due message", Handle{Kind: Due, Due: 29511234, Msg: testMsg}, "due/000029511234/ab12cd34", false},
+	{"due group", Handle{Kind: DueGroup, Due: 29511234, Evp: testEvp}, "due/000029511234/gab12cd3400c0ffee", false},
 	{"due bucket", Handle{Kind: Due, Due: 29511234}, "due/000029511234/", true},
 	{"block", Handle{Kind: Block, Msg: testMsg &^ 0xfff}, "blk/ab12c", false},
 	{"block prefix", Handle{Kind: Block}, "blk/", true},
