@@ -128,6 +128,7 @@ func (s *Store) writeGroups(ctx context.Context, entries []groupEntry) []groupEn
 		key := layout.Key(layout.Handle{Kind: layout.DueGroup, Due: b, Evp: uint64(ids[0])})
 		_, err := s.putBytes(ctx, key, encodeGroup(ids), driver.PutOptions{})
 		if err == nil {
+			s.groups.put(key, ids) // this Store's scans need not read it
 			for _, id := range ids {
 				stored = append(stored, groupEntry{id, b * dueWidth})
 			}

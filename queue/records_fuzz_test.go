@@ -108,3 +108,39 @@ func FuzzDecodeBlock(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeGroup checks the parser of due groups on arbitrary bytes: a
+// group that parses has valid entries of one block, the first the one it
+// is named after, and encodes to the same bytes; any other input is
+// ErrCorrupt.
+func FuzzDecodeGroup(f *testing.F) {
+	const first = EvpID(0xab12c00000c0ffee)
+	f.Add(encodeGroup([]EvpID{first}))
+	f.Add(encodeGroup([]EvpID{first, 0xab12c0010000beef, 0xab12cfff00000001}))
+	f.Add(encodeGroup([]EvpID{first, 0xab12d00000000001})) // another block
+	f.Add([]byte("mxq-due/1 2\nab12c00000c0ffee\n"))
+	f.Add([]byte("mxq-due/1 01\nab12c00000c0ffee\n"))
+	f.Add([]byte("mxq-due/1 1\nAB12C00000C0FFEE\n"))
+	f.Add([]byte("mxq-due/1 0\n"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		ids, err := decodeGroup("due/000000000001/gab12c00000c0ffee", first, b)
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("error %v does not wrap ErrCorrupt", err)
+			}
+			return
+		}
+		if len(ids) == 0 || ids[0] != first {
+			t.Fatalf("entries %v do not start with %v", ids, first)
+		}
+		for _, id := range ids {
+			if id.Valid() != nil || id>>44 != first>>44 {
+				t.Fatalf("entry %v is not a valid envelope of the block", id)
+			}
+		}
+		if !bytes.Equal(encodeGroup(ids), b) {
+			t.Fatalf("%q parses to %v, which encodes to %q", b, ids, encodeGroup(ids))
+		}
+	})
+}
