@@ -406,8 +406,10 @@ func TestSweepCommitsAlone(t *testing.T) {
 	if _, err := lost.CommitContent(ctx, io.MultiReader(strings.NewReader("part"), brokenAfterEnvelope{g.Backend, lost.ID()})); err == nil {
 		t.Fatal("CommitContent with a failing reader succeeded")
 	}
-	a.Close() // dies: neither bit is written
+	g.refusePrefix("due/")
+	a.Close() // dies: neither bit is written, nor the kept one's due group
 	g.refuseBlk(false)
+	g.refusePrefix("")
 
 	sw := clocked(t, g.Backend, "sweeper", clk, grace)
 	defer sw.Close()
@@ -427,6 +429,9 @@ func TestSweepCommitsAlone(t *testing.T) {
 	}
 	if c, _ := rawBits(t, g, kept.ID()); !c {
 		t.Fatal("the sweep did not store the committed bit")
+	}
+	if due, err := sw.Due(ctx, 10); err != nil || len(due) != 1 || due[0].ID != keptID {
+		t.Fatalf("Due after the sweep = %v, %v: the kept message has no due pointer", due, err)
 	}
 	if e, err := sw.Load(ctx, keptID); err != nil || string(e.Data) != "rcpt@example.org" {
 		t.Fatalf("Load of the kept message = %v, %v", e, err)
