@@ -350,26 +350,20 @@ func (s *Store) listGroup(ctx context.Context, key string, ids []EvpID, now time
 	after = after[:len(after)-1]
 	last := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(hi)})
 	seen := make(map[EvpID]bool, len(ids))
-	for range maxGroup/1000 + 2 {
-		var keys []string
-		var more bool
-		err := s.retry(ctx, func() error {
-			var err error
-			keys, more, err = s.b.List(ctx, prefix, after, 1000)
-			return err
-		})
-		if err != nil {
-			return err
-		}
+	errPast := errors.New("past the group")
+	err := s.listFrom(ctx, prefix, after, func(keys []string) error {
 		for _, k := range keys {
 			if id, err := parseEnvelopeKey(k); err == nil {
 				seen[id] = true
 			}
 		}
-		if !more || len(keys) == 0 || keys[len(keys)-1] >= last {
-			break
+		if keys[len(keys)-1] >= last {
+			return errPast
 		}
-		after = keys[len(keys)-1]
+		return nil
+	})
+	if err != nil && err != errPast {
+		return err
 	}
 	for _, id := range ids {
 		if !seen[id] {

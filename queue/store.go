@@ -367,7 +367,11 @@ func (s *Store) cleanup(ctx context.Context, key string) {
 
 // list calls fn for every key under prefix, a page at a time.
 func (s *Store) list(ctx context.Context, prefix string, fn func(keys []string) error) error {
-	after := ""
+	return s.listFrom(ctx, prefix, "", fn)
+}
+
+// listFrom is list from the first key after the given one.
+func (s *Store) listFrom(ctx context.Context, prefix, after string, fn func(keys []string) error) error {
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
