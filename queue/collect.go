@@ -79,7 +79,9 @@ func (c *collector) done(keys []string) {
 }
 
 // Flush sends the clean-up that deliveries left to the background, and
-// the committed bits that Tx.CommitContent left to it, and returns once
+// the due groups and committed bits that Tx.CommitContent left to it
+// (other nodes' due scans find such a message once its group is
+// stored), and returns once
 // it is done, whoever sent it. Claim.Delete removes the
 // envelope at once, but leaves the pointers that named it and, after a
 // message's last envelope, the content, to be removed in batches within

@@ -587,13 +587,18 @@ func (tx *Tx) Commit(ctx context.Context) error {
 // CommitContent stores the message content read from r and commits the
 // message, as WriteContent followed by Commit, once every envelope has been
 // added. A message of one envelope commits in one round of writes: its
-// content, its envelope and its due or claim pointer in parallel, where
+// content and its envelope in parallel (one object, for content up to
+// Options.InlineContent), with its claim pointer if it is claimed, where
 // WriteContent then Commit take two (those writes, then the swap of the
 // block record). Its envelope says so in its header, and the message is
 // committed once both the envelope and the content are stored: the bit of
 // the block record that other messages wait for is set in the background
-// within a moment, or by the first reader that finds the two. A message of
-// several envelopes takes the two rounds. It returns the content's length.
+// within a moment, or by the first reader that finds the two. Its due
+// pointer goes there too, before the bit, in one object for the commits
+// of that moment (a due group), so other nodes' due scans find the
+// message about 100 ms after the commit; Load and Walk see it at once. A
+// message of several envelopes takes the two rounds. It returns the
+// content's length.
 //
 // As for Commit, a failure means the message never becomes visible,
 // unless the error is ambiguous (the answer to a write was lost); then
