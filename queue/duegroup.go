@@ -295,8 +295,8 @@ func (s *Store) dueGroup(ctx context.Context, key string, h handle, now time.Tim
 		if s.gone.has(id) {
 			continue
 		}
-		if s.claims.has(id, now) {
-			live = true // this Store's caller is on it
+		if s.claims.has(id, now) || mine[id] {
+			live = true // this Store's caller is on it, or this scan has it
 			continue
 		}
 		if !last {
