@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mxqueue/mxq/queue"
 	"github.com/mxqueue/mxq/queue/driver"
@@ -242,5 +243,56 @@ func testInlineContent(t *testing.T, mk HarnessMaker) {
 	rc.Close()
 	if !bytes.Contains(kept, stored[i:i+10]) {
 		t.Fatalf("the quarantine kept %q, not the damaged content", kept)
+	}
+}
+
+// testDueGroup: messages of one envelope committed by one Store within a
+// moment share one due pointer, their group, written after the commits;
+// another node's due scan finds every one of them by it, and the scan
+// after the last delivery removes it.
+func testDueGroup(t *testing.T, mk HarnessMaker) {
+	e := newEnv(t, mk)
+	a := e.store(nil)
+	raw := e.backend()
+	const n = 5
+	want := map[queue.EvpID]bool{}
+	for range n {
+		_, ids := e.commit(a, []byte("grouped"), "rcpt")
+		want[ids[0]] = true
+	}
+	wantErr(t, "Flush", a.Flush(e.ctx), nil)
+	due := e.rawKeys(raw, layout.Key(layout.Handle{Kind: layout.Due}))
+	groups := 0
+	for _, k := range due {
+		if h, err := layout.Parse(k); err == nil && h.Kind == layout.DueGroup {
+			groups++
+		}
+	}
+	if groups == 0 || len(due) != groups {
+		t.Fatalf("due pointers %v after %d commits, want their group alone", due, n)
+	}
+	b := e.store(nil)
+	got, err := b.Due(e.ctx, 2*n)
+	wantErr(t, "another node's Due", err, nil)
+	if len(got) != n {
+		t.Fatalf("another node's Due = %d envelopes, want the %d the group names", len(got), n)
+	}
+	for _, env := range got {
+		if !want[env.ID] {
+			t.Fatalf("Due returned %v, which was not committed here", env.ID)
+		}
+		c, err := b.ClaimEnvelope(e.ctx, env, time.Minute)
+		wantErr(t, "ClaimEnvelope", err, nil)
+		wantErr(t, "Delete", c.Delete(e.ctx), nil)
+	}
+	wantErr(t, "Flush", b.Flush(e.ctx), nil)
+	got, err = b.Due(e.ctx, 2*n)
+	wantErr(t, "Due after the deliveries", err, nil)
+	if len(got) != 0 {
+		t.Fatalf("Due after the deliveries = %d envelopes", len(got))
+	}
+	wantErr(t, "Flush", b.Flush(e.ctx), nil)
+	if keys := e.rawKeys(raw, layout.Key(layout.Handle{Kind: layout.Due})); len(keys) != 0 {
+		t.Fatalf("due pointers %v left after every delivery", keys)
 	}
 }
