@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -150,9 +151,14 @@ type idBlock struct {
 	rec blockRecord
 	ver Version
 	// lazy are the committed bits that settleLater holds back to send
-	// together; armed says a sender waits for them. mu guards both.
-	lazy  []*bitReq
-	armed bool
+	// together; armed says a sender waits for them; sending are those a
+	// sendLazy took and has not queued yet, while it writes their due
+	// groups; backoff is the wait before bits whose group failed are
+	// tried again. mu guards them.
+	lazy    []*bitReq
+	armed   bool
+	sending []*bitReq
+	backoff time.Duration
 }
 
 // bitReq asks to set a transaction's committed or aborted bit.
@@ -393,8 +399,16 @@ func (s *Store) settle(ctx context.Context, b *idBlock, lo uint32, abort bool) e
 func (s *Store) settleLater(ctx context.Context, b *idBlock, lo uint32, g groupEntry) {
 	b.mu.Lock()
 	b.lazy = append(b.lazy, &bitReq{lo: lo, group: g, done: make(chan struct{})})
-	arm := !b.armed
-	b.armed = true
+	b.mu.Unlock()
+	s.armLazy(ctx, b, collectDelay)
+}
+
+// armLazy makes sure that a sender sends the bits that b holds back
+// within delay, or at once when the Store closes.
+func (s *Store) armLazy(ctx context.Context, b *idBlock, delay time.Duration) {
+	b.mu.Lock()
+	arm := !b.armed && len(b.lazy) > 0
+	b.armed = b.armed || arm
 	b.mu.Unlock()
 	if !arm {
 		return
@@ -406,45 +420,47 @@ func (s *Store) settleLater(ctx context.Context, b *idBlock, lo uint32, g groupE
 	s.lazy[b] = true
 	s.lazyMu.Unlock()
 	wait := func(ctx context.Context) {
-		t := time.NewTimer(collectDelay)
+		t := time.NewTimer(delay)
 		select {
 		case <-t.C:
 		case <-s.gc.stop:
 		}
 		t.Stop()
-		s.sendLazy(ctx, b)
+		s.sendLazy(ctx, b, true)
 	}
 	if !s.background(ctx, wait) {
-		s.sendLazy(context.WithoutCancel(ctx), b) // closing: send now
+		s.sendLazy(context.WithoutCancel(ctx), b, false) // closing: send now
 	}
 }
 
 // sendLazy hands the bits that settleLater holds for b to settle's
 // queue, and writes them unless a writer is at work, which takes them on.
-// It returns them.
-func (s *Store) sendLazy(ctx context.Context, b *idBlock) []*bitReq {
-	s.lazyMu.Lock()
-	delete(s.lazy, b)
-	s.lazyMu.Unlock()
+// It returns them. The due groups go first, so that no bit is stored for
+// a message without a pointer; the bits whose group and pointers all
+// failed wait and are tried again, with a growing backoff, if retry is
+// set (the Store is not closing). Meanwhile the message is committed,
+// and not due: a reader of another node that finds it, or Sweep, writes
+// its pointer and sets its bit.
+func (s *Store) sendLazy(ctx context.Context, b *idBlock, retry bool) []*bitReq {
 	b.mu.Lock()
 	reqs := b.lazy
 	b.lazy, b.armed = nil, false
+	b.sending = append(b.sending, reqs...)
 	b.mu.Unlock()
-	// The due pointers first, so that no bit is stored for a message
-	// without one. A bit whose pointer failed stays unset: a reader
-	// that finds the message, or Sweep, writes the pointer and sets it.
 	var entries []groupEntry
 	for _, r := range reqs {
 		if r.group.id != 0 {
 			entries = append(entries, r.group)
 		}
 	}
-	ready := reqs
+	ready, failed := reqs, []*bitReq(nil)
 	if len(entries) > 0 {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		stored := make(map[EvpID]bool, len(entries))
-		for _, e := range s.writeGroups(ctx, entries) {
+		for _, e := range s.writeGroups(wctx, entries) {
 			stored[e.id] = true
 		}
+		cancel()
 		ready = nil
 		for _, r := range reqs {
 			if r.group.id == 0 || stored[r.group.id] {
@@ -453,13 +469,33 @@ func (s *Store) sendLazy(ctx context.Context, b *idBlock) []*bitReq {
 			}
 			r.err = fmt.Errorf("%w: the due pointer of %v was not stored", ErrConflict, r.group.id)
 			close(r.done)
+			failed = append(failed, &bitReq{lo: r.lo, group: r.group, done: make(chan struct{})})
 		}
 	}
 	b.mu.Lock()
+	b.sending = slices.DeleteFunc(b.sending, func(r *bitReq) bool { return slices.Contains(reqs, r) })
 	b.queue = append(b.queue, ready...)
 	lead := !b.busy && len(b.queue) > 0
 	b.busy = b.busy || lead
+	var backoff time.Duration
+	if len(failed) > 0 && retry {
+		b.lazy = append(b.lazy, failed...)
+		b.backoff = min(max(2*b.backoff, time.Second), 30*time.Second)
+		backoff = b.backoff
+	} else if len(entries) > 0 {
+		b.backoff = 0
+	}
 	b.mu.Unlock()
+	if backoff > 0 {
+		s.armLazy(ctx, b, backoff)
+	}
+	s.lazyMu.Lock()
+	b.mu.Lock()
+	if len(b.lazy) == 0 && len(b.sending) == 0 && !b.armed {
+		delete(s.lazy, b)
+	}
+	b.mu.Unlock()
+	s.lazyMu.Unlock()
 	if lead {
 		s.settleAll(context.WithoutCancel(ctx), b)
 	}
@@ -467,6 +503,7 @@ func (s *Store) sendLazy(ctx context.Context, b *idBlock) []*bitReq {
 }
 
 // flushBits sends the bits that settleLater holds, and waits for them.
+// Those whose due group failed are tried again later, in the background.
 func (s *Store) flushBits(ctx context.Context) error {
 	s.lazyMu.Lock()
 	var blks []*idBlock
@@ -475,7 +512,12 @@ func (s *Store) flushBits(ctx context.Context) error {
 	}
 	s.lazyMu.Unlock()
 	for _, b := range blks {
-		for _, r := range s.sendLazy(ctx, b) {
+		// Those another sender is at, writing their groups, too.
+		b.mu.Lock()
+		reqs := slices.Clone(b.sending)
+		b.mu.Unlock()
+		reqs = append(reqs, s.sendLazy(ctx, b, true)...)
+		for _, r := range reqs {
 			select {
 			case <-r.done:
 			case <-ctx.Done():

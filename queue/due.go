@@ -77,6 +77,9 @@ func (s *Store) Due(ctx context.Context, limit int) ([]*Envelope, error) {
 				}
 				continue
 			}
+			if last && p.h.Msg == 0 && mine[p.h.Evp] {
+				continue // taken by this scan through its group
+			}
 			own := !last && p.h.Msg == 0
 			if own {
 				if !s.claims.offer(p.h.Evp, now) {

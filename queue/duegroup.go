@@ -34,8 +34,9 @@ import (
 //     envelope is missing is gone for good.
 //   - An entry makes its envelope due as the envelope's own pointer would:
 //     while the envelope has no pointer of its message (ByMsg) and is due
-//     in the group's bucket. An envelope rescheduled since has a pointer of
-//     its own, and the entry is stale.
+//     in the group's bucket. An envelope rescheduled to another bucket
+//     since has a pointer of its own, and the entry is stale; one
+//     rescheduled within the bucket has both, which is harmless.
 //   - A due scan that finds every entry of a group stale removes it.
 
 // groupMagic starts a group object; the number of entries follows.
@@ -174,7 +175,8 @@ func (c *groupCache) listable(key string, now time.Time) bool {
 	return true
 }
 
-// maxCachedGroups bounds the group cache.
+// maxCachedGroups bounds the group cache: 1,024 groups, of a few dozen
+// entries each under a steady load, and at most maxGroup.
 const maxCachedGroups = 1024
 
 func (c *groupCache) get(key string) ([]EvpID, bool) {
@@ -284,11 +286,8 @@ func (s *Store) dueGroup(ctx context.Context, key string, h handle, now time.Tim
 	if err != nil || len(ids) == 0 {
 		return err == nil, false, err
 	}
-	if err := s.listGroup(ctx, key, ids, now); err != nil {
-		return false, false, err
-	}
-	live := false
-	for _, id := range ids {
+	live, listed := false, false
+	for i, id := range ids {
 		if len(*out) >= limit {
 			return false, skipped, nil
 		}
@@ -307,7 +306,14 @@ func (s *Store) dueGroup(ctx context.Context, key string, h handle, now time.Tim
 			mine[id] = true
 		}
 		n := len(*out)
-		stale, err := s.dueEntry(ctx, id, h.Due, now, out)
+		stale, missing, err := s.dueEntry(ctx, id, h.Due, now, out)
+		if missing && !listed {
+			// Other nodes deliver from the group too: one listing
+			// may save a read of each envelope they deleted. Its
+			// failure costs those reads, and fails no scan.
+			listed = true
+			s.listGroup(ctx, key, ids[i+1:], now)
+		}
 		if !last && len(*out) == n {
 			s.claims.unoffer(id)
 			delete(mine, id)
@@ -326,12 +332,16 @@ func (s *Store) dueGroup(ctx context.Context, key string, h handle, now time.Tim
 	return true, skipped, nil
 }
 
-// listGroup marks gone the entries of a group, ids, that a listing of
-// their envelopes does not show, when more than a few are unknown to this
-// Store: other nodes deliver from the group too, and one listing of the
-// range of IDs that the group spans costs less than a read of each
-// envelope they deleted. A Store lists a group at most once in offerTime.
+// listGroup marks gone the entries ids of the group at key that a
+// listing of their envelopes does not show, when more than a few are
+// unknown to this Store: a due scan calls it once it met an entry that
+// another node deleted, and one listing of the range of IDs that the
+// entries span costs less than a read of each envelope deleted. A Store
+// lists a group at most once in offerTime.
 func (s *Store) listGroup(ctx context.Context, key string, ids []EvpID, now time.Time) error {
+	if len(ids) == 0 {
+		return nil
+	}
 	unknown := 0
 	lo, hi := ids[0], ids[0]
 	for _, id := range ids {
@@ -378,39 +388,39 @@ func (s *Store) listGroup(ctx context.Context, key string, ids []EvpID, now time
 const minListGroup = 4
 
 // dueEntry adds to out the envelope id of a group of the given bucket if it
-// is due and free now, and reports whether the entry is stale: the
-// envelope gone, or rescheduled since.
-func (s *Store) dueEntry(ctx context.Context, id EvpID, bucket int64, now time.Time, out *[]*Envelope) (bool, error) {
+// is due and free now, and reports whether the entry is stale (the
+// envelope gone, or rescheduled since), and whether it is missing.
+func (s *Store) dueEntry(ctx context.Context, id EvpID, bucket int64, now time.Time, out *[]*Envelope) (stale, missing bool, err error) {
 	key := layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(id)})
 	b, a, err := s.getBytes(ctx, key, s.maxRecord())
 	if s.isNotFound(err) {
 		s.gone.add(id)
-		return true, nil
+		return true, true, nil
 	}
 	if err != nil {
-		return false, err
+		return false, false, err
 	}
 	h, data, err := decodeRecord(key, b)
 	if err != nil {
-		return false, nil // corrupt: Load and Quarantine deal with it
+		return false, false, nil // corrupt: Load and Quarantine deal with it
 	}
 	if h.Gone {
 		s.gone.add(id)
 		s.background(ctx, func(ctx context.Context) { s.finishDelete(ctx, id, h) })
-		return true, nil
+		return true, true, nil
 	}
 	if h.ByMsg || h.Due == 0 || max(dueBucket(h.Due), 1) != bucket || h.Held {
 		// Rescheduled since, with a pointer of its own: an envelope
 		// is in one group, and never needs it again.
 		s.gone.add(id)
-		return true, nil
+		return true, false, nil
 	}
 	// The group lists only messages whose commit returned: committed,
 	// whether or not the bit is stored yet.
 	if held, err := s.held(ctx, h); err != nil {
-		return false, err
+		return false, false, err
 	} else if held {
-		return false, nil
+		return false, false, nil
 	}
 	if len(h.content) > 0 {
 		s.inline.put(id.MsgID(), h.content, now)
@@ -420,5 +430,5 @@ func (s *Store) dueEntry(ctx context.Context, id EvpID, bucket int64, now time.T
 		e.fill()
 		*out = append(*out, e)
 	}
-	return false, nil
+	return false, false, nil
 }

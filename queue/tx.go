@@ -224,7 +224,7 @@ func (tx *Tx) Prepare(ctx context.Context) {
 // header was held back, never written, and is dropped. tx.mu is held, and
 // handed to the write, which releases it.
 func (tx *Tx) unprepare() {
-	tx.alone, tx.held = false, nil
+	tx.alone, tx.held, tx.grouping = false, nil, false
 	tx.envs[0].written, tx.envs[0].again = false, true
 	tx.ahead(context.Background(), func(ctx context.Context) error { return tx.write(ctx, true) })
 }
@@ -431,11 +431,14 @@ func (tx *Tx) write(ctx context.Context, ahead bool) error {
 		hold, pointers = pointers, nil
 	} else {
 		pointers, tx.held = append(pointers, tx.held...), nil
-		if tx.grouping {
-			pointers = nil // the group's, after the commit
-		}
 		slices.Sort(pointers)
 		pointers = slices.Compact(pointers)
+		if tx.grouping {
+			// The group's, after the commit; held for a commit of
+			// this transaction that is not grouped, should this
+			// one fail.
+			tx.held, pointers = pointers, nil
+		}
 	}
 	tx.pointers = append(tx.pointers, pointers...)
 	s := tx.s
@@ -533,6 +536,7 @@ func (tx *Tx) Commit(ctx context.Context) error {
 		return errorf("commit", id, ErrInvalid, "a message needs at least one envelope")
 	}
 	tx.anything = true
+	tx.grouping = false // two rounds: the pointer goes before the swap
 	if !tx.content {
 		tx.mu.Unlock()
 		_, err := tx.WriteContent(ctx, eofReader{})
@@ -630,10 +634,11 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 		// here on only the block record's bits tell a rollback whether
 		// it did.
 		tx.alone, tx.settling = true, true
-		// Its due pointer, if it has one, waits for the commit's
-		// return and goes into a group with those of other commits.
-		tx.grouping = tx.claim == 0 && !tx.s.opts.SelfScheduled
 	}
+	// The due pointer of a message of one envelope, if it has one,
+	// waits for the commit's return and goes into a group with those of
+	// other commits; any other commit writes it.
+	tx.grouping = alone && tx.claim == 0 && !tx.s.opts.SelfScheduled
 	inline := alone && !tx.prepared && tx.s.opts.InlineContent > 0
 	tx.mu.Unlock()
 	var n int64
