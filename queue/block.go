@@ -154,9 +154,11 @@ type idBlock struct {
 	// together; armed says a sender waits for them; sending are those a
 	// sendLazy took and has not queued yet, while it writes their due
 	// groups; backoff is the wait before bits whose group failed are
-	// tried again. mu guards them.
+	// tried again; arms counts the senders armed, so that one whose
+	// bits a Flush sent first stands down. mu guards them.
 	lazy    []*bitReq
 	armed   bool
+	arms    uint64
 	sending []*bitReq
 	backoff time.Duration
 }
@@ -409,6 +411,10 @@ func (s *Store) armLazy(ctx context.Context, b *idBlock, delay time.Duration) {
 	b.mu.Lock()
 	arm := !b.armed && len(b.lazy) > 0
 	b.armed = b.armed || arm
+	if arm {
+		b.arms++
+	}
+	gen := b.arms
 	b.mu.Unlock()
 	if !arm {
 		return
@@ -426,7 +432,15 @@ func (s *Store) armLazy(ctx context.Context, b *idBlock, delay time.Duration) {
 		case <-s.gc.stop:
 		}
 		t.Stop()
-		s.sendLazy(ctx, b, true)
+		b.mu.Lock()
+		// A Flush sent what this was armed for, and what it holds now
+		// (a failed group's retry) has a timer of its own with a
+		// backoff: that timer sends it, not this one.
+		stale := b.arms != gen
+		b.mu.Unlock()
+		if !stale {
+			s.sendLazy(ctx, b, true)
+		}
 	}
 	if !s.background(ctx, wait) {
 		s.sendLazy(context.WithoutCancel(ctx), b, false) // closing: send now
@@ -528,25 +542,34 @@ func (s *Store) flushBits(ctx context.Context) error {
 	return nil
 }
 
-// rollForward commits the message of the envelope id, the message's only
-// one, which a reader found with header h written by Tx.CommitContent
-// (envHeader.Alone) with the message's bit neither committed nor aborted
-// as far as it knows. The message is committed if its content is stored
-// too; then this writes the due or claim pointer that the commit wrote in
-// parallel, in case the committer died before it landed, and sets the
-// committed bit, as the committer does in the background, so that no
-// sweep can abort it any more. It reports whether the message is
-// committed.
+// rollForward commits the message of the envelope id, which a reader
+// found with header h written by Tx.CommitContent in one round
+// (envHeader.Alone or envHeader.Siblings) with the message's bit neither
+// committed nor aborted as far as it knows. The message is committed if
+// its content and every sibling are stored too; then this writes the due
+// or claim pointer that the commit wrote in parallel, in case the
+// committer died before it landed, and sets the committed bit, as the
+// committer does in the background, so that no sweep can abort it any
+// more. It reports whether the message is committed.
 func (s *Store) rollForward(ctx context.Context, id EvpID, h *envHeader) (bool, error) {
 	m, nonce := id.MsgID(), h.Block
-	if len(h.content) == 0 {
-		_, err := s.stat(ctx, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(m)}))
-		if s.isNotFound(err) {
+	first, lo := layout.BlockOf(uint32(m)), lowBits(m)
+	whole, err := s.wholeOneRound(ctx, id, h)
+	if err != nil {
+		return false, err
+	}
+	if !whole {
+		if len(h.Siblings) == 0 {
 			return false, nil // not stored yet, or never will be
 		}
+		// A sibling is missing: not stored yet, or delivered and
+		// deleted after the commit, which a reader with an old copy of
+		// the record did not see. The record tells.
+		r, _, err := s.fetchBlock(ctx, first)
 		if err != nil {
 			return false, err
 		}
+		return r != nil && r.Nonce == nonce && r.Committed.has(lo), nil
 	}
 	// A message without its pointer would be committed and never due:
 	// the pointer goes first, as in the commit.
@@ -555,7 +578,6 @@ func (s *Store) rollForward(ctx context.Context, id EvpID, h *envHeader) (bool, 
 			return false, err
 		}
 	}
-	first, lo := layout.BlockOf(uint32(m)), lowBits(m)
 	if b := s.ownIDBlock(ctx, first, nonce); b != nil {
 		// This Store's own block: the bit goes with the next swap.
 		switch err := s.settle(ctx, b, lo, false); err {
@@ -589,6 +611,44 @@ func (s *Store) rollForward(ctx context.Context, id EvpID, h *envHeader) (bool, 
 		}
 	}
 	return false, fmt.Errorf("%w: the block record kept changing", ErrConflict)
+}
+
+// wholeOneRound reports whether everything a commit in one round wrote
+// beside the envelope id with header h is stored: the content, unless
+// the envelope keeps it, and the envelope's siblings, all looked up in
+// parallel. A header whose siblings do not name the envelope itself is
+// not whole.
+func (s *Store) wholeOneRound(ctx context.Context, id EvpID, h *envHeader) (bool, error) {
+	var keys []string
+	if len(h.content) == 0 {
+		keys = append(keys, layout.Key(layout.Handle{Kind: layout.Content, Msg: uint32(id.MsgID())}))
+	}
+	if len(h.Siblings) > 0 {
+		if !slices.Contains(h.Siblings, uint32(id)) {
+			return false, nil
+		}
+		for _, lo := range h.Siblings {
+			if sib := id.MsgID().Evp(lo); sib != id {
+				keys = append(keys, layout.Key(layout.Handle{Kind: layout.Envelope, Evp: uint64(sib)}))
+			}
+		}
+	}
+	if len(keys) == 0 {
+		return true, nil
+	}
+	var missing atomic.Bool
+	err := s.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
+		_, err := s.stat(ctx, keys[i])
+		if s.isNotFound(err) {
+			missing.Store(true)
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	return !missing.Load(), nil
 }
 
 // ownIDBlock returns the block of this Store that starts at first with
@@ -904,7 +964,7 @@ func (s *Store) msgInBlock(ctx context.Context, m MsgID) (in, committed bool, er
 		return true, false, err
 	case h.Block == 0:
 		return false, false, nil
-	case h.Alone:
+	case h.oneRound():
 		committed, err = s.rollForward(ctx, evp, h)
 		return true, committed, err
 	}

@@ -73,6 +73,15 @@ type envHeader struct {
 	// neither committed nor aborted, sets the committed bit itself
 	// (see Store.rollForward).
 	Alone bool `json:"w,omitempty"`
+	// Siblings are the low halves of the IDs of every envelope of a
+	// message of several committed by Tx.CommitContent in one round,
+	// this one's included: written in parallel with the content and
+	// each other, they are committed once all of them and the content
+	// are stored. A reader that finds them all, and the bit neither
+	// committed nor aborted, sets the committed bit itself (see
+	// Store.rollForward). A node of an earlier version, which does not
+	// know the field, waits for the bit.
+	Siblings []uint32 `json:"e,omitempty"`
 	// Holder, Session, Token and Expires are the lease, if any. Session
 	// names the holder's process; Token grows with every claim.
 	Holder  string `json:"h,omitempty"`
@@ -107,8 +116,13 @@ type envHeader struct {
 // settled clears the fields that tie a header to its transaction, for a
 // record written again after its message committed.
 func (h *envHeader) settled() {
-	h.Pending, h.Block, h.Opened, h.Alone = 0, 0, 0, false
+	h.Pending, h.Block, h.Opened, h.Alone, h.Siblings = 0, 0, 0, false, nil
 }
+
+// oneRound reports whether the envelope was written by a commit in one
+// round (Tx.CommitContent), whose message a reader may commit: the only
+// envelope of its message, or one of several that name each other.
+func (h *envHeader) oneRound() bool { return h.Alone || len(h.Siblings) > 0 }
 
 func encodeRecord(h *envHeader, data []byte) []byte {
 	hh := *h // h may be shared by writes in parallel

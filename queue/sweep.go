@@ -212,7 +212,7 @@ func (s *Store) sweepBlock(ctx context.Context, first uint32, now time.Time, st 
 			st.Open++
 			continue
 		}
-		if ok && h.Alone {
+		if ok && h.oneRound() {
 			// Committed in one round if its content is stored too: then
 			// it is to be kept, and its bit set, never aborted.
 			done, err := s.rollForward(ctx, evp, h)

@@ -22,6 +22,11 @@ const aloneWait = 2 * time.Second
 // maxIDAttempts bounds the retries of an ID allocation that collides.
 const maxIDAttempts = 20
 
+// maxSiblings is the most envelopes a message may have and commit in one
+// round (envHeader.Siblings): each names all the others, so a message of
+// n envelopes stores n*n IDs. One of more takes two rounds.
+const maxSiblings = 64
+
 // Tx is a message being received: the transaction that OpenSMTPD opens at
 // MAIL FROM and commits after DATA. Its envelopes and content are
 // invisible to every node until Commit returns nil. A Tx is safe for use by
@@ -49,6 +54,9 @@ type Tx struct {
 	// after the commit and before the bit (see writeGroups).
 	alone    bool
 	grouping bool
+	// several says the envelopes are written as those of a message of
+	// several committed in one round: envHeader.Siblings.
+	several bool
 	// ownContent says the content object may be this transaction's: its
 	// create-only write was not refused. pointers are the pointers it
 	// wrote or tried to. Rollback removes only these and its envelopes.
@@ -159,6 +167,11 @@ func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 	if len(data) > tx.s.opts.MaxEnvelopeSize {
 		return 0, errorf("add envelope", tx.id.String(), ErrInvalid, "envelope of %d bytes exceeds the limit of %d", len(data), tx.s.opts.MaxEnvelopeSize)
 	}
+	if tx.several {
+		// Its envelopes name each other: a reader that finds them all
+		// and the content commits the message without this one.
+		return 0, errorf("add envelope", tx.id.String(), ErrInvalid, "a commit of the message in one round was tried and may have landed: roll it back, or commit it as it is")
+	}
 	for range maxIDAttempts {
 		lo, err := tx.s.rand32()
 		if err != nil {
@@ -200,9 +213,9 @@ func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 //
 // Prepare does nothing for a message with no envelope or several, one
 // imported, or one whose content was written. If an envelope is added
-// after it, the first is rewritten in the background as one of several,
-// and the commit takes the two rounds a message of several envelopes
-// takes. A rollback after Prepare deletes what it wrote: an RSET costs
+// after it, the first is rewritten in the background as one of several
+// before the content may land, and the commit writes it again with the
+// others, in its one round. A rollback after Prepare deletes what it wrote: an RSET costs
 // the store two requests where it would cost none. A transaction that is
 // abandoned without a rollback leaves an envelope that Sweep removes
 // after the grace period.
@@ -311,7 +324,7 @@ func (tx *Tx) WriteContent(ctx context.Context, r io.Reader) (int64, error) {
 		return 0, errorf("write content", tx.id.String(), ErrInvalid, "content was written already")
 	}
 	tx.anything = true
-	if !tx.alone && slices.ContainsFunc(tx.envs, func(e txEnvelope) bool { return e.again }) {
+	if !tx.alone && !tx.several && slices.ContainsFunc(tx.envs, func(e txEnvelope) bool { return e.again }) {
 		// An envelope may still be stored with the header of a message
 		// of one envelope: written ahead, its rewrite failed. It must be
 		// replaced before the content lands, or a reader finding the two
@@ -407,7 +420,10 @@ func (tx *Tx) flush(ctx context.Context) error { return tx.write(ctx, false) }
 func (tx *Tx) write(ctx context.Context, ahead bool) error {
 	var todo []int
 	for i := range tx.envs {
-		if !tx.envs[i].written {
+		// A rewrite ahead (unprepare) writes only the envelope it
+		// replaces: the commit, of several envelopes in one round,
+		// writes every one with a header that names the others.
+		if !tx.envs[i].written && (!ahead || tx.alone || tx.envs[i].again) {
 			todo = append(todo, i)
 		}
 	}
@@ -479,6 +495,12 @@ func (tx *Tx) header(ctx context.Context, n int) (envHeader, error) {
 		h = envHeader{Block: tx.blk.nonce, Opened: tx.opened.Unix(), Alone: tx.alone}
 		if tx.alone && len(tx.envs) == 1 {
 			h.content = tx.inline
+		}
+		if tx.several {
+			h.Siblings = make([]uint32, len(tx.envs))
+			for i, e := range tx.envs {
+				h.Siblings[i] = uint32(e.id)
+			}
 		}
 	}
 	switch {
@@ -600,14 +622,22 @@ func (tx *Tx) Commit(ctx context.Context) error {
 // within a moment, or by the first reader that finds the two. Its due
 // pointer goes there too, before the bit, in one object for the commits
 // of that moment (a due group), so other nodes' due scans find the
-// message about 100 ms after the commit; Load and Walk see it at once. A
-// message of several envelopes takes the two rounds. It returns the
-// content's length.
+// message about 100 ms after the commit; Load and Walk see it at once.
+//
+// A message of up to 64 envelopes commits in one round too: the content,
+// every envelope and the message's due or claim pointer in parallel, each
+// envelope naming the others in its header, so that a reader commits the
+// message only once it finds them all and the content. Other nodes' due
+// scans find it once its bit is set, within a moment. A message of more
+// envelopes, or one whose earlier commit failed, takes two rounds: those
+// writes, then the swap of the block record. It returns the content's
+// length.
 //
 // As for Commit, a failure means the message never becomes visible,
 // unless the error is ambiguous (the answer to a write was lost); then
 // Load tells, and Rollback either removes the message or reports that it
-// committed.
+// committed. After a failed commit of several envelopes in one round,
+// AddEnvelope fails: the message may have committed as it was.
 func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 	if err := tx.s.check("commit"); err != nil {
 		return 0, err
@@ -629,11 +659,25 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 	}
 	// One envelope, not written yet, or written ahead as the only one.
 	alone := tx.blk != nil && len(tx.envs) == 1 && (!tx.envs[0].written || tx.alone)
-	if alone {
-		// Once both writes land, a reader may commit the message: from
-		// here on only the block record's bits tell a rollback whether
-		// it did.
-		tx.alone, tx.settling = true, true
+	// Several envelopes, none tried in a commit yet nor left with the
+	// header of a message of one (a rewrite after Prepare that failed),
+	// and not too many to name in each header.
+	several := tx.blk != nil && !alone && !tx.settling && len(tx.envs) > 1 && len(tx.envs) <= maxSiblings &&
+		!slices.ContainsFunc(tx.envs, func(e txEnvelope) bool { return e.again })
+	if alone || several {
+		// Once all the writes land, a reader may commit the message:
+		// from here on only the block record's bits tell a rollback
+		// whether it did.
+		tx.alone, tx.several, tx.settling = alone, several, true
+	}
+	if several {
+		// Written ahead, with a header that names no siblings: written
+		// again with the others, beside the content.
+		for i := range tx.envs {
+			if tx.envs[i].written {
+				tx.envs[i].written, tx.envs[i].again = false, true
+			}
+		}
 	}
 	// The due pointer of a message of one envelope, if it has one,
 	// waits for the commit's return and goes into a group with those of
@@ -660,7 +704,7 @@ func (tx *Tx) CommitContent(ctx context.Context, r io.Reader) (int64, error) {
 	if err != nil {
 		return n, err
 	}
-	if !alone {
+	if !alone && !several {
 		return n, tx.Commit(ctx)
 	}
 	tx.mu.Lock()
@@ -847,7 +891,7 @@ func (s *Store) visibleEnvelope(ctx context.Context, id EvpID, h *envHeader, due
 	m := id.MsgID()
 	if h.Block != 0 {
 		ok, err := s.blockVisible(ctx, m, h.Block)
-		if ok || err != nil || !h.Alone {
+		if ok || err != nil || !h.oneRound() {
 			return ok, err
 		}
 		if due && s.now().Sub(time.Unix(h.Opened, 0)) < aloneWait {

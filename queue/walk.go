@@ -167,7 +167,7 @@ func (s *Store) blockTxState(ctx context.Context, id EvpID) (string, error) {
 		return stateOpen, err
 	case h.Block == 0:
 		return "", nil
-	case h.Alone:
+	case h.oneRound():
 		if done, err := s.rollForward(ctx, id, h); err != nil || !done {
 			return stateOpen, err
 		}
