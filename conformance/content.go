@@ -296,3 +296,32 @@ func testDueGroup(t *testing.T, mk HarnessMaker) {
 		t.Fatalf("due pointers %v left after every delivery", keys)
 	}
 }
+
+// testCommitSeveral: a message of several envelopes committed in one round
+// by CommitContent is whole for another node at once, before its
+// committer stores its bit: every envelope loads and walks, and once the
+// committer flushes, the other node's due scan yields them all.
+func testCommitSeveral(t *testing.T, mk HarnessMaker) {
+	e := newEnv(t, mk)
+	a, b := e.store(nil), e.store(nil)
+	m, ids := e.commit(a, []byte("several"), "one", "two", "three")
+	for i, id := range ids {
+		env, err := b.Load(e.ctx, id)
+		wantErr(t, "another node's Load", err, nil)
+		if want := []string{"one", "two", "three"}[i]; string(env.Data) != want {
+			t.Fatalf("Load(%v) = %q, want %q", id, env.Data, want)
+		}
+	}
+	if got, err := e.readContent(b, m); err != nil || string(got) != "several" {
+		t.Fatalf("another node's content = %q, %v", got, err)
+	}
+	if w := e.walk(b); len(w) != len(ids) {
+		t.Fatalf("Walk = %v, want the %d envelopes", w, len(ids))
+	}
+	wantErr(t, "Flush", a.Flush(e.ctx), nil)
+	due, err := b.Due(e.ctx, 10)
+	wantErr(t, "another node's Due", err, nil)
+	if len(due) != len(ids) {
+		t.Fatalf("another node's Due = %d envelopes, want %d", len(due), len(ids))
+	}
+}

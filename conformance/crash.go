@@ -25,10 +25,11 @@ import (
 var crashSeeds = []uint64{1, 2}
 
 // crashOps are the operations of the crash matrix.
-var crashOps = []string{"commit", "commit1", "prepare", "prepare1", "update", "claim", "defer", "defer1", "delete", "delete1", "takeover", "quarantine", "sweep"}
+var crashOps = []string{"commit", "commit1", "commitn", "prepare", "prepare1", "update", "claim", "defer", "defer1", "delete", "delete1", "takeover", "quarantine", "sweep"}
 
 // testCrashMatrix kills a node after each request of each operation
-// (commit, commit1: a commit of one envelope in one round, prepare and
+// (commit, commit1: a commit of one envelope in one round, commitn: of
+// three in one round, prepare and
 // prepare1: a commit after Tx.Prepare, of several envelopes added after it
 // or of one, update, claim, defer, delete, defer1 and delete1: those of a
 // message of one envelope, which keeps its content in its envelope's
@@ -56,6 +57,8 @@ func testCrashMatrix(t *testing.T, mk HarnessMaker) {
 				switch op {
 				case "commit1", "prepare1":
 					nenv = 1
+				case "commitn":
+					nenv = 3
 				case "defer1", "delete1":
 					nenv, trial = 1, strings.TrimSuffix(op, "1")
 				}
@@ -99,7 +102,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 
 	var m queue.MsgID
 	var ids []queue.EvpID
-	if op != "commit" && op != "commit1" && op != "prepare" && op != "prepare1" {
+	if op != "commit" && op != "commit1" && op != "commitn" && op != "prepare" && op != "prepare1" {
 		setup := e.node("setup")
 		m, ids = e.commit(setup, content, old...)
 		setup.Close() // waits for its background writes
@@ -152,7 +155,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 	}
 	var err error
 	switch op {
-	case "commit", "commit1", "prepare", "prepare1":
+	case "commit", "commit1", "commitn", "prepare", "prepare1":
 		// commit in two rounds; the others with CommitContent, and the
 		// prepare ops as OpenSMTPD's queue does: Prepare after each
 		// envelope, which writes the first ahead and rewrites it when a
@@ -371,7 +374,7 @@ func crashTrial(t *testing.T, mk HarnessMaker, op string, seed uint64, nenv, siz
 			absent(id)
 		}
 		noGarbage(m)
-	case "commit", "commit1", "prepare", "prepare1":
+	case "commit", "commit1", "commitn", "prepare", "prepare1":
 		lerr := error(queue.ErrNotFound) // no envelope was added
 		if len(ids) > 0 {
 			_, lerr = s.Load(ctx, ids[0])

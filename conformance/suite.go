@@ -31,6 +31,7 @@ func Run(t *testing.T, mk HarnessMaker) {
 	t.Run("Checksum", func(t *testing.T) { testChecksum(t, mk) })
 	t.Run("InlineContent", func(t *testing.T) { testInlineContent(t, mk) })
 	t.Run("DueGroup", func(t *testing.T) { testDueGroup(t, mk) })
+	t.Run("CommitSeveral", func(t *testing.T) { testCommitSeveral(t, mk) })
 	t.Run("CorruptEnvelope", func(t *testing.T) { testCorruptEnvelope(t, mk) })
 	t.Run("BadInput", func(t *testing.T) { testBadInput(t, mk) })
 	t.Run("Closed", func(t *testing.T) { testClosed(t, mk) })
