@@ -16,7 +16,7 @@ import (
 func TestCosts(t *testing.T) {
 	want := map[string]float64{
 		"commit, 1 rcpt":                    1,  // the envelope with its content; its due group and the block record's swap shared in the background; a block of IDs per 4,096
-		"commit, 10 rcpt":                   13, // content, 10 envelopes, due pointer, then the block record's swap
+		"commit, 10 rcpt":                   12, // content, 10 envelopes naming each other, due pointer, in one round; the block record's swap shared in the background
 		"walk, per 1,000 envelopes":         3,  // per page of 1,000: a listing of envelopes and a read of each block it spans; 2,200 make 3 pages
 		"load":                              1,  // the envelope; its block record is cached
 		"claim + release":                   5,  // load, claim, pointer; release, pointer
@@ -47,6 +47,10 @@ func TestCosts(t *testing.T) {
 		switch c.Op {
 		case "walk, per 1,000 envelopes":
 			slack = 0.5
+		case "commit, 10 rcpt":
+			// The swap goes in 100 ms batches: how many commits
+			// share one depends on the machine's load.
+			slack = 0.25
 		case "claim + delete (last envelope)", "deliver (due scan, claim, delete)":
 			// The clean-up goes in 100 ms batches, each a listing
 			// and a multi-object delete: how the deliveries fall into
