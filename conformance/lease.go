@@ -366,6 +366,9 @@ func testDeleteInterrupted(t *testing.T, mk HarnessMaker) {
 	cb := &crashing{Backend: e.backend(), budget: 1 << 30}
 	a := e.storeOn(cb, &queue.Options{Node: "node-a", Retries: -1})
 	_, ids := e.commit(a, []byte("c"), "only")
+	// The message's due group, written after the commit, lands now,
+	// not after the crash is armed.
+	wantErr(t, "Flush", a.Flush(e.ctx), nil)
 	c, err := a.Claim(e.ctx, ids[0], time.Minute)
 	wantErr(t, "Claim", err, nil)
 	// Let the background writes (the claim pointer, the reservation's
@@ -384,6 +387,13 @@ func testDeleteInterrupted(t *testing.T, mk HarnessMaker) {
 	b := e.node("node-b")
 	_, err = b.Load(e.ctx, ids[0])
 	wantErr(t, "Load of a tombstone", err, queue.ErrNotFound)
+	// The due group that named the envelope goes at the next due scan,
+	// which finds no entry of it alive.
+	due, err := b.Due(e.ctx, 10)
+	wantErr(t, "Due", err, nil)
+	if len(due) != 0 {
+		t.Fatalf("Due after the delete was finished = %d envelopes", len(due))
+	}
 	b.Close() // waits for the background clean-up
 	raw := e.backend()
 	for _, p := range []string{"evp/", "msg/", "due/"} {
