@@ -215,10 +215,10 @@ func (tx *Tx) AddEnvelope(data []byte) (EvpID, error) {
 // imported, or one whose content was written. If an envelope is added
 // after it, the first is rewritten in the background as one of several
 // before the content may land, and the commit writes it again with the
-// others, in its one round. A rollback after Prepare deletes what it wrote: an RSET costs
-// the store two requests where it would cost none. A transaction that is
-// abandoned without a rollback leaves an envelope that Sweep removes
-// after the grace period.
+// others, in its one round. A rollback after Prepare deletes what it
+// wrote: an RSET costs the store two requests where it would cost none.
+// A transaction that is abandoned without a rollback leaves an envelope
+// that Sweep removes after the grace period.
 func (tx *Tx) Prepare(ctx context.Context) {
 	tx.mu.Lock()
 	if tx.done || tx.prepared || tx.blk == nil || tx.content || len(tx.envs) != 1 || tx.envs[0].written || tx.s.check("prepare") != nil {
