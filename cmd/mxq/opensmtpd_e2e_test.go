@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mxqueue/mxq/bench"
 	"github.com/mxqueue/mxq/opensmtpd"
 	"github.com/mxqueue/mxq/queue"
 )
@@ -448,8 +450,31 @@ func (m *mta) waitFor(what string, d time.Duration, cond func() bool) {
 
 // smtpSession is one SMTP connection.
 type smtpSession struct {
-	conn net.Conn
-	c    *smtp.Client
+	conn  net.Conn
+	c     *smtp.Client
+	steps *smtpSteps // if set, where the client's time went
+}
+
+// smtpSteps adds up how long a client waited for each step of its
+// transactions.
+type smtpSteps struct {
+	mail, rcpt, data, body atomic.Int64 // nanoseconds
+}
+
+func (st *smtpSteps) add(step *atomic.Int64, since time.Time) time.Time {
+	now := time.Now()
+	if st != nil {
+		step.Add(int64(now.Sub(since)))
+	}
+	return now
+}
+
+// String gives the mean of each step over n messages.
+func (st *smtpSteps) String(n int) string {
+	mean := func(v *atomic.Int64) time.Duration {
+		return (time.Duration(v.Load()) / time.Duration(max(n, 1))).Round(time.Microsecond)
+	}
+	return fmt.Sprintf("MAIL %v, RCPT %v, DATA %v, the body and its dot %v", mean(&st.mail), mean(&st.rcpt), mean(&st.data), mean(&st.body))
 }
 
 func dialSMTP(addr string) (*smtpSession, error) {
@@ -471,21 +496,27 @@ func dialSMTP(addr string) (*smtpSession, error) {
 }
 
 func (s *smtpSession) send(from string, to []string, body string) error {
-	s.conn.SetDeadline(time.Now().Add(60 * time.Second))
+	t := time.Now()
+	s.conn.SetDeadline(t.Add(60 * time.Second))
 	if err := s.c.Mail(from); err != nil {
 		return err
 	}
+	t = s.steps.add(&s.steps.mail, t)
 	for _, r := range to {
 		if err := s.c.Rcpt(r); err != nil {
 			return err
 		}
 	}
+	t = s.steps.add(&s.steps.rcpt, t)
 	w, err := s.c.Data()
 	if err != nil {
 		return err
 	}
+	t = s.steps.add(&s.steps.data, t)
 	fmt.Fprintf(w, "From: <%s>\nTo: <%s>\nSubject: mxq e2e\n\n%s\n", from, strings.Join(to, ">, <"), body)
-	return w.Close()
+	err = w.Close()
+	s.steps.add(&s.steps.body, t)
+	return err
 }
 
 func (s *smtpSession) close() { s.c.Quit(); s.conn.Close() }
@@ -908,6 +939,21 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 	if v, err := strconv.Atoi(os.Getenv("MXQ_E2E_ROUNDS")); err == nil && v > 0 {
 		rounds = v
 	}
+	// MXQ_E2E_CLIENTS sets the SMTP clients sending at once.
+	if v, err := strconv.Atoi(os.Getenv("MXQ_E2E_CLIENTS")); err == nil && v > 0 {
+		workers = v
+	}
+	// MXQ_E2E_RTT is the round trip of the MinIO run "a network away"
+	// (10ms by default; 0 leaves that run out): MinIO behind a proxy that
+	// holds every chunk of bytes, each way, for half of it.
+	rtt := 10 * time.Millisecond
+	if v := os.Getenv("MXQ_E2E_RTT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 {
+			t.Fatalf("MXQ_E2E_RTT=%q: want a duration such as 10ms", v)
+		}
+		rtt = d
+	}
 	type run struct {
 		name string
 		url  string
@@ -924,11 +970,29 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 				runs = append(runs, run{"mxq file:// zstd+encrypted", urls["file-encrypted"]})
 				if u, ok := urls["minio"]; ok {
 					runs = append(runs, run{"mxq minio", u})
+					if rtt > 0 {
+						runs = append(runs, run{fmt.Sprintf("mxq minio, RTT %v", rtt), delayedURL(t, subQueue(u, "rtt"), rtt)})
+					}
 				}
 				for _, r := range runs {
 					rate := throughput(t, b, r.name, r.url, n, workers)
 					rates[r.name] = append(rates[r.name], rate)
 					t.Logf("%s %-14s round %d, %4d messages, %d clients: %7.1f msg/s", b.version, r.name, round+1, n, workers, rate)
+					if r.url == "" {
+						continue
+					}
+					// The floor of a serial queue process: one durable
+					// write of the store per message, back to back,
+					// measured just after smtpd stopped. smtpd's own
+					// time per message is at least that of its run on
+					// its fs queue, so a queue process whose commit is
+					// that one write caps it at 1/(own + write).
+					put := serialPut(t, r.url)
+					own := 1 / rates["fs (built-in)"][round]
+					ceiling := 1 / (own + put.Seconds())
+					t.Logf("%s %-14s round %d: one create-only PUT %v back to back, 1/PUT = %.0f msg/s; smtpd reached %.2f of it. smtpd's own %.0fµs a message (its fs run) + one PUT caps it at %.0f msg/s: %.2f of 1/PUT, %.2f of the fs run; it reached %.2f of that cap",
+						b.version, r.name, round+1, put.Round(time.Microsecond), 1/put.Seconds(), rate*put.Seconds(),
+						own*1e6, ceiling, ceiling*put.Seconds(), ceiling*own, rate/ceiling)
 				}
 			}
 			for _, r := range runs[1:] {
@@ -941,6 +1005,172 @@ func TestOpenSMTPDThroughput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// cpuTimes is the first line of /proc/stat: the machine's CPU time,
+// in clock ticks, by kind.
+type cpuTimes []float64
+
+// machineCPU reads the machine's CPU time so far.
+func machineCPU(t *testing.T) cpuTimes {
+	t.Helper()
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		t.Fatalf("/proc/stat begins %q", line)
+	}
+	var c cpuTimes
+	for _, v := range f[1:] {
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			t.Fatalf("/proc/stat: %q: %v", line, err)
+		}
+		c = append(c, x)
+	}
+	return c
+}
+
+// since returns the CPU time spent busy since c0 (all but idle and I/O
+// wait) and in all.
+func (c cpuTimes) since(c0 cpuTimes) (busy, total float64) {
+	for i := range min(len(c), len(c0)) {
+		d := c[i] - c0[i]
+		total += d
+		if i != 3 && i != 4 { // idle, iowait
+			busy += d
+		}
+	}
+	return busy, max(total, 1)
+}
+
+// delayedURL returns the queue URL u with its server behind a proxy on
+// 127.0.0.1 that holds every chunk of bytes, each way, for rtt/2: the
+// same store a network away. The proxy and its connections end with the
+// test.
+func delayedURL(t *testing.T, u string, rtt time.Duration) string {
+	t.Helper()
+	p, err := url.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := p.Host
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := false
+	track := func(c ...net.Conn) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if done {
+			for _, x := range c {
+				x.Close()
+			}
+			return false
+		}
+		conns = append(conns, c...)
+		return true
+	}
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		done = true
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed at cleanup
+			}
+			go func() {
+				s, err := net.DialTimeout("tcp", target, 5*time.Second)
+				if err != nil {
+					c.Close()
+					return
+				}
+				if !track(c, s) {
+					return
+				}
+				go delayCopy(s, c, rtt/2)
+				delayCopy(c, s, rtt/2)
+			}()
+		}
+	}()
+	p.Host = ln.Addr().String()
+	return p.String()
+}
+
+// delayCopy copies src to dst, each chunk d after it was read, and closes
+// both when either ends.
+func delayCopy(dst, src net.Conn, d time.Duration) {
+	type chunk struct {
+		at time.Time
+		b  []byte
+	}
+	ch := make(chan chunk, 256)
+	go func() {
+		defer close(ch)
+		for {
+			buf := make([]byte, 64<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				ch <- chunk{time.Now().Add(d), buf[:n]}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		dst.Close()
+		src.Close()
+		for range ch { // the reader ends on the closed src
+		}
+	}()
+	for c := range ch {
+		time.Sleep(time.Until(c.at))
+		if _, err := dst.Write(c.b); err != nil {
+			return
+		}
+	}
+}
+
+// serialPut returns the mean time of one create-only PUT of a message
+// the size of measure's through the store at url, 200 back to back: the
+// floor of a queue process that answers one request at a time.
+func serialPut(t *testing.T, url string) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	s, err := queue.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b := s.Backend()
+	op := bench.RawCommit(b, []byte(strings.Repeat("throughput test line\n", 50)), 1)
+	if _, err := bench.Measure(ctx, op, 20, 1); err != nil { // warm up
+		t.Fatal(err)
+	}
+	const n = 200
+	start := time.Now()
+	if _, err := bench.Measure(ctx, op, n, 1); err != nil {
+		t.Fatal(err)
+	}
+	d := time.Since(start) / n
+	if err := bench.CleanRaw(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // throughput starts smtpd on the queue at url (its fs queue if ""),
@@ -962,7 +1192,10 @@ func throughput(t *testing.T, b smtpdBuild, name, url string, n, workers int) fl
 	m := newMTA(t, b, arg)
 	m.start("-P", "mda")
 	measure(t, m, 2*workers, workers) // warm up: connections, ID pool, caches
-	rate := measure(t, m, n, workers)
+	cpu0 := machineCPU(t)
+	rate, steps := measure(t, m, n, workers)
+	busy, total := machineCPU(t).since(cpu0)
+	t.Logf("%s %s: the machine's CPUs were busy %.0f%% of the run (%.2f of %d CPUs); a client waited, per message, %s", b.version, name, 100*busy/total, float64(runtime.NumCPU())*busy/total, runtime.NumCPU(), steps.String(n))
 	m.checkLog()
 	m.stop()
 	if profile != "" {
@@ -976,9 +1209,11 @@ func throughput(t *testing.T, b smtpdBuild, name, url string, n, workers int) fl
 }
 
 // measure sends n one-recipient messages over workers connections and
-// returns the acceptance rate.
-func measure(t *testing.T, m *mta, n, workers int) float64 {
+// returns the acceptance rate and how long the clients waited for each
+// step of a transaction.
+func measure(t *testing.T, m *mta, n, workers int) (float64, *smtpSteps) {
 	t.Helper()
+	steps := new(smtpSteps)
 	var next atomic.Int32
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
@@ -1008,6 +1243,7 @@ func measure(t *testing.T, m *mta, n, workers int) float64 {
 						errs <- err
 						return
 					}
+					s.steps = steps
 					sent = 0
 				}
 				if err := s.send("s@test.local", []string{fmt.Sprintf("bench%d@test.local", i%10)}, strings.Repeat("throughput test line\n", 50)); err != nil {
@@ -1024,5 +1260,5 @@ func measure(t *testing.T, m *mta, n, workers int) float64 {
 	for err := range errs {
 		t.Fatalf("%v\n%s", err, m.logTail(30))
 	}
-	return float64(n) / d.Seconds()
+	return float64(n) / d.Seconds(), steps
 }
