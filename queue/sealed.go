@@ -20,8 +20,9 @@ import (
 type Encryption = seal.Options
 
 // What the sealing Backend does with each kind of object. Message content
-// and envelopes hold the mail: they are encrypted, and content may be
-// compressed. Block records, reservations, heartbeats, claim and due pointers and
+// and envelopes hold the mail: they are encrypted, and may be compressed
+// (an envelope holds a small message's content, Options.InlineContent,
+// and smtpd's envelopes are text). Block records, reservations, heartbeats, claim and due pointers and
 // quarantine records hold only IDs, node names, states and times, which
 // the keys of the objects reveal anyway; they stay plain, so that every
 // node can read the queue's bookkeeping at the cost of no cryptography on
@@ -42,9 +43,9 @@ func sealClass(key string) (name string, sealed, compress bool) {
 	case layout.QuarantineContent:
 		return layout.Key(layout.Handle{Kind: layout.Content, Msg: h.Msg}), true, true
 	case layout.Envelope:
-		return key, true, false
+		return key, true, true
 	case layout.QuarantineEnvelope:
-		return layout.Key(layout.Handle{Kind: layout.Envelope, Evp: h.Evp}), true, false
+		return layout.Key(layout.Handle{Kind: layout.Envelope, Evp: h.Evp}), true, true
 	}
 	return "", false, false
 }

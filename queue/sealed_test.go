@@ -302,3 +302,37 @@ func TestEncryptionURL(t *testing.T) {
 		}
 	})
 }
+
+// TestCompressInline: with compression on, a message whose content
+// travels in its envelope is stored compressed, and reads back whole.
+func TestCompressInline(t *testing.T) {
+	ctx := context.Background()
+	content := strings.Repeat("Subject: a line that repeats, as mail does\r\n", 200) // 8.8 KiB
+	for i, e := range []*queue.Encryption{{Compress: true}, {Keys: seal.NewKeyring(testKey(t, 3)), Compress: true}} {
+		open := sealedStores(t)
+		s := open(e)
+		tx, err := s.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := tx.AddEnvelope([]byte("rcpt@example.org"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.CommitContent(ctx, strings.NewReader(content)); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.Backend().Get(ctx, contentKey(id.MsgID())); !errors.Is(err, queue.ErrNotFound) && s.Backend().ErrorCode(err) != driver.CodeNotFound {
+			t.Fatalf("a content object was written (%v): the content was meant to travel in the envelope", err)
+		}
+		if n := len(rawGet(t, s, envKey(id))); n > len(content)/4 {
+			t.Errorf("case %d: the envelope holding %d bytes of content is stored in %d bytes: not compressed", i, len(content), n)
+		}
+		// A node that reads it from the store, not from its cache.
+		other := open(e)
+		got, data, err := readMsg(other, id.MsgID(), id)
+		if err != nil || got != content || data != "rcpt@example.org" {
+			t.Fatalf("read back: %d bytes of content, envelope %q, %v", len(got), data, err)
+		}
+	}
+}
