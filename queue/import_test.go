@@ -3,6 +3,7 @@ package queue_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -86,7 +87,7 @@ func TestImport(t *testing.T) {
 	// This node's open transaction, as a killed importer leaves it, is
 	// aborted and replaced. The importer dies after its reservation and
 	// content check, the first two requests.
-	f := drivertest.New(mem.OpenBackend("nodes-"+t.Name()), 1)
+	f := drivertest.New(mem.OpenBackend(fmt.Sprintf("nodes-%s-%d", t.Name(), time.Now().UnixNano())), 1)
 	killed, err := queue.New(f, &queue.Options{Node: "importer", Retries: -1})
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"slices"
@@ -25,7 +26,7 @@ func TestResumeEnvelope(t *testing.T) {
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	name := "lease-test-claimheld"
+	name := fmt.Sprintf("lease-test-claimheld-%d", time.Now().UnixNano())
 	a, err := mem.Open(ctx, name, &mem.Options{Queue: queue.Options{Node: "a", Clock: clock}})
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +153,7 @@ func (c *counted) List(ctx context.Context, p, a string, l int) ([]string, bool,
 // The request counts are exact.
 func TestHeartbeatSessions(t *testing.T) {
 	ctx := t.Context()
-	name := "lease-test-sessions"
+	name := fmt.Sprintf("lease-test-sessions-%d", time.Now().UnixNano())
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	session := func() uint64 {
 		t.Helper()

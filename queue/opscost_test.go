@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +15,7 @@ import (
 // docs/operations.md quotes: each must stay within its budget.
 func TestOperatorCosts(t *testing.T) {
 	ctx := t.Context()
-	cnt := bench.Count(mem.OpenBackend("opscost-" + t.Name()))
+	cnt := bench.Count(mem.OpenBackend(fmt.Sprintf("opscost-%s-%d", t.Name(), time.Now().UnixNano())))
 	base := cnt.Counts()
 	take := func() bench.Counts {
 		now := cnt.Counts()
