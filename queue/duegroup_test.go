@@ -1,8 +1,11 @@
 package queue_test
 
 import (
+	"context"
+	"io"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -286,4 +289,59 @@ func TestDueGroupFlush(t *testing.T) {
 		t.Fatal("the failed group was not written again within 5 s")
 	}
 	dueOnce(t, node(t, g.Backend, "b"), id, id2)
+}
+
+// overlapGroups is a Backend whose reads of due groups wait, up to a
+// second, for another such read to be in flight, and records the most at
+// once.
+type overlapGroups struct {
+	driver.Backend
+	mu       sync.Mutex
+	cur, max int
+	arrived  chan struct{}
+}
+
+func (o *overlapGroups) Get(ctx context.Context, key string) (io.ReadCloser, driver.Attrs, error) {
+	if strings.HasPrefix(key, "due/") && strings.Contains(key, "/g") {
+		o.mu.Lock()
+		o.cur++
+		o.max = max(o.max, o.cur)
+		o.mu.Unlock()
+		select {
+		case o.arrived <- struct{}{}:
+		case <-o.arrived:
+		case <-time.After(time.Second):
+		}
+		defer func() {
+			o.mu.Lock()
+			o.cur--
+			o.mu.Unlock()
+		}()
+	}
+	return o.Backend.Get(ctx, key)
+}
+
+// TestStatsReadsGroupsInParallel: Stats reads the due groups of a queue
+// side by side, not one after the other, and counts their entries.
+func TestStatsReadsGroupsInParallel(t *testing.T) {
+	raw := mem.OpenBackend("")
+	a := node(t, raw, "a")
+	for range 4 {
+		commitAlone(t, a, 2) // a group each: commitAlone flushes
+	}
+	if due := keysUnder(t, raw, "due/"); len(due) != 4 {
+		t.Fatalf("due pointers %v, want 4 groups", due)
+	}
+	o := &overlapGroups{Backend: raw, arrived: make(chan struct{})}
+	b := node(t, o, "b")
+	st, err := b.Stats(t.Context(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Due.Now != 8 {
+		t.Errorf("Stats counted %d envelopes due now, want 8: %+v", st.Due.Now, st.Due)
+	}
+	if o.max < 2 {
+		t.Errorf("Stats read at most %d due group at a time, want them read in parallel", o.max)
+	}
 }

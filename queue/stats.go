@@ -276,20 +276,27 @@ func (s *Store) Stats(ctx context.Context, opts *StatsOptions) (*Stats, error) {
 	if err != nil {
 		return nil, wrap(err)
 	}
-	// Due groups: one read each, of the entries of many messages.
-	for _, h := range groups {
+	// Due groups: one read each, of the entries of many messages, up to
+	// Options.Concurrency at a time.
+	entries := make([][]EvpID, len(groups))
+	err = s.parallel(ctx, len(groups), func(ctx context.Context, i int) error {
+		h := groups[i]
 		key := layout.Key(layout.Handle{Kind: layout.DueGroup, Due: h.Due, Evp: uint64(h.Evp)})
 		if _, ok := s.groups.get(key); !ok {
 			gets.Add(1)
 		}
 		ids, err := s.readGroup(ctx, key, h.Evp)
 		if errors.Is(err, ErrCorrupt) {
-			continue // its messages count as unscheduled
+			return nil // its messages count as unscheduled
 		}
-		if err != nil {
-			return nil, wrap(err)
-		}
-		for _, id := range ids {
+		entries[i] = ids
+		return err
+	})
+	if err != nil {
+		return nil, wrap(err)
+	}
+	for i, h := range groups {
+		for _, id := range entries[i] {
 			if ms := msgs[id.MsgID()]; ms != nil && ms.own < ms.n {
 				ms.own++
 				count(h.Due, 1)
