@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -60,6 +61,10 @@ ARG is a queue URL, or the path of a configuration file of key=value lines
   smtpctl=/usr/sbin/smtpctl   shared mode: the smtpctl that reaches this smtpd
   tmpdir=DIR       where message bodies are copied for smtpd (default: $TMPDIR)
   log=info         log level: debug, info, warn or error
+  procs=0          CPUs the queue process runs Go code on at once
+                   (GOMAXPROCS); 0 leaves the default, every CPU. It serves
+                   one request at a time, so 1 spares the thread switches
+                   of an idle runtime (docs/performance.md)
   profile=FILE     write to FILE, every 10 s and at exit, where the queue
                    process's time goes: per request type its count and its
                    time to answer (mean, p50, p99), the time smtpd took
@@ -96,6 +101,7 @@ type queueConfig struct {
 	tmpdir  string
 	level   slog.Level
 	profile string
+	procs   int
 
 	shared    bool
 	heartbeat time.Duration
@@ -186,6 +192,12 @@ func loadQueueConfig(arg string) (*queueConfig, error) {
 			cfg.tmpdir = v
 		case "profile":
 			cfg.profile = v
+		case "procs":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return nil, bad("procs: want a number of CPUs, or 0 for all")
+			}
+			cfg.procs = n
 		case "log":
 			if err := cfg.level.UnmarshalText([]byte(v)); err != nil {
 				return nil, bad("log: want debug, info, warn or error")
@@ -224,6 +236,9 @@ func runOpensmtpdQueue(ctx context.Context, c *cli, args []string) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(c.stderr, &slog.HandlerOptions{Level: cfg.level})).With("prog", "mxq")
+	if cfg.procs > 0 {
+		runtime.GOMAXPROCS(cfg.procs)
+	}
 	node := cfg.node
 	if node == "" {
 		node = c.node

@@ -456,25 +456,32 @@ type smtpSession struct {
 }
 
 // smtpSteps adds up how long a client waited for each step of its
-// transactions.
-type smtpSteps struct {
-	mail, rcpt, data, body atomic.Int64 // nanoseconds
-}
+// transactions: MAIL, RCPT, DATA, and the body with its dot.
+type smtpSteps [4]atomic.Int64 // nanoseconds
 
-func (st *smtpSteps) add(step *atomic.Int64, since time.Time) time.Time {
+// The steps of a transaction, as indexes of smtpSteps.
+const (
+	stepMail = iota
+	stepRcpt
+	stepData
+	stepBody
+)
+
+// add counts the time since since to step, if st is set, and returns now.
+func (st *smtpSteps) add(step int, since time.Time) time.Time {
 	now := time.Now()
 	if st != nil {
-		step.Add(int64(now.Sub(since)))
+		st[step].Add(int64(now.Sub(since)))
 	}
 	return now
 }
 
 // String gives the mean of each step over n messages.
 func (st *smtpSteps) String(n int) string {
-	mean := func(v *atomic.Int64) time.Duration {
-		return (time.Duration(v.Load()) / time.Duration(max(n, 1))).Round(time.Microsecond)
+	mean := func(step int) time.Duration {
+		return (time.Duration(st[step].Load()) / time.Duration(max(n, 1))).Round(time.Microsecond)
 	}
-	return fmt.Sprintf("MAIL %v, RCPT %v, DATA %v, the body and its dot %v", mean(&st.mail), mean(&st.rcpt), mean(&st.data), mean(&st.body))
+	return fmt.Sprintf("MAIL %v, RCPT %v, DATA %v, the body and its dot %v", mean(stepMail), mean(stepRcpt), mean(stepData), mean(stepBody))
 }
 
 func dialSMTP(addr string) (*smtpSession, error) {
@@ -501,21 +508,21 @@ func (s *smtpSession) send(from string, to []string, body string) error {
 	if err := s.c.Mail(from); err != nil {
 		return err
 	}
-	t = s.steps.add(&s.steps.mail, t)
+	t = s.steps.add(stepMail, t)
 	for _, r := range to {
 		if err := s.c.Rcpt(r); err != nil {
 			return err
 		}
 	}
-	t = s.steps.add(&s.steps.rcpt, t)
+	t = s.steps.add(stepRcpt, t)
 	w, err := s.c.Data()
 	if err != nil {
 		return err
 	}
-	t = s.steps.add(&s.steps.data, t)
+	t = s.steps.add(stepData, t)
 	fmt.Fprintf(w, "From: <%s>\nTo: <%s>\nSubject: mxq e2e\n\n%s\n", from, strings.Join(to, ">, <"), body)
 	err = w.Close()
-	s.steps.add(&s.steps.body, t)
+	s.steps.add(stepBody, t)
 	return err
 }
 
@@ -1186,7 +1193,12 @@ func throughput(t *testing.T, b smtpdBuild, name, url string, n, workers int) fl
 		must(t, os.Chmod(dir, 0o777))
 		profile = filepath.Join(dir, "profile")
 		conf := filepath.Join(t.TempDir(), "queue.conf")
-		must(t, os.WriteFile(conf, fmt.Appendf(nil, "queue=%s\nsmtpd-patched=true\nprofile=%s\n", url, profile), 0o644))
+		// MXQ_E2E_PROCS sets the queue process's procs= (GOMAXPROCS).
+		procs := os.Getenv("MXQ_E2E_PROCS")
+		if procs == "" {
+			procs = "0"
+		}
+		must(t, os.WriteFile(conf, fmt.Appendf(nil, "queue=%s\nsmtpd-patched=true\nprofile=%s\nprocs=%s\n", url, profile, procs), 0o644))
 		arg = conf
 	}
 	m := newMTA(t, b, arg)

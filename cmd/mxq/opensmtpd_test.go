@@ -21,11 +21,11 @@ func TestLoadQueueConfig(t *testing.T) {
 		}
 		return p
 	}
-	cfg, err := loadQueueConfig(write("# c\nqueue=file:///q\nheader=7.7\nsmtpd-patched=true\nshared=yes\n"))
+	cfg, err := loadQueueConfig(write("# c\nqueue=file:///q\nheader=7.7\nsmtpd-patched=true\nshared=yes\nprocs=1\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.queue != "file:///q" || cfg.header != opensmtpd.Header77 || !cfg.patched || !cfg.shared {
+	if cfg.queue != "file:///q" || cfg.header != opensmtpd.Header77 || !cfg.patched || !cfg.shared || cfg.procs != 1 {
 		t.Fatalf("got %+v", cfg)
 	}
 	if cfg, err = loadQueueConfig("file:///q"); err != nil || cfg.header != opensmtpd.HeaderAuto || cfg.patched {
@@ -37,6 +37,7 @@ func TestLoadQueueConfig(t *testing.T) {
 		"queue=file:///q\nheaders=auto\n":        `unknown key "headers"`,
 		"header=auto\n":                          "no queue=URL line",
 		"queue=file:///q\nheader\n":              "want key=value",
+		"queue=file:///q\nprocs=-1\n":            "procs: want a number of CPUs",
 	} {
 		_, err := loadQueueConfig(write(body))
 		if err == nil || !strings.Contains(err.Error(), want) {
