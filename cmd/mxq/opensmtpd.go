@@ -63,8 +63,9 @@ ARG is a queue URL, or the path of a configuration file of key=value lines
   log=info         log level: debug, info, warn or error
   procs=0          CPUs the queue process runs Go code on at once
                    (GOMAXPROCS); 0 leaves the default, every CPU. It serves
-                   one request at a time, so 1 spares the thread switches
-                   of an idle runtime (docs/performance.md)
+                   one request at a time: 1 spares it thread switches and
+                   some CPU on a network store, but not on file://, whose
+                   fsyncs block a thread (docs/performance.md)
   profile=FILE     write to FILE, every 10 s and at exit, where the queue
                    process's time goes: per request type its count and its
                    time to answer (mean, p50, p99), the time smtpd took
