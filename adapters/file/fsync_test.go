@@ -2,10 +2,12 @@ package file
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	"github.com/mxqueue/mxq/bench"
 	"github.com/mxqueue/mxq/queue"
+	"github.com/mxqueue/mxq/queue/driver"
 )
 
 // TestFsyncsPerCommit counts the fsyncs of a commit: every write is one
@@ -46,5 +48,31 @@ func TestFsyncsPerCommit(t *testing.T) {
 	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOpensPerWrite: a write into an existing directory opens two
+// things, its temporary file and the directory, which it locks and
+// fsyncs through the same descriptor.
+func TestOpensPerWrite(t *testing.T) {
+	b, err := openBackend(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	put := func(key string) {
+		t.Helper()
+		if _, err := b.Put(t.Context(), key, bytes.NewReader([]byte("x")), &driver.PutOptions{IfNoneMatch: true, Size: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("evp/00000001/0000000000000000") // creates the directory
+	const n = 20
+	o0, f0 := opens.Load(), fsyncs.Load()
+	for i := range n {
+		put(fmt.Sprintf("evp/00000001/%016x", i+1))
+	}
+	if o, f := opens.Load()-o0, fsyncs.Load()-f0; o != 2*n || f != 2*n {
+		t.Errorf("%d writes opened %d files and directories and made %d fsyncs, want %d and %d", n, o, f, 2*n, 2*n)
 	}
 }
