@@ -3,7 +3,10 @@ package queue
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"testing/iotest"
@@ -78,4 +81,57 @@ func FuzzDecodeRecord(f *testing.F) {
 			t.Fatalf("re-encoding changed the record: %v", err)
 		}
 	})
+}
+
+// TestSealBytes: sealBytes writes what the streaming sealer writes, and
+// leaves the bytes it was given as they were.
+func TestSealBytes(t *testing.T) {
+	for _, n := range []int{0, 1, 511, 512, 4096, 100000} {
+		b := bytes.Repeat([]byte("m"), n)
+		want, err := io.ReadAll(newSealer(bytes.NewReader(b)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := append(make([]byte, 0, n+trailerSize), b...)
+		if got := sealBytes(in); !bytes.Equal(got, want) {
+			t.Errorf("%d bytes: sealBytes differs from the sealer", n)
+		}
+		if !bytes.Equal(in, b) {
+			t.Errorf("%d bytes: sealBytes changed its input", n)
+		}
+	}
+}
+
+// TestReadUpTo: a file is read whole into a buffer of its size with room
+// for the trailer; any reader is read up to one byte past max.
+func TestReadUpTo(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []int{0, 1, 100, 1000, 1001, 5000} {
+		data := bytes.Repeat([]byte("x"), n)
+		p := filepath.Join(dir, fmt.Sprint(n))
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fb, ffits, ferr := readUpTo(f, 1000)
+		f.Close()
+		rb, rfits, rerr := readUpTo(iotest.OneByteReader(bytes.NewReader(data)), 1000)
+		wantLen, wantFits := min(n, 1001), n <= 1000
+		for _, c := range []struct {
+			name string
+			b    []byte
+			fits bool
+			err  error
+		}{{"file", fb, ffits, ferr}, {"reader", rb, rfits, rerr}} {
+			if c.err != nil || len(c.b) != wantLen || c.fits != wantFits || !bytes.Equal(c.b, data[:wantLen]) {
+				t.Errorf("%s of %d bytes: %d bytes, fits %v, %v; want %d, %v", c.name, n, len(c.b), c.fits, c.err, wantLen, wantFits)
+			}
+		}
+		if wantFits && cap(fb)-len(fb) < trailerSize {
+			t.Errorf("file of %d bytes: no room left for the trailer (len %d, cap %d)", n, len(fb), cap(fb))
+		}
+	}
 }

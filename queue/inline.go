@@ -3,7 +3,11 @@ package queue
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"io"
+	"io/fs"
+	"slices"
 	"sync"
 	"time"
 
@@ -101,20 +105,44 @@ func (c *inlineCache) remove(m MsgID) {
 }
 
 // sealBytes returns b in the form of a stored content object: b and its
-// checksum trailer.
+// checksum trailer, as newSealer writes them. It may append to b in place
+// when b has room for the trailer.
 func sealBytes(b []byte) []byte {
-	out, _ := io.ReadAll(newSealer(bytes.NewReader(b)))
-	return out
+	sum := sha256.Sum256(b)
+	out := slices.Grow(b, trailerSize)
+	out = append(out, trailerMagic...)
+	out = binary.BigEndian.AppendUint64(out, uint64(len(b)))
+	return append(out, sum[:]...)
 }
 
 // readUpTo reads r until EOF or until it has more than max bytes. It
-// returns what it read, and whether r ended within max.
+// returns what it read, and whether r ended within max. A file (the
+// message smtpd hands the queue process) is read into a buffer of its
+// size, with room for the checksum trailer that sealBytes adds: one read
+// and the one that finds its end, where io.ReadAll would grow its buffer
+// from 512 bytes, a read and a copy at each step.
 func readUpTo(r io.Reader, max int) ([]byte, bool, error) {
-	b, err := io.ReadAll(io.LimitReader(r, int64(max)+1))
-	if err != nil {
-		return b, false, err
+	size := 512
+	if f, ok := r.(interface{ Stat() (fs.FileInfo, error) }); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			size = int(min(fi.Size(), int64(max))) + 1
+		}
 	}
-	return b, len(b) <= max, nil
+	b := make([]byte, 0, size+trailerSize)
+	lr := io.LimitReader(r, int64(max)+1)
+	for {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, cap(b))
+		}
+		n, err := lr.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, len(b) <= max, nil
+		}
+		if err != nil {
+			return b, false, err
+		}
+	}
 }
 
 // inlineContent returns the stored content (with its trailer) that the
