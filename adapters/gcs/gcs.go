@@ -89,8 +89,8 @@ import (
 )
 
 const (
-	// smallObject is the size up to which a write is one request without
-	// a buffer.
+	// smallObject is the size up to which a write is one request, read
+	// into memory before it starts.
 	smallObject = 256 << 10
 	// chunkSize is the resumable upload chunk of larger objects.
 	chunkSize = 8 << 20
@@ -207,11 +207,16 @@ func (b *backend) Put(ctx context.Context, key string, r io.Reader, opts *driver
 		}
 		obj = obj.If(storage.Conditions{GenerationMatch: gen})
 	}
-	// A small object goes in one request; so does one of unknown size
-	// that turns out small.
-	single := opts.Size >= 0 && opts.Size <= smallObject
-	if opts.Size < 0 {
+	// A small object goes in one request, and so does one of unknown size
+	// that turns out small, from memory: the whole body is read before the
+	// upload starts, so that a body that breaks off stores nothing.
+	// Streamed, the upload could see the end of its pipe (closed by
+	// w.Close after the break) before the cancelled context, and store
+	// the bytes that had arrived.
+	single := false
+	if opts.Size <= smallObject { // or unknown, -1
 		var head bytes.Buffer
+		head.Grow(int(max(opts.Size, 0)))
 		_, err := io.CopyN(&head, r, smallObject+1)
 		switch {
 		case err == io.EOF:
