@@ -29,8 +29,9 @@
 // Store deletes up to 100 objects per request through the JSON API's
 // batch endpoint (driver.MultiDeleter), which the SDK does not offer.
 //
-// Objects of at most 256 KiB are sent in one request without a buffer
-// (ChunkSize 0), so the SDK does not retry them; a conditional write whose
+// Objects of at most 256 KiB are read into memory whole, so that a body
+// that breaks off stores nothing, and sent in one request without the
+// SDK's buffer (ChunkSize 0), so the SDK does not retry them; a conditional write whose
 // response is lost is reported as unavailable rather than blindly retried
 // into a spurious precondition failure. Larger objects, and objects of
 // unknown size beyond their first 256 KiB, are streamed with a resumable
